@@ -1,0 +1,178 @@
+//! The SDK a plugin author writes a backend with: three ordinary traits and one macro.
+//!
+//! Implement [`Backend`] (what the backend is called, its config keys, how a provider is made),
+//! [`Provider`] and [`Instance`] with `async fn`s, then export the backend with
+//! [`export_backend!`](crate::export_backend). The SDK does the rest:
+//!
+//! - it owns a small tokio runtime per plugin (threads named `<alias>-rt-N`) and enters it on
+//!   every poll of every future the host awaits, so `tokio::time`, `tokio::process`,
+//!   `tokio::net` work in your code even though the host's tokio is another copy;
+//! - it catches every panic at the boundary and turns it into a [`BackendError`] of kind
+//!   [`ErrorKind::PANIC`](crate::ErrorKind::PANIC) naming your plugin, so a bug in a backend
+//!   fails one call instead of ending the host process;
+//! - it forwards your `tracing` events and panic messages to the host's log.
+//!
+//! Your futures are polled on the host's threads: do not block in them. Use
+//! [`spawn_blocking`] for blocking or CPU-heavy work, [`spawn`] to run a task on the plugin's
+//! runtime.
+//!
+//! Dropping a future is cancellation: when the host gives up on a call (timeout, user
+//! cancel) it drops the future, and your `async fn` stops at its current `.await`. Release
+//! what a half-done call holds in `Drop` impls or in `stop`, which the host always calls.
+
+mod adapter;
+mod logging;
+mod runtime;
+
+use std::future::Future;
+use std::time::Duration;
+
+use abi_stable::std_types::RVec;
+
+pub use crate::attributes::{StartAttributes, VmConfig};
+pub use crate::config::ProviderConfig;
+pub use crate::error::{BackendError, ErrorKind};
+pub use crate::ffi::RunResult;
+pub use runtime::{runtime_handle, spawn, spawn_blocking};
+
+/// A backend: its names, its config keys, and how to make a provider from a config.
+pub trait Backend: 'static {
+    /// The alias users select the backend by, e.g. `"fake"`. Lower-case, no spaces.
+    const ALIAS: &'static str;
+    /// A human-readable name, e.g. `"Fake"`.
+    const HUMAN_READABLE_NAME: &'static str;
+    /// Every config key the backend reads, with a line of help each, as `(KEY, help)`.
+    const HELP: &'static [(&'static str, &'static str)];
+    /// The provider this backend makes.
+    type Provider: Provider;
+    /// Makes a provider from a config (the original's `ProviderFunc`). Validate the config
+    /// here and name the key and value at fault in the error.
+    fn new_provider(config: &ProviderConfig) -> Result<Self::Provider, BackendError>;
+}
+
+/// Makes instances (the original's `Provider`).
+pub trait Provider: Send + Sync + 'static {
+    /// The instance type this provider starts.
+    type Instance: Instance;
+
+    /// One-time preparation before the first start. The default does nothing.
+    fn setup(&self) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Starts an instance for a job.
+    fn start(
+        &self,
+        attributes: &StartAttributes,
+    ) -> impl Future<Output = Result<Self::Instance, BackendError>> + Send;
+}
+
+/// A started instance that runs one job (the original's `Instance`).
+pub trait Instance: Send + Sync + 'static {
+    /// Puts the build script on the instance. A second upload should fail with
+    /// [`BackendError::stale_vm`].
+    fn upload_script(
+        &self,
+        script: &[u8],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Runs the uploaded script, writing its log into `output` as it is produced.
+    /// A run that broke for infrastructure reasons returns [`RunResult::not_completed`].
+    fn run_script(
+        &self,
+        output: &mut Output,
+    ) -> impl Future<Output = Result<RunResult, BackendError>> + Send;
+
+    /// Stops the instance and releases everything it holds. Called on every path, possibly
+    /// while or after `run_script` was cancelled; calling it twice must be harmless.
+    fn stop(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The instance's id.
+    fn id(&self) -> &str;
+
+    /// How long the instance took to start.
+    fn startup_duration(&self) -> Duration;
+}
+
+/// Where a running script's log goes: the host's output sink.
+///
+/// [`write`](Output::write) waits while the host has no room (backpressure), so a flood of
+/// output never grows memory without bound. It fails when the host will take no more (its
+/// reader went away or a log cap was reached): stop the script and return that error.
+pub struct Output {
+    sink: crate::ffi::OutputSinkBox,
+    bytes: u64,
+}
+
+impl Output {
+    pub(crate) fn new(sink: crate::ffi::OutputSinkBox) -> Self {
+        Self { sink, bytes: 0 }
+    }
+
+    /// Hands a chunk of log to the host. The chunk's buffer is passed on, not copied.
+    pub async fn write(&mut self, chunk: impl Into<Vec<u8>>) -> Result<(), BackendError> {
+        let chunk: Vec<u8> = chunk.into();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let len = chunk.len() as u64;
+        self.sink.write(RVec::from(chunk)).await.into_result()?;
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// How many bytes the host has accepted so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        BackendError::other(e.to_string())
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use super::adapter::root_module;
+    pub use abi_stable::library::{
+        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+    };
+    pub use abi_stable::std_types::RStr;
+}
+
+/// Exports a [`Backend`] as this library's root module, the one symbol the host looks up.
+///
+/// ```ignore
+/// plugin_api::export_backend!(MyBackend);
+/// ```
+///
+/// Call it once, in a crate built with `crate-type = ["cdylib"]`.
+#[macro_export]
+macro_rules! export_backend {
+    ($backend:ty) => {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[no_mangle]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::sdk::__private::LibHeader = {
+            extern "C" fn __plugin_version() -> $crate::sdk::__private::RStr<'static> {
+                $crate::sdk::__private::RStr::from_str(env!("CARGO_PKG_VERSION"))
+            }
+            fn __root_module() -> $crate::ffi::BackendMod_Ref {
+                $crate::sdk::__private::root_module::<$backend>(__plugin_version)
+            }
+            extern "C" fn __loader() -> $crate::sdk::__private::RootModuleResult {
+                $crate::sdk::__private::__call_root_module_loader(__root_module)
+            }
+            // SAFETY: `__loader` returns the root module of type `BackendMod_Ref`, the type
+            // the header is declared with, and the layout is checked by the host on load.
+            unsafe {
+                $crate::sdk::__private::LibHeader::from_constructor::<$crate::ffi::BackendMod_Ref>(
+                    __loader,
+                    $crate::sdk::__private::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
