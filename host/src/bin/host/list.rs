@@ -1,0 +1,180 @@
+//! `host list-backends`: what loaded, what each backend accepts, and what was rejected.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use host::loader::PluginDir;
+use host::Registry;
+use plugin_api::config::env_prefix;
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON for machines instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    plugin_dirs: Vec<String>,
+    backends: Vec<BackendJson<'a>>,
+    rejected: Vec<RejectedJson>,
+}
+
+#[derive(Serialize)]
+struct BackendJson<'a> {
+    alias: &'a str,
+    name: &'a str,
+    plugin_version: &'a str,
+    plugin_api_version: &'a str,
+    path: String,
+    config_keys: Vec<KeyJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct KeyJson<'a> {
+    key: &'a str,
+    env: String,
+    help: &'a str,
+}
+
+#[derive(Serialize)]
+struct RejectedJson {
+    path: String,
+    reason: String,
+}
+
+pub fn run(args: &Args, dirs: &[PluginDir], registry: &Registry) -> ExitCode {
+    let rejected: Vec<RejectedJson> = registry
+        .dir_errors()
+        .iter()
+        .map(|e| match e {
+            host::HostError::PluginDir { path, error } => RejectedJson {
+                path: path.display().to_string(),
+                reason: format!("cannot read plugin directory: {error}"),
+            },
+            other => RejectedJson {
+                path: String::new(),
+                reason: other.to_string(),
+            },
+        })
+        .chain(registry.rejected().iter().map(|r| RejectedJson {
+            path: r.path.display().to_string(),
+            reason: r.reason.to_string(),
+        }))
+        .collect();
+    let failed = !rejected.is_empty();
+    if args.json {
+        let listing = Listing {
+            plugin_dirs: dirs.iter().map(|d| d.path.display().to_string()).collect(),
+            backends: registry
+                .backends()
+                .map(|b| BackendJson {
+                    alias: &b.alias,
+                    name: &b.human_readable_name,
+                    plugin_version: &b.plugin_version,
+                    plugin_api_version: &b.plugin_api_version,
+                    path: b.path.display().to_string(),
+                    config_keys: b
+                        .provider_help
+                        .iter()
+                        .map(|(k, h)| KeyJson {
+                            key: k,
+                            env: format!("{}{k}", env_prefix(&b.alias)),
+                            help: h,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            rejected,
+        };
+        match serde_json::to_string_pretty(&listing) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("host: cannot encode the listing as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", table(registry, dirs));
+        if failed {
+            println!("\nRejected plugin files:");
+            for r in &rejected {
+                println!("  {}: {}", r.path, r.reason);
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(crate::exit::SOME_REJECTED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn table(registry: &Registry, dirs: &[PluginDir]) -> String {
+    let mut out = String::new();
+    if registry.backends().next().is_none() {
+        let searched: Vec<String> = dirs.iter().map(|d| d.path.display().to_string()).collect();
+        let _ = writeln!(out, "No backends loaded (searched: {}).", searched.join(", "));
+        return out;
+    }
+    let rows: Vec<[String; 4]> = registry
+        .backends()
+        .map(|b| {
+            [
+                b.alias.clone(),
+                b.human_readable_name.clone(),
+                b.plugin_version.clone(),
+                b.path.display().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["ALIAS", "NAME", "VERSION", "FILE"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut line = |cells: [&str; 4]| {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    };
+    line(header);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3]]);
+    }
+    out.push_str(&backends_help(registry));
+    out
+}
+
+/// Each backend's config keys with their help, for `list-backends` and `--help`.
+pub fn backends_help(registry: &Registry) -> String {
+    let mut out = String::new();
+    registry.each_backend(|b| {
+        let prefix = env_prefix(&b.alias);
+        let _ = writeln!(
+            out,
+            "\n{} ({}) config keys, set with --config KEY=VALUE or {prefix}<KEY>:",
+            b.alias, b.human_readable_name
+        );
+        let width = b.provider_help.keys().map(|k| k.len()).max().unwrap_or(0);
+        for (k, h) in &b.provider_help {
+            let _ = writeln!(out, "  {k:<width$}  {h}");
+        }
+        if b.provider_help.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+    });
+    out
+}

@@ -1,0 +1,120 @@
+//! The `host` command: a thin CLI over the host library. It parses arguments, sets up
+//! logging and signals, and prints; everything else lives in the library.
+
+mod list;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use host::{loader, Registry};
+
+/// Exit statuses of `host` itself (a job's own statuses are documented under `run`).
+pub mod exit {
+    /// Bad usage: an unknown flag, a malformed value (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// Some plugin files were rejected; the ones that loaded were still listed.
+    pub const SOME_REJECTED: u8 = 3;
+}
+
+const ABOUT: &str = "Plugin host for CI build backends: loads backend plugins and runs build jobs on them";
+
+const AFTER_HELP: &str = "\
+Plugin directories: --plugin-dir DIR (repeatable), else HOST_PLUGIN_PATH (colon-separated), \
+else plugins/ beside this executable and this executable's own directory. Every .so/.dylib \
+file there is tried.
+
+Backend configuration: a backend reads its keys from BACKEND_<ALIAS>_<KEY> environment \
+variables (values are URL-query-unescaped: + is a space, %2F is /), e.g. BACKEND_FAKE_LOG_OUTPUT.";
+
+#[derive(Parser, Debug)]
+#[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    /// Look for backend plugins in DIR (repeatable; replaces the default directories)
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dirs: Vec<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the backends that load, their config keys, and the files that were rejected
+    ///
+    /// Exit status: 0 when every plugin file loaded, 3 when some were rejected (the
+    /// backends that loaded are still listed).
+    ListBackends(list::Args),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match Cli::command().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return usage_error(e, &args),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e, &args),
+    };
+    logging::init(cli.verbose, cli.quiet);
+    let dirs = loader::plugin_dirs(&cli.plugin_dirs);
+    let registry = Registry::load(&dirs);
+    match cli.command {
+        Command::ListBackends(a) => list::run(&a, &dirs, &registry),
+    }
+}
+
+/// Prints clap's error or help. Help ends with what the loaded backends accept, as the
+/// original worker's help did.
+fn usage_error(e: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let registry = Registry::load(&loader::plugin_dirs(&prescan_plugin_dirs(args)));
+            let _ = e.print();
+            print!("{}", list::backends_help(&registry));
+            if matches!(e.kind(), ErrorKind::DisplayHelp) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::USAGE)
+            }
+        }
+        ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let _ = e.print();
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// `--plugin-dir` values, found without a full parse (the parse failed or showed help).
+fn prescan_plugin_dirs(args: &[std::ffi::OsString]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let Some(s) = a.to_str() else { continue };
+        if s == "--" {
+            break;
+        } else if s == "--plugin-dir" {
+            if let Some(d) = it.next() {
+                dirs.push(PathBuf::from(d));
+            }
+        } else if let Some(d) = s.strip_prefix("--plugin-dir=") {
+            dirs.push(PathBuf::from(d));
+        }
+    }
+    dirs
+}

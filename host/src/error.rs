@@ -1,0 +1,106 @@
+//! The host's errors, one variant per failure mode, each written for the person who has to
+//! act on it.
+
+use std::path::PathBuf;
+
+use plugin_api::{BackendError, ErrorKind};
+
+/// Why a plugin file was not loaded. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be opened as a shared library.
+    #[error("not a loadable shared library: {0}")]
+    Open(String),
+    /// A shared library without the plugin root module.
+    #[error("not a backend plugin: it does not export a plugin-api root module")]
+    NotAPlugin,
+    /// Built with an abi_stable whose header this host cannot read.
+    #[error("built with an incompatible abi_stable (its header says {found}; this host uses abi_stable 0.11): rebuild the plugin against plugin-api {host_major}.x")]
+    AbiStableVersion {
+        /// The header found in the file.
+        found: String,
+        /// The host's plugin-api major version.
+        host_major: u64,
+    },
+    /// Built against another major version of plugin-api.
+    #[error("built against plugin-api {found}, this host supports {host_major}.x: rebuild the plugin against plugin-api {host_major}.x")]
+    PluginApiVersion {
+        /// The plugin-api version the plugin was built against.
+        found: String,
+        /// The host's plugin-api major version.
+        host_major: u64,
+    },
+    /// The root module's layout differs from what this host expects.
+    #[error("ABI layout mismatch with this host's plugin-api {host}: {summary}")]
+    Layout {
+        /// The host's plugin-api version.
+        host: String,
+        /// abi_stable's `Error:` lines, joined.
+        summary: String,
+    },
+    /// The plugin's own initialiser failed or panicked.
+    #[error("the plugin's root module failed to initialise: {0}")]
+    RootModule(String),
+    /// Another file already provides this alias.
+    #[error("backend alias {alias:?} is already provided by {}", first.display())]
+    DuplicateAlias {
+        /// The alias both files claim.
+        alias: String,
+        /// The file that was loaded first.
+        first: PathBuf,
+    },
+    /// Something else abi_stable reported.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A plugin file that was found but not loaded, and why.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The file.
+    pub path: PathBuf,
+    /// The reason.
+    pub reason: LoadError,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// An error from using a loaded backend.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No loaded backend has this alias (the original's message).
+    #[error("unknown backend provider: {0}")]
+    UnknownBackend(String),
+    /// A backend call failed; the error names the backend and the call.
+    #[error("backend {alias}: {call} failed: {error}")]
+    Backend {
+        /// The backend's alias.
+        alias: String,
+        /// Which call, e.g. `start`.
+        call: &'static str,
+        /// What the plugin reported.
+        error: BackendError,
+    },
+    /// A plugin directory given explicitly could not be read.
+    #[error("cannot read plugin directory {}: {error}", path.display())]
+    PluginDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+impl HostError {
+    /// The kind of the backend error, if this is one.
+    pub fn backend_kind(&self) -> Option<ErrorKind> {
+        match self {
+            HostError::Backend { error, .. } => Some(error.kind()),
+            _ => None,
+        }
+    }
+}
