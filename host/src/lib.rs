@@ -40,7 +40,9 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod config;
 pub mod error;
+pub mod job;
 pub mod loader;
 mod logger;
 pub mod output;

@@ -1,6 +1,8 @@
 //! Log output on stderr through `tracing`: `-v`/`-q` pick the level, `RUST_LOG` overrides.
 //! Plugin events arrive with target `backend` and the plugin's alias in the `backend` field.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(verbose: u8, quiet: bool) {
@@ -15,6 +17,7 @@ pub fn init(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init();
 }

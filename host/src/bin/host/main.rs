@@ -3,6 +3,7 @@
 
 mod list;
 mod logging;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,10 @@ pub mod exit {
     pub const USAGE: u8 = 64;
     /// Some plugin files were rejected; the ones that loaded were still listed.
     pub const SOME_REJECTED: u8 = 3;
+    /// The script cannot be read (EX_NOINPUT).
+    pub const NO_INPUT: u8 = 66;
+    /// Bad backend config (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
 }
 
 const ABOUT: &str = "Plugin host for CI build backends: loads backend plugins and runs build jobs on them";
@@ -54,6 +59,15 @@ enum Command {
     /// Exit status: 0 when every plugin file loaded, 3 when some were rejected (the
     /// backends that loaded are still listed).
     ListBackends(list::Args),
+
+    /// Run one build job: start an instance, upload SCRIPT, stream its log to stdout, stop
+    ///
+    /// The job's lifecycle is the original worker's: setup, start, upload, run with the log
+    /// streamed as it is produced, and stop on every path (success, failure, timeout,
+    /// SIGINT/SIGTERM). A line on stderr names the backend, the instance and its startup
+    /// time before the log starts.
+    #[command(after_help = run::AFTER_HELP)]
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +85,7 @@ fn main() -> ExitCode {
     let registry = Registry::load(&dirs);
     match cli.command {
         Command::ListBackends(a) => list::run(&a, &dirs, &registry),
+        Command::Run(a) => run::run(a, &registry, cli.quiet),
     }
 }
 
