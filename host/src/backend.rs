@@ -12,9 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RVec};
-use plugin_api::ffi::{
-    FfiResultFuture, InstanceBox, OutputSinkBox, ProviderBox, RStartAttributes,
-};
+use plugin_api::ffi::{FfiResultFuture, InstanceBox, OutputSinkBox, ProviderBox, RStartAttributes};
 use plugin_api::{BackendError, ErrorKind, RunResult, StartAttributes};
 
 use crate::error::HostError;

@@ -152,8 +152,12 @@ mod tests {
 
     #[test]
     fn bad_files_and_pairs_say_what_is_wrong() {
-        assert!(ConfigFile::parse("fake = 1").unwrap_err().contains("must be a table"));
-        assert!(ConfigFile::parse("[fake]\nA = [1]").unwrap_err().contains("[fake] A"));
+        assert!(ConfigFile::parse("fake = 1")
+            .unwrap_err()
+            .contains("must be a table"));
+        assert!(ConfigFile::parse("[fake]\nA = [1]")
+            .unwrap_err()
+            .contains("[fake] A"));
         assert!(ConfigFile::parse("[fake\n").is_err());
         assert!(parse_pairs(&["NOEQUALS".into()]).is_err());
         assert!(parse_pairs(&["=v".into()]).is_err());

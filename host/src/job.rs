@@ -342,6 +342,7 @@ where
     let opts = job.options.clone();
     let mut report = JobReport::new(provider.alias());
 
+    tracing::info!(backend = provider.alias(), "starting an instance");
     observer.starting();
     let start = async {
         provider.setup().await?;
@@ -413,7 +414,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let opts = job.options;
-    match bounded(instance.upload_script(job.script), opts.upload_timeout, cancel).await {
+    match bounded(
+        instance.upload_script(job.script),
+        opts.upload_timeout,
+        cancel,
+    )
+    .await
+    {
         Step::Done(Ok(())) => {}
         Step::Done(Err(e)) => {
             report.error = Some(e.to_string());
@@ -516,9 +523,7 @@ where
                 instance.alias()
             ),
         },
-        Some(Err(e)) if e.backend_kind() == Some(ErrorKind::OUTPUT_CLOSED) => {
-            Outcome::OutputClosed
-        }
+        Some(Err(e)) if e.backend_kind() == Some(ErrorKind::OUTPUT_CLOSED) => Outcome::OutputClosed,
         Some(Err(e)) => {
             report.error = Some(e.to_string());
             not_completed(&e)
@@ -546,7 +551,9 @@ struct PumpStats {
     last_output_ms: AtomicU64,
 }
 
-async fn join_pump(pump: &mut Option<tokio::task::JoinHandle<PumpEnd>>) -> Result<PumpEnd, tokio::task::JoinError> {
+async fn join_pump(
+    pump: &mut Option<tokio::task::JoinHandle<PumpEnd>>,
+) -> Result<PumpEnd, tokio::task::JoinError> {
     match pump {
         Some(handle) => handle.await,
         None => std::future::pending().await,
@@ -636,14 +643,19 @@ mod tests {
     fn exit_codes_follow_the_documented_table() {
         assert_eq!(Outcome::from_exit_code(0).exit_code(), 0);
         assert_eq!(Outcome::from_exit_code(1).exit_code(), 1);
-        assert_eq!(Outcome::from_exit_code(7), Outcome::Errored { exit_code: 7 });
+        assert_eq!(
+            Outcome::from_exit_code(7),
+            Outcome::Errored { exit_code: 7 }
+        );
         assert_eq!(Outcome::from_exit_code(7).exit_code(), 7);
         assert_eq!(Outcome::from_exit_code(256).exit_code(), 0);
         assert_eq!(Outcome::from_exit_code(-1).exit_code(), 255);
         assert_eq!(Outcome::TimedOut(TimeoutKind::Hard).exit_code(), 124);
         assert_eq!(Outcome::Cancelled(CancelReason::Interrupt).exit_code(), 130);
         assert_eq!(Outcome::Cancelled(CancelReason::Terminate).exit_code(), 143);
-        let nc = Outcome::NotCompleted { reason: String::new() };
+        let nc = Outcome::NotCompleted {
+            reason: String::new(),
+        };
         assert_eq!(nc.exit_code(), 75);
     }
 

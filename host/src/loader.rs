@@ -212,7 +212,9 @@ pub fn layout_summary(full: &str) -> String {
         let more = unique.len().saturating_sub(shown.len());
         let mut s = shown.join("; ");
         if more > 0 {
-            s.push_str(&format!(" (and {more} more; run with -vv for the full report)"));
+            s.push_str(&format!(
+                " (and {more} more; run with -vv for the full report)"
+            ));
         }
         s
     }

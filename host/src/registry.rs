@@ -49,8 +49,7 @@ impl Backend {
     /// Reads a loaded root module's description and hands it the host's logger.
     fn from_module(path: &Path, module: BackendMod_Ref, plugin_api_version: &str) -> Self {
         let alias = module.alias()().as_str().to_owned();
-        let provider_help = module
-            .help()()
+        let provider_help = module.help()()
             .into_iter()
             .map(|Tuple2(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
             .collect();

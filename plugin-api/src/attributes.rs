@@ -83,6 +83,8 @@ impl StartAttributes {
     /// Fills only the fields that are empty (or zero) with the given defaults, as the
     /// original's `SetDefaults`: language, dist, arch, group, os, vm_type and the three
     /// vm_config fields. Values already given are kept.
+    // The original's signature, argument for argument, so its callers translate directly.
+    #[allow(clippy::too_many_arguments)]
     pub fn set_defaults(
         &mut self,
         lang: &str,
@@ -209,7 +211,13 @@ mod tests {
         ];
         for (mut given, want) in cases {
             given.set_defaults(
-                "default", "xenial", "amd64", "stable", "linux", "default", &defaults(),
+                "default",
+                "xenial",
+                "amd64",
+                "stable",
+                "linux",
+                "default",
+                &defaults(),
             );
             assert_eq!(given, want);
         }
@@ -238,7 +246,15 @@ mod tests {
         let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             keys,
-            ["arch", "dist", "group", "image_name", "language", "os", "osx_image"]
+            [
+                "arch",
+                "dist",
+                "group",
+                "image_name",
+                "language",
+                "os",
+                "osx_image"
+            ]
         );
     }
 }

@@ -42,9 +42,11 @@ impl ProviderConfig {
 
     /// The config of backend `alias` from this process's environment (`BACKEND_<ALIAS>_<KEY>`).
     pub fn from_env(alias: &str) -> Self {
-        Self::from_env_vars(alias, std::env::vars_os().filter_map(|(k, v)| {
-            Some((k.into_string().ok()?, v.into_string().ok()?))
-        }))
+        Self::from_env_vars(
+            alias,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
     /// The config of backend `alias` from the given variables, as [`ProviderConfig::from_env`]
@@ -149,7 +151,10 @@ impl ProviderConfig {
 
 /// The environment prefix of backend `alias`: `BACKEND_<ALIAS>_`.
 pub fn env_prefix(alias: &str) -> String {
-    format!("{ENV_PREFIX}{}_", alias.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "{ENV_PREFIX}{}_",
+        alias.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// Shows `KEY=value` pairs in sorted order with secret values masked.
@@ -241,7 +246,11 @@ mod tests {
         ];
         let cfg = ProviderConfig::from_env_vars("fake", vars);
         assert_eq!(cfg.get("LOG_OUTPUT"), "hello world!");
-        assert_eq!(cfg.get("BAD"), "100%", "a malformed escape keeps the raw value");
+        assert_eq!(
+            cfg.get("BAD"),
+            "100%",
+            "a malformed escape keeps the raw value"
+        );
         assert_eq!(cfg.len(), 2, "{cfg:?}");
         let cfg = ProviderConfig::from_env_vars("my-cloud", [("BACKEND_MY_CLOUD_ZONE", "a")]);
         assert_eq!(cfg.get("ZONE"), "a");
@@ -256,7 +265,10 @@ mod tests {
             ("ACCOUNT_JSON", "{}"),
         ]);
         let shown = cfg.to_string();
-        assert!(!shown.contains("t0ps3cret") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("t0ps3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert!(shown.contains("ENDPOINT=\"unix:///x\""), "{shown}");
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
@@ -304,9 +316,9 @@ impl ProviderConfig {
     ) -> Result<Option<T>, crate::BackendError> {
         match self.lookup(key) {
             None | Some("") => Ok(None),
-            Some(v) => parse(v.trim())
-                .map(Some)
-                .map_err(|why| crate::BackendError::invalid_config(&key.to_ascii_uppercase(), v, why)),
+            Some(v) => parse(v.trim()).map(Some).map_err(|why| {
+                crate::BackendError::invalid_config(&key.to_ascii_uppercase(), v, why)
+            }),
         }
     }
 }
@@ -335,7 +347,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         if num.is_empty() || num == "." {
             return Err(format!("expected a number in {s:?}"));
         }
-        let value: f64 = num.parse().map_err(|_| format!("bad number {num:?} in {s:?}"))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("bad number {num:?} in {s:?}"))?;
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
@@ -347,8 +361,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("missing unit in duration {s:?} (use ns, us, ms, s, m or h)")),
-            other => return Err(format!("unknown unit {other:?} in duration {s:?} (use ns, us, ms, s, m or h)")),
+            "" => {
+                return Err(format!(
+                    "missing unit in duration {s:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in duration {s:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
         };
         total_ns += value * scale;
         rest = tail;
@@ -384,7 +406,11 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB or TiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size {s:?} is too large"))
@@ -426,7 +452,10 @@ mod parse_tests {
         let cfg = ProviderConfig::from_map([("RUN_SLEEP", "soon"), ("EMPTY", "")]);
         let err = cfg.duration("run_sleep").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::INVALID_CONFIG);
-        assert!(err.message().contains("RUN_SLEEP") && err.message().contains("\"soon\""), "{err}");
+        assert!(
+            err.message().contains("RUN_SLEEP") && err.message().contains("\"soon\""),
+            "{err}"
+        );
         assert_eq!(cfg.duration("EMPTY"), Ok(None));
         assert_eq!(cfg.duration("MISSING"), Ok(None));
     }

@@ -100,7 +100,10 @@ impl BackendError {
 
     /// The original worker's `ErrMissingEndpointConfig`: "expected config key endpoint".
     pub fn missing_endpoint_config() -> Self {
-        Self::new(ErrorKind::MISSING_ENDPOINT_CONFIG, MISSING_ENDPOINT_CONFIG_MESSAGE)
+        Self::new(
+            ErrorKind::MISSING_ENDPOINT_CONFIG,
+            MISSING_ENDPOINT_CONFIG_MESSAGE,
+        )
     }
 
     /// A configuration error naming the key and the value at fault.

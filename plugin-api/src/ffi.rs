@@ -202,7 +202,6 @@ pub type InstanceBox = FfiInstance_TO<RBox<()>>;
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = BackendMod_Ref)))]
-
 #[sabi(missing_field(panic))]
 pub struct BackendMod {
     /// The backend's alias, e.g. `fake`: what users pass as `--backend`.

@@ -71,10 +71,8 @@ pub trait Provider: Send + Sync + 'static {
 pub trait Instance: Send + Sync + 'static {
     /// Puts the build script on the instance. A second upload should fail with
     /// [`BackendError::stale_vm`].
-    fn upload_script(
-        &self,
-        script: &[u8],
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn upload_script(&self, script: &[u8])
+        -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Runs the uploaded script, writing its log into `output` as it is produced.
     /// A run that broke for infrastructure reasons returns [`RunResult::not_completed`].
@@ -137,18 +135,15 @@ impl From<std::io::Error> for BackendError {
 pub mod __private {
     pub use super::adapter::root_module;
     pub use abi_stable::library::{
-        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
     pub use abi_stable::std_types::RStr;
 }
 
 /// Exports a [`Backend`] as this library's root module, the one symbol the host looks up.
 ///
-/// ```ignore
-/// plugin_api::export_backend!(MyBackend);
-/// ```
-///
-/// Call it once, in a crate built with `crate-type = ["cdylib"]`.
+/// Write `plugin_api::export_backend!(MyBackend);` once, at the top level of a crate built
+/// with `crate-type = ["cdylib"]`; the [crate-level example](crate) shows it in context.
 #[macro_export]
 macro_rules! export_backend {
     ($backend:ty) => {

