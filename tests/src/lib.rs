@@ -17,6 +17,8 @@ pub struct Artifacts {
     pub host: PathBuf,
     /// The fake backend's library.
     pub fake: PathBuf,
+    /// The local backend's library.
+    pub local: PathBuf,
     /// The target directory (`target/`).
     pub target: PathBuf,
     /// `debug` or `release`.
@@ -70,6 +72,8 @@ pub fn artifacts() -> &'static Artifacts {
             "host",
             "-p",
             "fake",
+            "-p",
+            "local",
             "--target-dir",
         ])
         .arg(&target);
@@ -80,6 +84,7 @@ pub fn artifacts() -> &'static Artifacts {
         Artifacts {
             host: profile_dir.join(format!("host{}", std::env::consts::EXE_SUFFIX)),
             fake: profile_dir.join(dylib_name("fake")),
+            local: profile_dir.join(dylib_name("local")),
             target,
             profile,
         }

@@ -1,0 +1,369 @@
+//! One local instance: a working directory, a script, and at most one run.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plugin_api::sdk::*;
+use tokio::io::AsyncReadExt as _;
+
+use crate::containment::{Cgroup, JobProcesses, TAG_VAR};
+use crate::Settings;
+
+/// The script's file name in the working directory.
+const SCRIPT_NAME: &str = "build.sh";
+/// Bytes read from the log pipe at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// After the shell exits, how long to keep reading output that processes it left behind
+/// still write, once the pipe has gone quiet.
+const OUTPUT_LINGER: Duration = Duration::from_millis(200);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A local instance.
+pub struct LocalInstance {
+    id: String,
+    dir: PathBuf,
+    settings: Arc<Settings>,
+    env: Vec<(String, String)>,
+    startup: Duration,
+    uploaded: AtomicBool,
+    running: AtomicBool,
+    stopped: AtomicBool,
+    job: Mutex<Option<Arc<JobProcesses>>>,
+}
+
+impl LocalInstance {
+    pub(crate) fn create(
+        settings: Arc<Settings>,
+        attributes: &StartAttributes,
+    ) -> Result<Self, BackendError> {
+        let began = Instant::now();
+        let (id, dir) = make_dir(&settings.scripts_dir)?;
+        let a = attributes;
+        let mut env: Vec<(String, String)> = [
+            ("CI", "true"),
+            ("BUILD_LANGUAGE", a.language.as_str()),
+            ("BUILD_OS", a.os.as_str()),
+            ("BUILD_DIST", a.dist.as_str()),
+            ("BUILD_ARCH", a.arch.as_str()),
+            ("BUILD_GROUP", a.group.as_str()),
+            ("BUILD_IMAGE", a.image_name.as_str()),
+            ("BUILD_OSX_IMAGE", a.osx_image.as_str()),
+            ("BUILD_VM_TYPE", a.vm_type.as_str()),
+            ("BUILD_VM_SIZE", a.vm_size.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.push(("BUILD_DIR".into(), dir.display().to_string()));
+        env.extend(settings.env.iter().cloned());
+        env.push((TAG_VAR.into(), id.clone()));
+        Ok(Self {
+            id,
+            dir,
+            settings,
+            env,
+            startup: began.elapsed(),
+            uploaded: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            job: Mutex::new(None),
+        })
+    }
+
+    /// The instance's working directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn set_job(&self, job: Option<Arc<JobProcesses>>) -> Option<Arc<JobProcesses>> {
+        match self.job.lock() {
+            Ok(mut g) => std::mem::replace(&mut *g, job),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), job),
+        }
+    }
+
+    fn remove_dir(&self) -> Result<(), BackendError> {
+        if self.settings.keep_files {
+            tracing::warn!(
+                "keeping the working directory of instance {} at {} (KEEP_FILES=true)",
+                self.id,
+                self.dir.display()
+            );
+            return Ok(());
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::other(format!(
+                "cannot remove the working directory {}: {e}",
+                self.dir.display()
+            ))),
+        }
+    }
+}
+
+fn make_dir(base: &std::path::Path) -> Result<(String, PathBuf), BackendError> {
+    let pid = std::process::id();
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for _ in 0..100 {
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = format!("local-{pid}-{n}-{salt:08x}");
+        let dir = base.join(format!("host-{id}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(BackendError::other(format!(
+                    "cannot create a working directory in {}: {e}",
+                    base.display()
+                )))
+            }
+        }
+    }
+    Err(BackendError::other(format!(
+        "cannot find a free working directory name in {}",
+        base.display()
+    )))
+}
+
+/// A pipe whose ends close on exec; the write end is handed to the child explicitly.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Ends the job's processes if the run is dropped before it finished (cancellation).
+struct KillOnDrop {
+    job: Arc<JobProcesses>,
+    grace: Duration,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.job.terminate_in_background(self.grace);
+        }
+    }
+}
+
+/// Clears the instance's running flag however the run ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+impl Instance for LocalInstance {
+    async fn upload_script(&self, script: &[u8]) -> Result<(), BackendError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(BackendError::other("the instance was stopped"));
+        }
+        if self.uploaded.swap(true, Ordering::SeqCst) {
+            return Err(BackendError::stale_vm());
+        }
+        let path = self.dir.join(SCRIPT_NAME);
+        let script = script.to_vec();
+        spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o700)
+                .open(&path)?;
+            f.write_all(&script)?;
+            f.sync_all()
+        })
+        .await?
+        .map_err(|e| BackendError::other(format!("cannot write the build script: {e}")))
+    }
+
+    async fn run_script(&self, output: &mut Output) -> Result<RunResult, BackendError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(BackendError::other("the instance was stopped"));
+        }
+        if !self.uploaded.load(Ordering::SeqCst) {
+            return Err(BackendError::other("no script was uploaded"));
+        }
+        if self.running.swap(true, Ordering::SeqCst) {
+            return Err(BackendError::other("the script is already running"));
+        }
+        let _running = Running(&self.running);
+
+        let (read_end, write_end) = pipe()?;
+        let stderr_end = write_end.try_clone()?;
+        let cgroup = if self.settings.use_cgroup {
+            Cgroup::create(&format!("host-{}", self.id))
+        } else {
+            None
+        };
+        let cgroup_fd = cgroup.as_ref().map(Cgroup::procs_fd);
+
+        let mut cmd = tokio::process::Command::new(&self.settings.shell);
+        cmd.arg(SCRIPT_NAME)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::from(stderr_end));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("BACKEND_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (setsid, write) without allocating.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = cgroup_fd {
+                    // "0" moves the writing process; a failure leaves the other means.
+                    let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            BackendError::other(format!("cannot start {}: {e}", self.settings.shell))
+        })?;
+        // The parent's copies of the write end are gone with `cmd`; EOF comes when the job's
+        // processes have closed theirs.
+        drop(cmd);
+        let leader = child.id().map(|p| p as i32).unwrap_or(-1);
+        let job = Arc::new(JobProcesses::new(leader, self.id.clone(), cgroup));
+        tracing::debug!(instance = %self.id, pid = leader, cgroup = job.has_cgroup(), "build script started");
+        if let Some(previous) = self.set_job(Some(Arc::clone(&job))) {
+            previous.kill_now();
+        }
+        let mut guard = KillOnDrop {
+            job,
+            grace: self.settings.kill_grace,
+            armed: true,
+        };
+
+        let mut log = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)?;
+        let mut status: Option<ExitStatus> = None;
+        let mut eof = false;
+        while status.is_none() {
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            tokio::select! {
+                r = log.read_buf(&mut buf), if !eof => match r? {
+                    0 => eof = true,
+                    _ => output.write(shrink(buf)).await?,
+                },
+                s = child.wait() => status = Some(s?),
+            }
+        }
+        // The shell has exited; what it wrote is in the pipe. Read it all, and whatever
+        // processes it left still write until the pipe goes quiet.
+        while !eof {
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            match tokio::time::timeout(OUTPUT_LINGER, log.read_buf(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => eof = true,
+                Ok(Ok(_)) => output.write(shrink(buf)).await?,
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        // Processes left behind are ended by stop, which the host always calls.
+        guard.armed = false;
+
+        let Some(status) = status else {
+            return Ok(RunResult::not_completed());
+        };
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ok(RunResult::completed(code)),
+            (None, Some(sig)) => {
+                let line = format!(
+                    "\nhost local backend: the build script was killed by signal {sig} ({})\n",
+                    signal_name(sig)
+                );
+                output.write(line.into_bytes()).await?;
+                Ok(RunResult::completed(128 + sig))
+            }
+            (None, None) => Ok(RunResult::not_completed()),
+        }
+    }
+
+    async fn stop(&self) -> Result<(), BackendError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let result = match self.set_job(None) {
+            Some(job) => job
+                .terminate(self.settings.kill_grace)
+                .await
+                .map_err(BackendError::other),
+            None => Ok(()),
+        };
+        let removed = self.remove_dir();
+        result.and(removed)
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn startup_duration(&self) -> Duration {
+        self.startup
+    }
+}
+
+/// A read buffer sized to what was read, so a small chunk does not pin 64 KiB.
+fn shrink(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.len() < buf.capacity() / 4 {
+        buf.shrink_to_fit();
+    }
+    buf
+}
+
+impl Drop for LocalInstance {
+    fn drop(&mut self) {
+        // The host always stops an instance; this is the last line of defence.
+        if !self.stopped.load(Ordering::SeqCst) {
+            if let Some(job) = self.set_job(None) {
+                job.kill_now();
+            }
+            let _ = self.remove_dir();
+        }
+    }
+}
