@@ -14,8 +14,11 @@ pub enum LoadError {
     /// A shared library without the plugin root module.
     #[error("not a backend plugin: it does not export a plugin-api root module")]
     NotAPlugin,
+    /// Refused by the checks made before opening a file.
+    #[error("refused: {0}")]
+    Untrusted(crate::trust::TrustError),
     /// Built with an abi_stable whose header this host cannot read.
-    #[error("built with an incompatible abi_stable (its header says {found}; this host uses abi_stable 0.11): rebuild the plugin against plugin-api {host_major}.x")]
+    #[error("built with an incompatible abi_stable ({found}; this host uses abi_stable ABI 0.11): rebuild the plugin against plugin-api {host_major}.x")]
     AbiStableVersion {
         /// The header found in the file.
         found: String,

@@ -41,12 +41,15 @@
 
 pub mod backend;
 pub mod config;
+mod elf;
 pub mod error;
+pub mod inspect;
 pub mod job;
 pub mod loader;
 mod logger;
 pub mod output;
 pub mod registry;
+pub mod trust;
 
 pub use backend::{Instance, Provider};
 pub use error::{HostError, LoadError, Rejected};

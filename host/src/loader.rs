@@ -14,10 +14,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
+use abi_stable::library::{abi_header_from_path, LibraryError, RootModuleError};
 use plugin_api::ffi::BackendMod_Ref;
 
 use crate::error::{HostError, LoadError};
+use crate::trust::{self, FileFacts, Lock};
 
 /// The environment variable that lists plugin directories.
 pub const PLUGIN_PATH_ENV: &str = "HOST_PLUGIN_PATH";
@@ -85,13 +86,13 @@ pub fn is_library_file_name(path: &Path) -> bool {
         .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
 }
 
-/// The candidate files of `dirs`, in order, each once. Errors are directories the user
-/// named that cannot be read.
-pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<PathBuf>, Vec<HostError>) {
+/// The candidate files of `dirs`, in order, each once, with the index of the directory each
+/// was found in. Errors are directories the user named that cannot be read.
+pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<(PathBuf, usize)>, Vec<HostError>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
-    for dir in dirs {
+    for (index, dir) in dirs.iter().enumerate() {
         let entries = match std::fs::read_dir(&dir.path) {
             Ok(e) => e,
             Err(error) => {
@@ -112,7 +113,7 @@ pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<PathBuf>, Vec<HostError>) {
         for path in here {
             let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             if seen.insert(key) {
-                files.push(path);
+                files.push((path, index));
             }
         }
     }
@@ -120,29 +121,60 @@ pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<PathBuf>, Vec<HostError>) {
 }
 
 /// A successfully opened plugin: its root module and what its header says.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct OpenedPlugin {
     /// The root module.
     pub module: BackendMod_Ref,
     /// The plugin-api version the plugin was built against.
     pub plugin_api_version: &'static str,
+    /// The abi_stable ABI version in the plugin's header (major, minor).
+    pub abi: (u32, u32),
+    /// What the trust checks found.
+    pub facts: FileFacts,
 }
 
-/// Opens `path` as a backend plugin: `dlopen`, header, version and layout checks, root
-/// module initialisation. Opening runs the library's initialisers: only call this on files
-/// that may be trusted.
-pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
-    if !path.is_file() {
-        return Err(LoadError::Open("not a regular file".into()));
-    }
-    let header = lib_header_from_path(path).map_err(library_error)?;
+/// How far [`open_plugin`] got, for `host inspect`: each step's finding, then the error
+/// that stopped it (if any).
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// Trust checks passed with these facts.
+    pub facts: Option<FileFacts>,
+    /// The abi_stable header's (major, minor).
+    pub abi: Option<(u32, u32)>,
+    /// The plugin-api version in the header.
+    pub plugin_api_version: Option<String>,
+}
+
+/// Opens `path` as a backend plugin: the trust checks of [`crate::trust`] (with `lock`, if
+/// one is in force) first, then `dlopen`, header, version and layout checks, and root
+/// module initialisation.
+pub fn open_plugin(path: &Path, lock: Option<&Lock>) -> Result<OpenedPlugin, LoadError> {
+    open_plugin_traced(path, lock, &mut Progress::default())
+}
+
+/// [`open_plugin`], recording what it found on the way in `progress`.
+pub fn open_plugin_traced(
+    path: &Path,
+    lock: Option<&Lock>,
+    progress: &mut Progress,
+) -> Result<OpenedPlugin, LoadError> {
+    let facts = trust::check_plugin(path, lock).map_err(LoadError::Untrusted)?;
+    progress.facts = Some(facts.clone());
+    crate::elf::check(&facts.resolved).map_err(LoadError::Open)?;
+    let abi_header = abi_header_from_path(path).map_err(library_error)?;
+    let abi = (abi_header.abi_major, abi_header.abi_minor);
+    progress.abi = Some(abi);
+    let header = abi_header.upgrade().map_err(library_error)?;
     let plugin_api_version = header.version_strings().version.as_str();
+    progress.plugin_api_version = Some(plugin_api_version.to_owned());
     let module = header
         .init_root_module::<BackendMod_Ref>()
         .map_err(library_error)?;
     Ok(OpenedPlugin {
         module,
         plugin_api_version,
+        abi,
+        facts,
     })
 }
 
@@ -165,10 +197,17 @@ fn library_error(e: LibraryError) -> LoadError {
             LoadError::Open(one_line(text))
         }
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
-        LibraryError::InvalidAbiHeader(h) => LoadError::AbiStableVersion {
-            found: format!("{h:?}"),
-            host_major: host_major(),
-        },
+        LibraryError::InvalidAbiHeader(h) => {
+            let found = if h.magic_string == abi_stable::library::AbiHeader::VALUE.magic_string {
+                format!("abi_stable ABI {}.{}", h.abi_major, h.abi_minor)
+            } else {
+                "no abi_stable header at all".to_owned()
+            };
+            LoadError::AbiStableVersion {
+                found,
+                host_major: host_major(),
+            }
+        }
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
             LoadError::PluginApiVersion {
                 found: actual_version.to_string(),

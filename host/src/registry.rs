@@ -13,8 +13,9 @@ use plugin_api::ProviderConfig;
 
 use crate::backend::Provider;
 use crate::error::{HostError, LoadError, Rejected};
-use crate::loader::{candidate_files, open_plugin, PluginDir};
+use crate::loader::{candidate_files, open_plugin, OpenedPlugin, PluginDir};
 use crate::logger::HostLogger;
+use crate::trust::{lock_for_dir, Lock, TrustError};
 
 /// A loaded backend (the original's `Backend` struct, plus where it came from).
 #[derive(Clone)]
@@ -31,6 +32,10 @@ pub struct Backend {
     pub plugin_api_version: String,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// The file's SHA-256, when a lock was checked.
+    pub sha256: Option<String>,
+    /// The abi_stable ABI version in the plugin's header.
+    pub abi: (u32, u32),
     module: BackendMod_Ref,
 }
 
@@ -47,7 +52,8 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// Reads a loaded root module's description and hands it the host's logger.
-    fn from_module(path: &Path, module: BackendMod_Ref, plugin_api_version: &str) -> Self {
+    fn from_opened(path: &Path, opened: OpenedPlugin) -> Self {
+        let module = opened.module;
         let alias = module.alias()().as_str().to_owned();
         let provider_help = module.help()()
             .into_iter()
@@ -60,8 +66,10 @@ impl Backend {
         Self {
             human_readable_name: module.human_readable_name()().as_str().to_owned(),
             plugin_version: module.plugin_version()().as_str().to_owned(),
-            plugin_api_version: plugin_api_version.to_owned(),
+            plugin_api_version: opened.plugin_api_version.to_owned(),
             path: path.to_owned(),
+            sha256: opened.facts.sha256,
+            abi: opened.abi,
             provider_help,
             alias,
             module,
@@ -104,23 +112,49 @@ impl Registry {
         Self::default()
     }
 
-    /// Loads every plugin file in `dirs` (see [`crate::loader`]). Never fails: a file that
-    /// cannot be loaded is recorded in [`Registry::rejected`] and the rest still load.
+    /// Loads every plugin file in `dirs` (see [`crate::loader`]), with the directory locks
+    /// of [`crate::trust`]. Never fails: a file that cannot be loaded is recorded in
+    /// [`Registry::rejected`] and the rest still load.
     pub fn load(dirs: &[PluginDir]) -> Self {
+        Self::load_locked(dirs, None)
+    }
+
+    /// [`Registry::load`] with an explicit plugin lock (`--plugin-lock`) that applies to
+    /// every directory. A lock that cannot be used refuses every file.
+    pub fn load_locked(dirs: &[PluginDir], lock: Option<&Path>) -> Self {
         let (files, dir_errors) = candidate_files(dirs);
         let mut registry = Self {
             dir_errors,
             ..Self::default()
         };
-        for path in files {
-            registry.load_file(&path);
+        let explicit: Option<Result<Lock, TrustError>> = lock.map(Lock::load);
+        let mut dir_locks: Vec<Option<Option<Result<Lock, TrustError>>>> = vec![None; dirs.len()];
+        for (path, dir) in files {
+            let lock = match &explicit {
+                Some(l) => Some(l.clone()),
+                None => dir_locks[dir]
+                    .get_or_insert_with(|| lock_for_dir(None, &dirs[dir].path))
+                    .clone(),
+            };
+            match lock {
+                Some(Err(e)) => registry.rejected.push(Rejected {
+                    path,
+                    reason: LoadError::Untrusted(e),
+                }),
+                Some(Ok(lock)) => {
+                    registry.load_file(&path, Some(&lock));
+                }
+                None => {
+                    registry.load_file(&path, None);
+                }
+            }
         }
         registry
     }
 
     /// Loads one file into the registry; a failure is recorded, not returned.
-    pub fn load_file(&mut self, path: &Path) -> Option<&Backend> {
-        let opened = match open_plugin(path) {
+    pub fn load_file(&mut self, path: &Path, lock: Option<&Lock>) -> Option<&Backend> {
+        let opened = match open_plugin(path, lock) {
             Ok(o) => o,
             Err(reason) => {
                 tracing::debug!(path = %path.display(), %reason, "plugin rejected");
@@ -142,7 +176,7 @@ impl Registry {
             });
             return None;
         }
-        let backend = Backend::from_module(path, opened.module, opened.plugin_api_version);
+        let backend = Backend::from_opened(path, opened);
         tracing::debug!(alias = %backend.alias, path = %path.display(), "plugin loaded");
         Some(self.backends.entry(alias).or_insert(backend))
     }

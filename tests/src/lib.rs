@@ -186,3 +186,127 @@ pub fn script(content: &str) -> tempfile::NamedTempFile {
     f.write_all(content.as_bytes()).expect("write script");
     f
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_name() == "target" {
+            continue;
+        }
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            let content = std::fs::read(&src).expect("read source file");
+            // Unchanged files keep their mtime, so cargo rebuilds only what changed.
+            if std::fs::read(&dst).ok().as_deref() != Some(content.as_slice()) {
+                std::fs::write(&dst, content).expect("write copy");
+            }
+        }
+    }
+}
+
+/// Replaces `from` with `to` in the file at `path`; panics when `from` is absent, so a
+/// fixture cannot silently stop testing what it claims to.
+pub fn edit_file(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.contains(from),
+        "{} does not contain {from:?}",
+        path.display()
+    );
+    let new = text.replace(from, to);
+    if new != text {
+        std::fs::write(path, new).expect("write edited file");
+    }
+}
+
+/// Where a variant's crates live, for its edit function.
+pub struct Variant {
+    /// The workspace root (its `Cargo.toml` is a copy of ours).
+    pub root: PathBuf,
+    /// The copy of plugin-api.
+    pub api: PathBuf,
+    /// The copy of the fake plugin.
+    pub plugin: PathBuf,
+}
+
+/// Builds a variant of the fake plugin against an edited copy of plugin-api, outside the
+/// workspace: a workspace in `<target>/fixtures/variants/<name>` with the copies in
+/// `api-<name>/` and `<name>/` (paths of their own, so that cargo, which names path crates
+/// by their path inside the workspace, never mixes their artifacts up with ours in the
+/// shared `<target>/fixtures`), edited by `edit`, built as library `<name>`.
+pub fn variant_plugin(name: &str, edit: impl FnOnce(&Variant)) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let a = artifacts();
+    let root = a.target.join("fixtures").join("variants").join(name);
+    let v = Variant {
+        api: root.join(format!("api-{name}")),
+        plugin: root.join(name),
+        root: root.clone(),
+    };
+    let ws = workspace();
+    copy_dir(&ws.join("plugin-api"), &v.api);
+    copy_dir(&ws.join("plugins/fake"), &v.plugin);
+    let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).expect("workspace manifest");
+    let manifest: String = manifest
+        .lines()
+        .filter(|l| !l.starts_with("default-members"))
+        .map(|l| {
+            if l.starts_with("members") {
+                format!("members = [\"api-{name}\", \"{name}\"]")
+            } else {
+                l.replace("path = \"plugin-api\"", &format!("path = \"api-{name}\""))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_if_changed(&root.join("Cargo.toml"), &manifest);
+    if let Ok(lock) = std::fs::read_to_string(ws.join("Cargo.lock")) {
+        write_if_changed(&root.join("Cargo.lock"), &lock);
+    }
+    let plugin_manifest = v.plugin.join("Cargo.toml");
+    let text = std::fs::read_to_string(&plugin_manifest).expect("fake manifest");
+    write_if_changed(
+        &plugin_manifest,
+        &text.replace("name = \"fake\"", &format!("name = \"{name}\"")),
+    );
+    edit(&v);
+    let mut cmd = cargo();
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", name, "--target-dir"])
+        .arg(a.target.join("fixtures"));
+    if a.profile == "release" {
+        cmd.arg("--release");
+    }
+    run_cargo(cmd, &format!("build variant plugin {name}"));
+    a.target
+        .join("fixtures")
+        .join(&a.profile)
+        .join(dylib_name(name))
+}
+
+fn write_if_changed(path: &Path, content: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(content) {
+        std::fs::write(path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// Compiles C `source` into a shared library `<target>/fixtures/c/<name>.so` with `cc`.
+pub fn c_library(name: &str, source: &str) -> PathBuf {
+    let dir = artifacts().target.join("fixtures").join("c");
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(format!("{name}.so"));
+    std::fs::write(&src, source).expect("write C source");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("the tests need a C compiler (cc) to build a non-plugin shared library");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}

@@ -13,6 +13,10 @@ pub struct Args {
     /// Print JSON for machines instead of a table
     #[arg(long)]
     json: bool,
+
+    /// Write a plugin lock pinning the SHA-256 of every plugin that loads now
+    #[arg(long, value_name = "FILE")]
+    write_lock: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +69,12 @@ pub fn run(args: &Args, dirs: &[PluginDir], registry: &Registry) -> ExitCode {
         }))
         .collect();
     let failed = !rejected.is_empty();
+    if let Some(path) = &args.write_lock {
+        if let Err(e) = write_lock(path, registry) {
+            eprintln!("host: cannot write the plugin lock {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if args.json {
         let listing = Listing {
             plugin_dirs: dirs.iter().map(|d| d.path.display().to_string()).collect(),
@@ -160,6 +170,25 @@ fn table(registry: &Registry, dirs: &[PluginDir]) -> String {
     }
     out.push_str(&backends_help(registry));
     out
+}
+
+fn write_lock(path: &std::path::Path, registry: &Registry) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    for b in registry.backends() {
+        let name = b
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((name, host::trust::sha256_file(&b.path)?));
+    }
+    std::fs::write(path, host::trust::Lock::render(&files))?;
+    eprintln!(
+        "host: wrote {} with {} plugin(s)",
+        path.display(),
+        files.len()
+    );
+    Ok(())
 }
 
 /// Each backend's config keys with their help, for `list-backends` and `--help`.

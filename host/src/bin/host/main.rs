@@ -1,6 +1,7 @@
 //! The `host` command: a thin CLI over the host library. It parses arguments, sets up
 //! logging and signals, and prints; everything else lives in the library.
 
+mod inspect;
 mod list;
 mod logging;
 mod run;
@@ -49,6 +50,11 @@ struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
 
+    /// Only load plugins whose SHA-256 this lock pins (`sha256  filename` lines; default:
+    /// plugins.lock inside each plugin directory, if present)
+    #[arg(long, value_name = "FILE", global = true, env = "HOST_PLUGIN_LOCK")]
+    plugin_lock: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +75,12 @@ enum Command {
     /// time before the log starts.
     #[command(after_help = run::AFTER_HELP)]
     Run(Box<run::Args>),
+
+    /// Tell everything about one plugin file: size, sha256, trust checks, ABI and
+    /// plugin-api versions, alias, name, config keys, or exactly why it is refused
+    ///
+    /// Exit status: 0 when the host would load it, 3 when not.
+    Inspect(inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,10 +95,17 @@ fn main() -> ExitCode {
     };
     logging::init(cli.verbose, cli.quiet);
     let dirs = loader::plugin_dirs(&cli.plugin_dirs);
-    let registry = Registry::load(&dirs);
+    let lock = cli.plugin_lock.as_deref();
     match cli.command {
-        Command::ListBackends(a) => list::run(&a, &dirs, &registry),
-        Command::Run(a) => run::run(*a, &registry, cli.quiet),
+        Command::ListBackends(a) => list::run(&a, &dirs, &Registry::load_locked(&dirs, lock)),
+        Command::Run(a) => run::run(*a, &Registry::load_locked(&dirs, lock), cli.quiet),
+        Command::Inspect(a) => match lock.map(host::trust::Lock::load).transpose() {
+            Ok(lock) => inspect::run(&a, lock.as_ref()),
+            Err(e) => {
+                eprintln!("host: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+        },
     }
 }
 

@@ -1,0 +1,100 @@
+//! Everything the host can tell about one plugin file, in the spirit of `modinfo`: for
+//! `host inspect`.
+
+use std::path::Path;
+
+use abi_stable::std_types::Tuple2;
+use serde::Serialize;
+
+use crate::loader::{open_plugin_traced, Progress};
+use crate::trust::{sha256_file, Lock};
+
+/// What `host inspect` reports about a file.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    /// The path as given.
+    pub path: String,
+    /// The file with symlinks resolved, if it resolves.
+    pub resolved: Option<String>,
+    /// Size in bytes (regular files only).
+    pub size: Option<u64>,
+    /// SHA-256 (regular files only).
+    pub sha256: Option<String>,
+    /// `ok (...)` or the reason the trust checks refuse it.
+    pub trust: String,
+    /// The abi_stable ABI version in its header, e.g. `0.11`.
+    pub abi_stable: Option<String>,
+    /// The plugin-api version it was built against.
+    pub plugin_api: Option<String>,
+    /// The backend alias.
+    pub alias: Option<String>,
+    /// The human-readable name.
+    pub name: Option<String>,
+    /// The plugin's own version.
+    pub plugin_version: Option<String>,
+    /// Config keys and help, as the plugin lists them.
+    pub config_keys: Vec<(String, String)>,
+    /// Whether this host would load it.
+    pub loadable: bool,
+    /// Why it would not, in one line.
+    pub error: Option<String>,
+}
+
+/// Inspects `path`, opening it only if the trust checks (with `lock`) pass.
+pub fn inspect(path: &Path, lock: Option<&Lock>) -> Inspection {
+    let resolved = std::fs::canonicalize(path).ok();
+    let regular = resolved
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .filter(std::fs::Metadata::is_file);
+    let mut out = Inspection {
+        path: path.display().to_string(),
+        resolved: resolved.as_ref().map(|p| p.display().to_string()),
+        size: regular.as_ref().map(std::fs::Metadata::len),
+        sha256: regular.as_ref().and_then(|_| sha256_file(path).ok()),
+        trust: String::new(),
+        abi_stable: None,
+        plugin_api: None,
+        alias: None,
+        name: None,
+        plugin_version: None,
+        config_keys: Vec::new(),
+        loadable: false,
+        error: None,
+    };
+    let mut progress = Progress::default();
+    let result = open_plugin_traced(path, lock, &mut progress);
+    out.trust = match &progress.facts {
+        Some(f) => format!(
+            "ok (owner uid {}, mode {:04o}{})",
+            f.uid,
+            f.mode,
+            if f.sha256.is_some() {
+                ", sha256 pinned by the lock"
+            } else {
+                ""
+            }
+        ),
+        None => match &result {
+            Err(e) => e.to_string(),
+            Ok(_) => "ok".into(),
+        },
+    };
+    out.abi_stable = progress.abi.map(|(a, b)| format!("{a}.{b}"));
+    out.plugin_api = progress.plugin_api_version.clone();
+    match result {
+        Ok(opened) => {
+            let m = opened.module;
+            out.alias = Some(m.alias()().as_str().to_owned());
+            out.name = Some(m.human_readable_name()().as_str().to_owned());
+            out.plugin_version = Some(m.plugin_version()().as_str().to_owned());
+            out.config_keys = m.help()()
+                .into_iter()
+                .map(|Tuple2(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
+                .collect();
+            out.loadable = true;
+        }
+        Err(e) => out.error = Some(e.to_string()),
+    }
+    out
+}
