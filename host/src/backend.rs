@@ -62,6 +62,23 @@ impl Provider {
         call(&self.alias, "setup", self.inner.setup()).await
     }
 
+    /// Removes what the backend left behind that is older than `older_than` (with
+    /// `dry_run`, only lists it). Plugins built against plugin-api 1.0 answer with an
+    /// [`ErrorKind::UNSUPPORTED`] error.
+    pub async fn reap(
+        &self,
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<String>, HostError> {
+        let lines = call(
+            &self.alias,
+            "reap",
+            self.inner.reap(older_than.into(), dry_run),
+        )
+        .await?;
+        Ok(lines.into_iter().map(|l| l.into_string()).collect())
+    }
+
     /// Starts an instance with `attributes`.
     pub async fn start(&self, attributes: &StartAttributes) -> Result<Instance, HostError> {
         let raw = RStartAttributes::from(attributes);

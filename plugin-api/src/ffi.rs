@@ -22,7 +22,7 @@ use abi_stable::{
     std_types::{RBox, RDuration, RResult, RStr, RString, RVec, Tuple2},
     StableAbi,
 };
-use async_ffi::FfiFuture;
+use async_ffi::{FfiFuture, FutureExt as _};
 
 use crate::attributes::{StartAttributes, VmConfig};
 use crate::error::BackendError;
@@ -170,6 +170,22 @@ pub trait FfiProvider: Send + Sync + 'static {
     /// Starts an instance for a job.
     #[sabi(last_prefix_field)]
     fn start(&self, attributes: &RStartAttributes) -> FfiResultFuture<InstanceBox>;
+
+    // ---- appended in plugin-api 1.1 ----
+    /// Removes what this backend left behind that is older than `older_than` (instances of
+    /// a host that crashed, say); with `dry_run`, only lists it. Returns one line per
+    /// thing removed. A plugin built against plugin-api 1.0 has no `reap`: this default
+    /// answers for it with [`ErrorKind::UNSUPPORTED`](crate::ErrorKind::UNSUPPORTED).
+    fn reap(&self, older_than: RDuration, dry_run: bool) -> FfiResultFuture<RVec<RString>> {
+        let _ = (older_than, dry_run);
+        async {
+            abi_stable::std_types::RErr(BackendError::unsupported(
+                "reap (the plugin was built against plugin-api 1.0, which has no reap)",
+            ))
+        }
+        .into_ffi()
+    }
+    // ---- end of 1.1 ----
 }
 
 /// An [`FfiProvider`] trait object.

@@ -310,3 +310,23 @@ pub fn c_library(name: &str, source: &str) -> PathBuf {
     assert!(status.success(), "cc failed on {}", src.display());
     out
 }
+
+/// A spawned child that is killed if the test ends (or panics) without waiting for it, so
+/// a failing test leaves no process behind.
+pub struct Guard(pub std::process::Child);
+
+impl Guard {
+    /// Waits for the child to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("wait for child")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

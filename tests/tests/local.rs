@@ -267,8 +267,8 @@ fn sigterm_to_host_run_ends_the_job_and_cleans_up() {
     let s = script(&format!("echo up; sleep {m}; echo never"));
     let mut cmd = env.cmd(&[], s.path());
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut child = blackbox::Guard(cmd.spawn().unwrap());
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "up\n");
@@ -279,10 +279,10 @@ fn sigterm_to_host_run_ends_the_job_and_cleans_up() {
     }
     Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert_eq!(status.code(), Some(143));
     assert!(
         processes_with(&m).is_empty(),
@@ -379,5 +379,86 @@ async fn two_hundred_jobs_at_once_all_finish_correctly() {
         );
         assert!(report.stopped, "job {n}: {report:?}");
     }
+    env.assert_clean();
+}
+
+#[test]
+fn reap_removes_what_a_killed_host_left_and_nothing_of_live_hosts() {
+    let env = Env::new();
+    let m = marker();
+    // A live host's job, which the reaper must not touch.
+    let live_script = script(&format!("echo up; sleep {m}1"));
+    let mut live_cmd = env.cmd(&[], live_script.path());
+    live_cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut live = blackbox::Guard(live_cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(live.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+
+    // A host killed with SIGKILL mid-job: its job and directory stay behind.
+    let s = script(&format!("echo up; sleep {m}2 & sleep {m}3"));
+    let mut cmd = env.cmd(&[], s.path());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut doomed = blackbox::Guard(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(doomed.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    doomed.0.kill().unwrap();
+    doomed.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with(&format!("{m}3")).is_empty() {
+        assert!(Instant::now() < deadline, "the orphaned job is running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let leftover = processes_with(&format!("{m}2")).len() + processes_with(&format!("{m}3")).len();
+    assert_eq!(leftover, 2, "the killed host left its job running");
+
+    let reap = |extra: &[&str]| {
+        let mut cmd = host(env.plugins.path());
+        cmd.args(["reap", "-b", "local", "-c"])
+            .arg(format!("SCRIPTS_DIR={}", env.scripts.path().display()))
+            .args(["--older-than", "0s"])
+            .args(extra);
+        run(cmd)
+    };
+    let dry = reap(&["--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout
+            .lines()
+            .filter(|l| l.starts_with("would remove: instance"))
+            .count(),
+        1,
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        processes_with(&format!("{m}3")).len(),
+        1,
+        "a dry run removes nothing"
+    );
+
+    let done = reap(&[]);
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(done.stdout.contains("removed: instance"), "{}", done.stdout);
+    assert!(
+        processes_with(&format!("{m}2")).is_empty() && processes_with(&format!("{m}3")).is_empty()
+    );
+    assert_eq!(
+        processes_with(&format!("{m}1")).len(),
+        1,
+        "the live host's job is untouched"
+    );
+    let dirs = std::fs::read_dir(env.scripts.path()).unwrap().count();
+    assert_eq!(dirs, 1, "only the live host's directory is left");
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(live.0.id().to_string())
+        .status()
+        .unwrap();
+    assert_eq!(live.wait().code(), Some(143));
     env.assert_clean();
 }

@@ -282,12 +282,20 @@ fn a_reader_that_goes_away_ends_the_job_cleanly() {
         .arg(s.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let mut child = blackbox::Guard(cmd.spawn().unwrap());
+    let mut stdout = child.0.stdout.take().unwrap();
     let mut ten = [0u8; 10];
     std::io::Read::read_exact(&mut stdout, &mut ten).unwrap();
     drop(stdout); // as `| head -c 10` does
-    let out: Ran = child.wait_with_output().unwrap().into();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = child.wait();
+    let out = Ran {
+        code: status.code(),
+        stdout: String::new(),
+        stderr,
+        raw_stdout: Vec::new(),
+    };
     assert_eq!(out.code, Some(74), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     assert!(out.stderr.contains("reader went away"), "{}", out.stderr);
@@ -299,7 +307,7 @@ fn a_reader_that_goes_away_ends_the_job_cleanly() {
 
 /// A `host -v run` in flight, with the rest of its stderr collected in the background.
 struct Running {
-    child: Child,
+    child: blackbox::Guard,
     summary: std::path::PathBuf,
     _dir: tempfile::TempDir,
     stderr: std::thread::JoinHandle<Vec<String>>,
@@ -308,7 +316,7 @@ struct Running {
 impl Running {
     /// Waits for the exit; returns the status code and the rest of stderr.
     fn finish(mut self) -> (Option<i32>, String, serde_json::Value) {
-        let status = self.child.wait().unwrap();
+        let status = self.child.wait();
         let stderr = self.stderr.join().unwrap().join("\n");
         let summary = serde_json::from_str(&std::fs::read_to_string(&self.summary).unwrap())
             .expect("summary is JSON");
@@ -347,17 +355,17 @@ fn spawn_and_wait_for(args: &[&str], marker: &str) -> Running {
     }
     let stderr = std::thread::spawn(move || reader.lines().map_while(Result::ok).collect());
     Running {
-        child,
+        child: blackbox::Guard(child),
         summary,
         _dir: dir,
         stderr,
     }
 }
 
-fn kill(child: &Child, signal: &str) {
+fn kill(child: &blackbox::Guard, signal: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
     assert!(ok.success());

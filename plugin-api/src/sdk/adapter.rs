@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RDuration, RResult, RStr, RVec, Tuple2};
+use abi_stable::std_types::{RDuration, RResult, RStr, RString, RVec, Tuple2};
 
 use super::runtime::{guard_future, guard_sync, set_alias};
 use super::{logging, Backend, Instance, Output, Provider};
@@ -92,6 +92,16 @@ impl<P: Provider> FfiProvider for ProviderAdapter<P> {
             ))
         })
     }
+
+    // ---- appended in plugin-api 1.1 ----
+    fn reap(&self, older_than: RDuration, dry_run: bool) -> FfiResultFuture<RVec<RString>> {
+        let provider = Arc::clone(&self.0);
+        guard_future("Provider::reap", async move {
+            let lines = provider.reap(older_than.into(), dry_run).await?;
+            Ok(lines.into_iter().map(RString::from).collect())
+        })
+    }
+    // ---- end of 1.1 ----
 }
 
 struct InstanceAdapter<I>(Arc<I>);

@@ -65,6 +65,20 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         attributes: &StartAttributes,
     ) -> impl Future<Output = Result<Self::Instance, BackendError>> + Send;
+
+    // ---- appended in plugin-api 1.1 ----
+    /// Removes what this backend left behind that is older than `older_than` (e.g. the
+    /// instances of a host that crashed); with `dry_run`, only lists it. Returns a line per
+    /// thing (to be) removed. The default says the backend does not support it.
+    fn reap(
+        &self,
+        older_than: Duration,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send {
+        let _ = (older_than, dry_run);
+        async { Err(BackendError::unsupported("reap")) }
+    }
+    // ---- end of 1.1 ----
 }
 
 /// A started instance that runs one job (the original's `Instance`).

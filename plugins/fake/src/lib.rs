@@ -103,6 +103,15 @@ impl Provider for FakeProvider {
             stopped: AtomicBool::new(false),
         })
     }
+
+    /// A fake instance holds nothing, so nothing is ever left behind.
+    async fn reap(
+        &self,
+        _older_than: Duration,
+        _dry_run: bool,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A fake instance.

@@ -41,6 +41,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub struct Cgroup {
     path: PathBuf,
     procs: OwnedFd,
+    /// Made by us: removed when dropped. A cgroup found by the reaper is only removed by
+    /// [`JobProcesses::terminate`], so a dry run leaves it alone.
+    created: bool,
 }
 
 impl Cgroup {
@@ -60,7 +63,22 @@ impl Cgroup {
                 return None;
             }
         };
-        Some(Self { path, procs })
+        Some(Self {
+            path,
+            procs,
+            created: true,
+        })
+    }
+
+    /// The job cgroup `name` made earlier (by a host that may be gone), if it exists.
+    pub fn existing(name: &str) -> Option<Self> {
+        let path = own_cgroup_dir()?.join(name);
+        let procs = open_write(&path.join("cgroup.procs"))?;
+        Some(Self {
+            path,
+            procs,
+            created: false,
+        })
     }
 
     /// The raw fd of `cgroup.procs`: writing `0` to it moves the writer into the cgroup.
@@ -86,15 +104,35 @@ impl Cgroup {
     }
 
     fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            tracing::debug!("cannot remove cgroup {}: {e}", self.path.display());
+        match std::fs::remove_dir(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::debug!("cannot remove cgroup {}: {e}", self.path.display())
+            }
+            _ => {}
         }
+    }
+
+    /// Names of the job cgroups (`host-local-*`) beside ours, for the reaper.
+    pub fn job_cgroup_names() -> Vec<String> {
+        let Some(base) = own_cgroup_dir() else {
+            return Vec::new();
+        };
+        std::fs::read_dir(base)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("host-local-"))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        self.remove();
+        if self.created {
+            self.remove();
+        }
     }
 }
 
@@ -130,6 +168,11 @@ struct ProcInfo {
     pgrp: i32,
     session: i32,
     zombie: bool,
+}
+
+/// Whether process `pid` is alive (exists and is not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    read_stat(pid).is_some_and(|i| !i.zombie)
 }
 
 fn read_stat(pid: i32) -> Option<ProcInfo> {
@@ -204,8 +247,9 @@ impl JobProcesses {
                     pids.remove(&pid);
                     continue;
                 }
-                if info.pgrp == self.leader || info.session == self.leader || has_tag(pid, &needle)
-                {
+                let in_group =
+                    self.leader > 1 && (info.pgrp == self.leader || info.session == self.leader);
+                if in_group || has_tag(pid, &needle) {
                     pids.insert(info.pid);
                 }
             }
@@ -216,11 +260,14 @@ impl JobProcesses {
 
     /// Sends `signal` to every live process of the job. Returns how many were signalled.
     pub fn signal_all(&self, signal: i32) -> usize {
-        // The group first: one call reaches everything that stayed in it.
-        // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
-        unsafe { libc::kill(-self.leader, signal) };
+        // The group first: one call reaches everything that stayed in it. A leader of 1
+        // or less is no job's (and -1 would mean every process we may signal).
+        if self.leader > 1 {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+            unsafe { libc::kill(-self.leader, signal) };
+        }
         let pids = self.live_pids();
-        for pid in &pids {
+        for pid in pids.iter().filter(|p| **p > 1) {
             // SAFETY: as above, for one pid.
             unsafe { libc::kill(*pid, signal) };
         }
@@ -256,8 +303,18 @@ impl JobProcesses {
     }
 
     /// Ends the job: SIGTERM, up to `grace` for it to exit, then SIGKILL until nothing is
-    /// left. Returns the pids still alive after all that (should be none).
+    /// left, then removes its cgroup. Fails naming the pids still alive after all that.
     pub async fn terminate(&self, grace: Duration) -> Result<(), String> {
+        let result = self.end_processes(grace).await;
+        if result.is_ok() {
+            if let Some(cg) = &self.cgroup {
+                cg.remove();
+            }
+        }
+        result
+    }
+
+    async fn end_processes(&self, grace: Duration) -> Result<(), String> {
         if self.signal_all(libc::SIGTERM) > 0 {
             self.signal_all(libc::SIGCONT);
             let deadline = Instant::now() + grace;

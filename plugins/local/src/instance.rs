@@ -367,3 +367,56 @@ impl Drop for LocalInstance {
         }
     }
 }
+
+/// A working directory left by a host process that is gone.
+pub(crate) struct Stale {
+    pub(crate) id: String,
+    pub(crate) host_pid: u32,
+    pub(crate) dir: PathBuf,
+}
+
+/// The instance id's host pid: ids are `local-<pid>-<n>-<salt>`.
+pub(crate) fn host_pid_of(id: &str) -> Option<u32> {
+    id.strip_prefix("local-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+}
+
+/// The working directories in `base` whose host process no longer runs and that were last
+/// changed more than `older_than` ago.
+pub(crate) fn stale_instances(
+    base: &std::path::Path,
+    older_than: Duration,
+) -> Result<Vec<Stale>, BackendError> {
+    let entries = std::fs::read_dir(base)
+        .map_err(|e| BackendError::other(format!("cannot read {}: {e}", base.display())))?;
+    let now = std::time::SystemTime::now();
+    let mut stale = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("host-") else {
+            continue;
+        };
+        let Some(host_pid) = host_pid_of(id) else {
+            continue;
+        };
+        if crate::containment::is_alive(host_pid as i32) {
+            continue; // its host still runs: not ours to touch
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if age >= older_than {
+            stale.push(Stale {
+                id: id.to_owned(),
+                host_pid,
+                dir: entry.path(),
+            });
+        }
+    }
+    stale.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(stale)
+}

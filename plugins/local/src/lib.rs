@@ -139,6 +139,66 @@ impl Provider for LocalProvider {
     async fn start(&self, attributes: &StartAttributes) -> Result<LocalInstance, BackendError> {
         LocalInstance::create(std::sync::Arc::clone(&self.settings), attributes)
     }
+
+    /// Removes what hosts that are gone left in `SCRIPTS_DIR`: each `host-local-<pid>-...`
+    /// working directory whose host process no longer runs and that is older than
+    /// `older_than`, after ending the processes of its job (its cgroup, its tag).
+    async fn reap(&self, older_than: Duration, dry_run: bool) -> Result<Vec<String>, BackendError> {
+        let settings = std::sync::Arc::clone(&self.settings);
+        let stale =
+            spawn_blocking(move || instance::stale_instances(&settings.scripts_dir, older_than))
+                .await??;
+        let mut lines = Vec::new();
+        for s in stale {
+            let job = containment::JobProcesses::new(
+                -1,
+                s.id.clone(),
+                containment::Cgroup::existing(&format!("host-{}", s.id)),
+            );
+            let pids = job.live_pids();
+            lines.push(format!(
+                "instance {} of host pid {} (gone): working directory {}, {} process(es)",
+                s.id,
+                s.host_pid,
+                s.dir.display(),
+                pids.len()
+            ));
+            if dry_run {
+                continue;
+            }
+            job.terminate(Duration::ZERO)
+                .await
+                .map_err(BackendError::other)?;
+            drop(job);
+            std::fs::remove_dir_all(&s.dir).map_err(|e| {
+                BackendError::other(format!("cannot remove {}: {e}", s.dir.display()))
+            })?;
+        }
+        // Cgroups of gone hosts whose directories are already gone (or elsewhere).
+        for name in containment::Cgroup::job_cgroup_names() {
+            let id = name.trim_start_matches("host-");
+            let gone =
+                instance::host_pid_of(id).is_some_and(|pid| !containment::is_alive(pid as i32));
+            if !gone || lines.iter().any(|l| l.contains(id)) {
+                continue;
+            }
+            let job = containment::JobProcesses::new(
+                -1,
+                id.to_owned(),
+                containment::Cgroup::existing(&name),
+            );
+            lines.push(format!(
+                "cgroup {name} of a gone host: {} process(es)",
+                job.live_pids().len()
+            ));
+            if !dry_run {
+                job.terminate(Duration::ZERO)
+                    .await
+                    .map_err(BackendError::other)?;
+            }
+        }
+        Ok(lines)
+    }
 }
 
 plugin_api::export_backend!(Local);

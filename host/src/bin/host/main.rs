@@ -4,6 +4,8 @@
 mod inspect;
 mod list;
 mod logging;
+mod provider;
+mod reap;
 mod run;
 
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub mod exit {
     pub const NO_INPUT: u8 = 66;
     /// Bad backend config (EX_CONFIG).
     pub const CONFIG: u8 = 78;
+    /// The backend does not support the operation (EX_UNAVAILABLE).
+    pub const UNSUPPORTED: u8 = 69;
 }
 
 const ABOUT: &str =
@@ -81,6 +85,12 @@ enum Command {
     ///
     /// Exit status: 0 when the host would load it, 3 when not.
     Inspect(inspect::Args),
+
+    /// Remove what a backend left behind that is older than --older-than (containers,
+    /// working directories, processes of a host that crashed)
+    ///
+    /// Exit status: 0 done, 69 the backend does not support reaping, 64/78 bad usage/config.
+    Reap(reap::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ListBackends(a) => list::run(&a, &dirs, &Registry::load_locked(&dirs, lock)),
         Command::Run(a) => run::run(*a, &Registry::load_locked(&dirs, lock), cli.quiet),
+        Command::Reap(a) => reap::run(&a, &Registry::load_locked(&dirs, lock)),
         Command::Inspect(a) => match lock.map(host::trust::Lock::load).transpose() {
             Ok(lock) => inspect::run(&a, lock.as_ref()),
             Err(e) => {

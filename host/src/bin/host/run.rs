@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use host::config::{parse_pairs, resolve, unknown_keys, ConfigFile};
 use host::job::{
     fmt_duration, run_job, CancelReason, Job, JobObserver, JobOptions, JobReport, TimeoutKind,
 };
 use host::{Instance, Registry};
 use plugin_api::config::{parse_byte_size, parse_duration};
-use plugin_api::{ErrorKind, ProviderConfig, StartAttributes};
+use plugin_api::StartAttributes;
 
 use crate::exit;
 
@@ -43,23 +42,8 @@ fn size_arg(s: &str) -> Result<u64, String> {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backend to run the job on (see `host list-backends`)
-    #[arg(
-        long,
-        short = 'b',
-        value_name = "ALIAS",
-        default_value = "fake",
-        env = "HOST_BACKEND"
-    )]
-    backend: String,
-
-    /// Set a backend config key (repeatable; beats the environment and the config file)
-    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
-    config: Vec<String>,
-
-    /// Read backend config from a TOML file with a table per backend alias
-    #[arg(long, value_name = "FILE")]
-    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    backend: crate::provider::BackendArgs,
 
     /// Build language (default "default")
     #[arg(long, help_heading = "Start attributes")]
@@ -112,28 +96,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
-    for r in registry.rejected() {
-        tracing::warn!("plugin rejected: {r}");
-    }
-    for e in registry.dir_errors() {
-        tracing::warn!("{e}");
-    }
-    let backend = match registry.backend(&args.backend) {
-        Ok(b) => b,
-        Err(e) => {
-            let known: Vec<&str> = registry.backends().map(|b| b.alias.as_str()).collect();
-            eprintln!(
-                "host: {e} (loaded backends: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            );
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-
     let script = match read_script(&args.script) {
         Ok(s) => s,
         Err(msg) => {
@@ -141,55 +103,9 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
             return ExitCode::from(exit::NO_INPUT);
         }
     };
-
-    let file = match args
-        .config_file
-        .as_deref()
-        .map(ConfigFile::load)
-        .transpose()
-    {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("host: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
-    let cli = match parse_pairs(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("host: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let config = resolve(
-        file.as_ref(),
-        &backend.alias,
-        &ProviderConfig::from_env(&backend.alias),
-        &cli,
-    );
-    let unknown = unknown_keys(backend, &config);
-    if !unknown.is_empty() {
-        let known: Vec<&str> = backend.provider_help.keys().map(String::as_str).collect();
-        tracing::warn!(
-            "backend {} does not know config key{} {}; it knows: {}",
-            backend.alias,
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown.join(", "),
-            known.join(", ")
-        );
-    }
-    tracing::info!(backend = %backend.alias, config = %config, "backend config");
-
-    let provider = match backend.new_provider(&config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("host: {e}");
-            let code = match e.backend_kind() {
-                Some(ErrorKind::PANIC) => host::job::EXIT_NOT_COMPLETED,
-                _ => exit::CONFIG,
-            };
-            return ExitCode::from(code);
-        }
+    let (backend, provider) = match args.backend.provider(registry) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
 
     let mut attributes = StartAttributes {
