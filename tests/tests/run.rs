@@ -2,7 +2,7 @@
 //! config precedence, and a log reader that goes away.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blackbox::{artifacts, host, plugin_dir, run, script, Ran};
