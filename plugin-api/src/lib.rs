@@ -83,6 +83,8 @@
 
 pub mod attributes;
 pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod ffi;
 pub mod sdk;

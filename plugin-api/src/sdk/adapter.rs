@@ -57,7 +57,9 @@ extern "C" fn set_logger(logger: LoggerBox) {
     });
 }
 
-extern "C" fn new_provider<B: Backend>(config: RConfig) -> RResult<ProviderBox, BackendError> {
+pub(crate) extern "C" fn new_provider<B: Backend>(
+    config: RConfig,
+) -> RResult<ProviderBox, BackendError> {
     guard_sync("Backend::new_provider", || {
         let config = ProviderConfig::from_map(
             config

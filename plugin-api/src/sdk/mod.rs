@@ -20,7 +20,7 @@
 //! cancel) it drops the future, and your `async fn` stops at its current `.await`. Release
 //! what a half-done call holds in `Drop` impls or in `stop`, which the host always calls.
 
-mod adapter;
+pub(crate) mod adapter;
 mod logging;
 mod runtime;
 
