@@ -167,15 +167,42 @@ pub fn open_plugin_traced(
     let header = abi_header.upgrade().map_err(library_error)?;
     let plugin_api_version = header.version_strings().version.as_str();
     progress.plugin_api_version = Some(plugin_api_version.to_owned());
-    let module = header
-        .init_root_module::<BackendMod_Ref>()
-        .map_err(library_error)?;
+    let module = init_root_module(header, plugin_api_version)?;
     Ok(OpenedPlugin {
         module,
         plugin_api_version,
         abi,
         facts,
     })
+}
+
+/// Checks the plugin's layout against the ABI of the plugin-api version it was built with
+/// (an older 1.x has fewer appended fields, which abi_stable refuses to compare against the
+/// current types) and returns its root module as the current type.
+fn init_root_module(
+    header: &'static abi_stable::library::LibHeader,
+    plugin_api_version: &str,
+) -> Result<BackendMod_Ref, LoadError> {
+    let minor = plugin_api_version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u64>().ok());
+    let same_major = plugin_api_version.split('.').next() == Some(&host_major().to_string());
+    if same_major && minor == Some(0) {
+        header
+            .ensure_layout::<plugin_api::ffi::v1_0::BackendMod_Ref>()
+            .map_err(library_error)?;
+        // SAFETY: the layout was just checked against plugin-api 1.0's, and the current
+        // types differ from it only by fields appended to prefix types (root module,
+        // trait vtables), which are reached through accessors that check at run time
+        // whether the plugin has them.
+        unsafe { header.init_root_module_with_unchecked_layout::<BackendMod_Ref>() }
+            .map_err(library_error)
+    } else {
+        header
+            .init_root_module::<BackendMod_Ref>()
+            .map_err(library_error)
+    }
 }
 
 fn host_major() -> u64 {

@@ -13,6 +13,15 @@
 //!   changes layout in 1.x. New start attributes arrive through a new method.
 //! - Anything else (removing or reordering a field, changing a type) is plugin-api 2.0, and a
 //!   host refuses such plugins with a message naming both versions.
+//! - When a minor version appends, the types it changes are first frozen, as released, in a
+//!   snapshot module (`v1_0` holds 1.0's): abi_stable refuses a plugin whose prefix types
+//!   have fewer fields than the host's, so the host checks an older plugin against the
+//!   snapshot of the version it was built with. See [`v1_0`].
+//!
+//! | version | appended |
+//! |---|---|
+//! | 1.0 | (first release) |
+//! | 1.1 | [`FfiProvider::reap`] (a 1.0 plugin answers "unsupported") |
 
 use abi_stable::{
     declare_root_module_statics,
@@ -241,6 +250,8 @@ impl RootModule for BackendMod_Ref {
     const NAME: &'static str = "backend";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
+
+pub mod v1_0;
 
 /// The version of plugin-api this crate is (what a plugin built against it was built with).
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -94,3 +94,8 @@ pub use config::ProviderConfig;
 pub use error::{BackendError, ErrorKind};
 pub use ffi::{RunResult, PLUGIN_API_VERSION};
 pub use sdk::{Backend, Instance, Output, Provider};
+
+/// The README's example backend, compiled as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;

@@ -92,14 +92,16 @@ pub fn artifacts() -> &'static Artifacts {
 }
 
 fn run_cargo(mut cmd: Command, what: &str) {
+    // Captured, so that nested test runs do not mix their summaries into ours.
     let out = cmd
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .unwrap_or_else(|e| panic!("cannot run cargo to {what}: {e}"));
     assert!(
         out.status.success(),
-        "cargo failed to {what}:\n{}",
+        "cargo failed to {what}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -329,4 +331,50 @@ impl Drop for Guard {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The code blocks of a markdown file: (info string, body), in order.
+pub fn code_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start().strip_prefix("```")) {
+            (None, Some(info)) => current = Some((info.trim().to_owned(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(current.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// Copies `dir` to `to`, leaving out `target/`.
+pub fn copy_tree(dir: &Path, to: &Path) {
+    copy_dir(dir, to)
+}
+
+/// SHA-256 of a file, with the system's `sha256sum`.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs cargo with `args` in `dir`, panicking with its stderr on failure.
+pub fn cargo_in(dir: &Path, args: &[&str]) {
+    let mut cmd = cargo();
+    cmd.current_dir(dir).args(args);
+    run_cargo(
+        cmd,
+        &format!("cargo {} in {}", args.join(" "), dir.display()),
+    );
 }

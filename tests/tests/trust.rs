@@ -151,12 +151,12 @@ fn a_plugin_built_against_plugin_api_2_is_refused_with_what_to_do() {
     let lib = variant_plugin("fakeapitwo", |v| {
         edit_file(
             &v.api.join("Cargo.toml"),
-            "version = \"1.0.0\"",
+            "version = \"1.1.0\"",
             "version = \"2.0.0\"",
         );
         edit_file(
             &v.root.join("Cargo.toml"),
-            "version = \"1.0.0\" }",
+            "version = \"1.1.0\" }",
             "version = \"2.0.0\" }",
         );
     });
@@ -175,7 +175,7 @@ fn a_plugin_with_a_changed_layout_gets_a_summary_not_thousands_of_lines() {
         edit_file(
             &v.api.join("src/ffi.rs"),
             "pub struct BackendMod {\n",
-            "pub struct BackendMod {\n    /// A field a 1.0.0 host does not expect, first.\n    pub layout_probe: u64,\n",
+            "pub struct BackendMod {\n    /// A field this host does not expect, first.\n    pub layout_probe: u64,\n",
         );
         edit_file(
             &v.api.join("src/sdk/adapter.rs"),

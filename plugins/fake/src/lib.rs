@@ -104,6 +104,7 @@ impl Provider for FakeProvider {
         })
     }
 
+    // ---- appended in plugin-api 1.1 ----
     /// A fake instance holds nothing, so nothing is ever left behind.
     async fn reap(
         &self,
@@ -112,6 +113,7 @@ impl Provider for FakeProvider {
     ) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
     }
+    // ---- end of 1.1 ----
 }
 
 /// A fake instance.
