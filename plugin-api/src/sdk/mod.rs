@@ -117,7 +117,9 @@ pub struct Output {
 }
 
 impl Output {
-    pub(crate) fn new(sink: crate::ffi::OutputSinkBox) -> Self {
+    /// An output over a sink. The SDK makes these for you; this is for driving a backend
+    /// in-process without the host (benchmarks, tests).
+    pub fn new(sink: crate::ffi::OutputSinkBox) -> Self {
         Self { sink, bytes: 0 }
     }
 

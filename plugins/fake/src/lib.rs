@@ -46,6 +46,10 @@ impl Backend for Fake {
             "ECHO_SCRIPT",
             "write the uploaded script into the log before LOG_OUTPUT (true/false)",
         ),
+        (
+            "REUPLOAD",
+            "accept every upload instead of the stale-VM error (for benchmarks)",
+        ),
     ];
     type Provider = FakeProvider;
 
@@ -63,6 +67,7 @@ impl Backend for Fake {
                 upload_sleep: config.duration("UPLOAD_SLEEP")?,
                 stop_sleep: config.duration("STOP_SLEEP")?,
                 echo_script: config.bool("ECHO_SCRIPT")?.unwrap_or(false),
+                reupload: config.bool("REUPLOAD")?.unwrap_or(false),
             },
         })
     }
@@ -81,6 +86,7 @@ struct Settings {
     upload_sleep: Option<Duration>,
     stop_sleep: Option<Duration>,
     echo_script: bool,
+    reupload: bool,
 }
 
 /// Makes fake instances.
@@ -136,7 +142,7 @@ async fn sleep(d: Option<Duration>) {
 impl Instance for FakeInstance {
     async fn upload_script(&self, script: &[u8]) -> Result<(), BackendError> {
         sleep(self.settings.upload_sleep).await;
-        if self.uploaded.swap(true, Ordering::SeqCst) {
+        if self.uploaded.swap(true, Ordering::SeqCst) && !self.settings.reupload {
             return Err(BackendError::stale_vm());
         }
         if self.settings.echo_script {

@@ -1,0 +1,613 @@
+//! The figures of issue #8, each with its baseline.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use host::output::{log_channel, DEFAULT_CAPACITY};
+use host::Registry;
+use plugin_api::sdk::{Backend as _, Instance as _, Output, Provider as _};
+use plugin_api::{ProviderConfig, StartAttributes};
+
+use crate::artifacts::{self, Artifacts};
+use crate::measure::{median, proc_status, sample_threads, time_shell};
+use crate::table::Row;
+
+struct Sizes {
+    runs: usize,
+    calls: usize,
+    jobs: usize,
+    sync_calls: usize,
+    log_bytes: &'static str,
+    log_bytes_shell: &'static str,
+    inflight_fake: usize,
+    inflight_local: usize,
+    plugin_counts: [usize; 3],
+}
+
+const FULL: Sizes = Sizes {
+    runs: 5,
+    calls: 200_000,
+    jobs: 20_000,
+    sync_calls: 20_000_000,
+    log_bytes: "1GiB",
+    log_bytes_shell: "1G",
+    inflight_fake: 10_000,
+    inflight_local: 500,
+    plugin_counts: [1, 10, 100],
+};
+
+const QUICK: Sizes = Sizes {
+    runs: 1,
+    calls: 1_000,
+    jobs: 100,
+    sync_calls: 10_000,
+    log_bytes: "4MiB",
+    log_bytes_shell: "4M",
+    inflight_fake: 100,
+    inflight_local: 10,
+    plugin_counts: [1, 2, 3],
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn fake_registry(a: &Artifacts) -> Registry {
+    let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
+    let registry = Registry::load(&host::loader::plugin_dirs(&[dir]));
+    assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
+    registry
+}
+
+fn bench_config() -> ProviderConfig {
+    ProviderConfig::from_map([("REUPLOAD", "true"), ("LOG_OUTPUT", &"x".repeat(1024))])
+}
+
+fn attrs() -> StartAttributes {
+    let mut a = StartAttributes::default();
+    a.set_worker_defaults();
+    a
+}
+
+fn ns(secs: f64, n: usize) -> f64 {
+    secs * 1e9 / n as f64
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "MISSED"
+    }
+}
+
+pub fn all(quick: bool) -> Vec<Row> {
+    let s = if quick { &QUICK } else { &FULL };
+    let a = artifacts::build();
+    let mut rows = Vec::new();
+    rows.extend(async_calls(&a, s));
+    rows.push(whole_job(&a, s));
+    rows.push(sync_call(&a, s));
+    rows.push(fake_throughput(&a, s));
+    rows.push(local_throughput(&a, s));
+    rows.extend(startup(&a, s));
+    rows.push(inflight(&a, "fake", s.inflight_fake, s));
+    rows.push(inflight(&a, "local", s.inflight_local, s));
+    rows.extend(memory(&a));
+    rows
+}
+
+fn async_calls(a: &Artifacts, s: &Sizes) -> Vec<Row> {
+    let rt = runtime();
+    let registry = fake_registry(a);
+    let provider = Arc::new(
+        registry
+            .new_backend_provider("fake", &bench_config())
+            .expect("provider"),
+    );
+    let direct = Arc::new(fake::Fake::new_provider(&bench_config()).expect("direct provider"));
+    let script = vec![b'#'; 1024];
+
+    // Sequential: one caller, one instance.
+    let ours = median(s.runs, || {
+        rt.block_on(async {
+            let inst = provider.start(&attrs()).await.expect("start");
+            let t = Instant::now();
+            for _ in 0..s.calls {
+                inst.upload_script(black_box(script.clone()))
+                    .await
+                    .expect("upload");
+            }
+            ns(t.elapsed().as_secs_f64(), s.calls)
+        })
+    });
+    let base = median(s.runs, || {
+        rt.block_on(async {
+            let inst = direct.start(&attrs()).await.expect("start");
+            let t = Instant::now();
+            for _ in 0..s.calls {
+                let owned = black_box(script.clone());
+                inst.upload_script(&owned).await.expect("upload");
+            }
+            ns(t.elapsed().as_secs_f64(), s.calls)
+        })
+    });
+    let mut seq = Row::new("async call (upload_script 1 KiB on fake), sequential");
+    seq.ours = format!("{ours:.0} ns");
+    seq.baseline = format!("{base:.0} ns");
+    seq.ratio = format!("+{:.0} ns ({:.2}x)", ours - base, ours / base);
+    seq.target = "overhead <= 250 ns".into();
+    seq.verdict = verdict(ours - base <= 250.0);
+
+    // 64 concurrent callers, each with its own instance.
+    let callers = 64;
+    let per = (s.calls / callers).max(1);
+    let ours_rate = median(s.runs, || {
+        rt.block_on(async {
+            let mut insts = Vec::new();
+            for _ in 0..callers {
+                insts.push(Arc::new(provider.start(&attrs()).await.expect("start")));
+            }
+            let t = Instant::now();
+            let tasks: Vec<_> = insts
+                .into_iter()
+                .map(|inst| {
+                    let script = script.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..per {
+                            inst.upload_script(script.clone()).await.expect("upload");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("caller");
+            }
+            (callers * per) as f64 / t.elapsed().as_secs_f64()
+        })
+    });
+    let base_rate = median(s.runs, || {
+        rt.block_on(async {
+            let mut insts = Vec::new();
+            for _ in 0..callers {
+                insts.push(Arc::new(direct.start(&attrs()).await.expect("start")));
+            }
+            let t = Instant::now();
+            let tasks: Vec<_> = insts
+                .into_iter()
+                .map(|inst| {
+                    let script = script.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..per {
+                            let owned = script.clone();
+                            inst.upload_script(&owned).await.expect("upload");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("caller");
+            }
+            (callers * per) as f64 / t.elapsed().as_secs_f64()
+        })
+    });
+    let mut par = Row::new("the same call, 64 concurrent callers");
+    par.ours = format!("{:.2} M calls/s", ours_rate / 1e6);
+    par.baseline = format!("{:.2} M calls/s", base_rate / 1e6);
+    par.ratio = format!("{:.2}x", ours_rate / base_rate);
+    par.target = ">= 5 M calls/s".into();
+    par.verdict = verdict(ours_rate >= 5e6);
+    vec![seq, par]
+}
+
+fn whole_job(a: &Artifacts, s: &Sizes) -> Row {
+    let rt = runtime();
+    let registry = fake_registry(a);
+    let provider = registry
+        .new_backend_provider("fake", &bench_config())
+        .expect("provider");
+    let direct = fake::Fake::new_provider(&bench_config()).expect("direct provider");
+    let script = vec![b'#'; 1024];
+    let ours = median(s.runs, || {
+        rt.block_on(async {
+            let t = Instant::now();
+            for _ in 0..s.jobs {
+                provider.setup().await.expect("setup");
+                let inst = provider.start(&attrs()).await.expect("start");
+                inst.upload_script(script.clone()).await.expect("upload");
+                let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
+                let r = inst.run_script(sink).await.expect("run");
+                while let Some(chunk) = log.recv().await {
+                    black_box(&*chunk);
+                }
+                inst.stop().await.expect("stop");
+                black_box(r);
+            }
+            ns(t.elapsed().as_secs_f64(), s.jobs)
+        })
+    });
+    let base = median(s.runs, || {
+        rt.block_on(async {
+            let t = Instant::now();
+            for _ in 0..s.jobs {
+                direct.setup().await.expect("setup");
+                let inst = direct.start(&attrs()).await.expect("start");
+                let owned = script.clone();
+                inst.upload_script(&owned).await.expect("upload");
+                let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
+                let mut out = Output::new(sink);
+                let r = inst.run_script(&mut out).await.expect("run");
+                drop(out);
+                while let Some(chunk) = log.recv().await {
+                    black_box(&*chunk);
+                }
+                inst.stop().await.expect("stop");
+                black_box(r);
+            }
+            ns(t.elapsed().as_secs_f64(), s.jobs)
+        })
+    });
+    let mut row = Row::new("one whole job on fake (setup, start, upload, run 1 KiB log, stop)");
+    row.ours = format!("{:.2} us", ours / 1e3);
+    row.baseline = format!("{:.2} us", base / 1e3);
+    row.ratio = format!("+{:.2} us ({:.2}x)", (ours - base) / 1e3, ours / base);
+    row.target = "overhead <= 5 us".into();
+    row.verdict = verdict(ours - base <= 5_000.0);
+    row
+}
+
+fn sync_call(a: &Artifacts, s: &Sizes) -> Row {
+    let rt = runtime();
+    let registry = fake_registry(a);
+    let provider = registry
+        .new_backend_provider("fake", &bench_config())
+        .expect("provider");
+    let direct = fake::Fake::new_provider(&bench_config()).expect("direct provider");
+    let (inst, dinst) = rt.block_on(async {
+        (
+            provider.start(&attrs()).await.expect("start"),
+            direct.start(&attrs()).await.expect("start"),
+        )
+    });
+    let ours = median(s.runs, || {
+        let t = Instant::now();
+        for _ in 0..s.sync_calls {
+            black_box(black_box(&inst).id());
+        }
+        ns(t.elapsed().as_secs_f64(), s.sync_calls)
+    });
+    let base = median(s.runs, || {
+        let t = Instant::now();
+        for _ in 0..s.sync_calls {
+            black_box(black_box(&dinst).id());
+        }
+        ns(t.elapsed().as_secs_f64(), s.sync_calls)
+    });
+    let mut row = Row::new("a sync call (id)");
+    row.ours = format!("{ours:.2} ns");
+    row.baseline = format!("{base:.2} ns");
+    row.ratio = format!("{:.2}x", ours / base);
+    row.target = "<= 1.25x".into();
+    row.verdict = verdict(ours / base <= 1.25);
+    row
+}
+
+fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write script");
+    p
+}
+
+fn fake_throughput(a: &Artifacts, s: &Sizes) -> Row {
+    let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
+    let script = write_script(&dir, "job.sh", "true\n");
+    let ours = median(s.runs, || {
+        time_shell(&format!(
+            "{} -q --plugin-dir {} run -b fake -c LOG_BYTES={} {} | cat > /dev/null",
+            a.host.display(),
+            dir.display(),
+            s.log_bytes,
+            script.display()
+        ))
+    });
+    let base = median(s.runs, || {
+        time_shell(&format!(
+            "head -c {} /dev/zero | cat > /dev/null",
+            s.log_bytes_shell
+        ))
+    });
+    throughput_row(
+        &format!(
+            "log throughput: host run on fake, LOG_BYTES={} | cat",
+            s.log_bytes
+        ),
+        ours,
+        base,
+        s,
+        0.9,
+    )
+}
+
+fn local_throughput(a: &Artifacts, s: &Sizes) -> Row {
+    let dir = artifacts::plugin_dir(&[("liblocal.so".into(), &a.local)]);
+    let script = write_script(
+        &dir,
+        "job.sh",
+        &format!("head -c {} /dev/zero\n", s.log_bytes_shell),
+    );
+    let ours = median(s.runs, || {
+        time_shell(&format!(
+            "{} -q --plugin-dir {} run -b local {} | cat > /dev/null",
+            a.host.display(),
+            dir.display(),
+            script.display()
+        ))
+    });
+    let base = median(s.runs, || {
+        time_shell(&format!("bash {} | cat > /dev/null", script.display()))
+    });
+    throughput_row(
+        &format!(
+            "log throughput: host run on local, head -c {} /dev/zero | cat",
+            s.log_bytes_shell
+        ),
+        ours,
+        base,
+        s,
+        0.7,
+    )
+}
+
+fn throughput_row(figure: &str, ours: f64, base: f64, s: &Sizes, target: f64) -> Row {
+    let bytes = if s.log_bytes == "1GiB" {
+        1u64 << 30
+    } else {
+        4 << 20
+    } as f64;
+    let (o, b) = (
+        bytes / ours / (1 << 30) as f64,
+        bytes / base / (1 << 30) as f64,
+    );
+    let mut row = Row::new(figure);
+    row.ours = format!("{o:.2} GiB/s ({ours:.3} s)");
+    row.baseline = format!("{b:.2} GiB/s ({base:.3} s)");
+    row.ratio = format!("{:.2}x", o / b);
+    row.target = format!(">= {target}x");
+    row.verdict = verdict(o / b >= target);
+    row
+}
+
+fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
+    let self_exe = std::env::current_exe().expect("own path");
+    let mut rows = Vec::new();
+    for n in s.plugin_counts {
+        let files: Vec<(String, &Path)> = (0..n)
+            .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
+            .collect();
+        let dir = artifacts::plugin_dir(&files);
+        let ours = median(s.runs.max(3), || {
+            time_shell(&format!(
+                "{} --plugin-dir {} list-backends > /dev/null; test $? -le 3",
+                a.host.display(),
+                dir.display()
+            ))
+        });
+        let base = median(s.runs.max(3), || {
+            time_shell(&format!(
+                "{} child dlopen-only {}",
+                self_exe.display(),
+                dir.display()
+            ))
+        });
+        let mut row = Row::new(format!("start-up: host list-backends, {n} plugin file(s)"));
+        row.ours = format!(
+            "{:.1} ms ({:.2} ms/plugin)",
+            ours * 1e3,
+            ours * 1e3 / n as f64
+        );
+        row.baseline = format!("{:.1} ms (dlopen + symbol only)", base * 1e3);
+        row.ratio = format!("{:.2}x", ours / base);
+        row.target = "<= 1.5 ms per plugin".into();
+        row.verdict = verdict(ours * 1e3 / n as f64 <= 1.5);
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    rows
+}
+
+fn inflight(a: &Artifacts, backend: &str, n: usize, _s: &Sizes) -> Row {
+    let self_exe = std::env::current_exe().expect("own path");
+    let lib = if backend == "fake" { &a.fake } else { &a.local };
+    let dir = artifacts::plugin_dir(&[(format!("lib{backend}.so"), lib)]);
+    let out = std::process::Command::new(&self_exe)
+        .args(["child", "inflight", backend, &n.to_string()])
+        .arg(&dir)
+        .output()
+        .expect("run child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inflight child failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut it = text.split_whitespace();
+    let wall: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let rss_kb: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let threads: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut row = Row::new(format!(
+        "in flight at once: {n} {backend} instances, each sleeping 1 s"
+    ));
+    row.ours = format!(
+        "{wall:.3} s, {:.1} MB peak RSS, {threads} threads",
+        rss_kb / 1024.0
+    );
+    row.baseline = "ideal: 1 s".into();
+    row.ratio = format!("{:.3}x", wall / 1.0);
+    if backend == "fake" {
+        row.target = "<= 1.1 s, <= 32 MB, no thread per job".into();
+        row.verdict = verdict(wall <= 1.1 && rss_kb <= 32.0 * 1024.0 && threads < 64);
+    } else {
+        row.target = "report; all outputs exact".into();
+        row.verdict = "yes";
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    row
+}
+
+fn memory(a: &Artifacts) -> Vec<Row> {
+    let self_exe = std::env::current_exe().expect("own path");
+    let rss = |args: &[&str]| -> u64 {
+        let out = std::process::Command::new(&self_exe)
+            .arg("child")
+            .args(args)
+            .output()
+            .expect("run child");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let empty = rss(&["rss-empty"]);
+    let mut rows = Vec::new();
+    for n in [1usize, 100] {
+        let files: Vec<(String, &Path)> = (0..n)
+            .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
+            .collect();
+        let dir = artifacts::plugin_dir(&files);
+        let kb = rss(&["rss-loaded", dir.to_str().expect("utf-8 path")]);
+        let mut row = Row::new(format!("host memory: RSS with {n} plugin file(s) loaded"));
+        row.ours = format!("{:.1} MB", kb as f64 / 1024.0);
+        row.baseline = format!(
+            "{:.1} MB (a Rust binary doing nothing)",
+            empty as f64 / 1024.0
+        );
+        row.ratio = format!("{:.2}x", kb as f64 / empty.max(1) as f64);
+        row.target = "report".into();
+        row.verdict = "yes";
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    rows
+}
+
+/// The separate processes some figures run.
+pub fn child(args: &[String]) -> ExitCode {
+    match args.first().map(String::as_str) {
+        Some("dlopen-only") => {
+            let Some(dir) = args.get(1) else {
+                return ExitCode::from(64);
+            };
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .expect("read dir")
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "so"))
+                .collect();
+            files.sort();
+            for f in files {
+                let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).expect("path");
+                // SAFETY: dlopen/dlsym with valid C strings; the handle is deliberately leaked,
+                // as the host leaks its libraries.
+                unsafe {
+                    let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                    assert!(!h.is_null(), "dlopen failed");
+                    let sym = std::ffi::CString::new(plugin_api::ffi::ROOT_MODULE_SYMBOL)
+                        .expect("symbol");
+                    assert!(!libc::dlsym(h, sym.as_ptr()).is_null(), "symbol missing");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some("rss-empty") => {
+            println!("{}", proc_status("VmRSS:"));
+            ExitCode::SUCCESS
+        }
+        Some("rss-loaded") => {
+            let Some(dir) = args.get(1) else {
+                return ExitCode::from(64);
+            };
+            let registry = Registry::load(&host::loader::plugin_dirs(&[PathBuf::from(dir)]));
+            black_box(&registry);
+            println!("{}", proc_status("VmRSS:"));
+            ExitCode::SUCCESS
+        }
+        Some("inflight") => {
+            let (Some(backend), Some(n), Some(dir)) = (args.get(1), args.get(2), args.get(3))
+            else {
+                return ExitCode::from(64);
+            };
+            let n: usize = n.parse().expect("count");
+            inflight_child(backend, n, Path::new(dir));
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::from(64),
+    }
+}
+
+fn inflight_child(backend: &str, n: usize, dir: &Path) {
+    let rt = runtime();
+    let registry = Registry::load(&host::loader::plugin_dirs(&[dir.to_path_buf()]));
+    let scripts = std::env::temp_dir().join(format!("bench-inflight-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).expect("scripts dir");
+    let config = if backend == "fake" {
+        ProviderConfig::from_map([
+            ("RUN_SLEEP", "1s".to_owned()),
+            ("LOG_OUTPUT", "done\n".to_owned()),
+        ])
+    } else {
+        ProviderConfig::from_map([("SCRIPTS_DIR", scripts.display().to_string())])
+    };
+    let provider = Arc::new(
+        registry
+            .new_backend_provider(backend, &config)
+            .expect("provider"),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = sample_threads(Arc::clone(&done));
+    let t = Instant::now();
+    let outputs = rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let provider = Arc::clone(&provider);
+                tokio::spawn(async move {
+                    let inst = provider.start(&attrs()).await.expect("start");
+                    inst.upload_script(b"sleep 1; echo done\n".to_vec())
+                        .await
+                        .expect("upload");
+                    let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
+                    let reader = tokio::spawn(async move {
+                        let mut all = Vec::new();
+                        while let Some(chunk) = log.recv().await {
+                            all.extend_from_slice(&chunk);
+                        }
+                        all
+                    });
+                    let r = inst.run_script(sink).await.expect("run");
+                    inst.stop().await.expect("stop");
+                    assert_eq!(r.exit_code, 0);
+                    reader.await.expect("reader")
+                })
+            })
+            .collect();
+        let mut outputs = Vec::new();
+        for t in tasks {
+            outputs.push(t.await.expect("job"));
+        }
+        outputs
+    });
+    let wall = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let threads = sampler.join().unwrap_or(0);
+    let exact = outputs.iter().all(|o| o == b"done\n");
+    assert!(exact, "every job's output is exactly \"done\\n\"");
+    let _ = std::fs::remove_dir_all(&scripts);
+    println!("{wall} {} {threads}", proc_status("VmHWM:"));
+}

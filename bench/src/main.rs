@@ -1,0 +1,34 @@
+//! `bench`: every figure of the plugin boundary next to its baseline, in one run.
+//!
+//! ```text
+//! cargo run --release -p bench -- all           # the full table (minutes)
+//! cargo run --release -p bench -- all --quick   # tiny sizes: checks that it works, no timing
+//! ```
+//!
+//! Each timed figure is the median of several runs. The baselines run in the same process
+//! (or, for whole-process figures, the same way as ours) right after ours.
+
+mod artifacts;
+mod figures;
+mod measure;
+mod table;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    match args.first().map(String::as_str) {
+        Some("all") => {
+            let rows = figures::all(quick);
+            print!("{}", table::render(&rows));
+            ExitCode::SUCCESS
+        }
+        // Helpers the figures run as separate processes, for a clean RSS and thread count.
+        Some("child") => figures::child(&args[1..]),
+        _ => {
+            eprintln!("usage: bench all [--quick]");
+            ExitCode::from(64)
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Timing and process figures.
+
+use std::time::{Duration, Instant};
+
+/// The median of `runs` runs of `f`, each returning its own figure.
+pub fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..runs.max(1)).map(|_| f()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Wall time of a shell command, in seconds.
+pub fn time_shell(cmd: &str) -> f64 {
+    let t = Instant::now();
+    let status = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .expect("run sh");
+    let took = t.elapsed();
+    assert!(status.success(), "command failed: {cmd}");
+    took.as_secs_f64()
+}
+
+/// A field of /proc/self/status in kB (VmRSS, VmHWM) or a count (Threads).
+pub fn proc_status(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the thread count every 10 ms until `done`; returns the maximum seen.
+pub fn sample_threads(
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            max = max.max(proc_status("Threads:"));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        max
+    })
+}
