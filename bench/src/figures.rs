@@ -284,14 +284,20 @@ fn sync_call(a: &Artifacts, s: &Sizes) -> Row {
         }
         ns(t.elapsed().as_secs_f64(), s.sync_calls)
     });
+    // A call, as ours is: the compiler would otherwise inline the baseline down to one
+    // load, which no call through a function pointer can match.
+    #[inline(never)]
+    fn direct_id(i: &fake::FakeInstance) -> &str {
+        i.id()
+    }
     let base = median(s.runs, || {
         let t = Instant::now();
         for _ in 0..s.sync_calls {
-            black_box(black_box(&dinst).id());
+            black_box(direct_id(black_box(&dinst)));
         }
         ns(t.elapsed().as_secs_f64(), s.sync_calls)
     });
-    let mut row = Row::new("a sync call (id)");
+    let mut row = Row::new("a sync call (id); baseline a direct, non-inlined call");
     row.ours = format!("{ours:.2} ns");
     row.baseline = format!("{base:.2} ns");
     row.ratio = format!("{:.2}x", ours / base);
@@ -387,36 +393,44 @@ fn throughput_row(figure: &str, ours: f64, base: f64, s: &Sizes, target: f64) ->
 
 fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     let self_exe = std::env::current_exe().expect("own path");
+    let list = |dir: &Path| {
+        time_shell(&format!(
+            "{} --plugin-dir {} list-backends > /dev/null; test $? -le 3",
+            a.host.display(),
+            dir.display()
+        ))
+    };
+    let dlopen = |dir: &Path| {
+        time_shell(&format!(
+            "{} child dlopen-only {}",
+            self_exe.display(),
+            dir.display()
+        ))
+    };
+    // What a process costs before any plugin: subtracted to get the cost per plugin.
+    let empty = artifacts::plugin_dir(&[]);
+    let ours0 = median(s.runs.max(5), || list(&empty));
+    let base0 = median(s.runs.max(5), || dlopen(&empty));
+    let _ = std::fs::remove_dir_all(&empty);
     let mut rows = Vec::new();
     for n in s.plugin_counts {
         let files: Vec<(String, &Path)> = (0..n)
             .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
             .collect();
         let dir = artifacts::plugin_dir(&files);
-        let ours = median(s.runs.max(3), || {
-            time_shell(&format!(
-                "{} --plugin-dir {} list-backends > /dev/null; test $? -le 3",
-                a.host.display(),
-                dir.display()
-            ))
-        });
-        let base = median(s.runs.max(3), || {
-            time_shell(&format!(
-                "{} child dlopen-only {}",
-                self_exe.display(),
-                dir.display()
-            ))
-        });
+        let ours = median(s.runs.max(5), || list(&dir));
+        let base = median(s.runs.max(5), || dlopen(&dir));
+        let per = (ours - ours0) * 1e3 / n as f64;
+        let base_per = (base - base0) * 1e3 / n as f64;
         let mut row = Row::new(format!("start-up: host list-backends, {n} plugin file(s)"));
-        row.ours = format!(
-            "{:.1} ms ({:.2} ms/plugin)",
-            ours * 1e3,
-            ours * 1e3 / n as f64
+        row.ours = format!("{:.1} ms, {per:.2} ms/plugin", ours * 1e3);
+        row.baseline = format!(
+            "{:.1} ms, {base_per:.2} ms/plugin (dlopen + symbol)",
+            base * 1e3
         );
-        row.baseline = format!("{:.1} ms (dlopen + symbol only)", base * 1e3);
-        row.ratio = format!("{:.2}x", ours / base);
+        row.ratio = format!("{:.2}x per plugin", per / base_per);
         row.target = "<= 1.5 ms per plugin".into();
-        row.verdict = verdict(ours * 1e3 / n as f64 <= 1.5);
+        row.verdict = verdict(per <= 1.5);
         rows.push(row);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -582,18 +596,16 @@ fn inflight_child(backend: &str, n: usize, dir: &Path) {
                     inst.upload_script(b"sleep 1; echo done\n".to_vec())
                         .await
                         .expect("upload");
+                    // The one line of log fits in the channel: read it after the run.
                     let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
-                    let reader = tokio::spawn(async move {
-                        let mut all = Vec::new();
-                        while let Some(chunk) = log.recv().await {
-                            all.extend_from_slice(&chunk);
-                        }
-                        all
-                    });
                     let r = inst.run_script(sink).await.expect("run");
+                    let mut all = Vec::new();
+                    while let Some(chunk) = log.recv().await {
+                        all.extend_from_slice(&chunk);
+                    }
                     inst.stop().await.expect("stop");
                     assert_eq!(r.exit_code, 0);
-                    reader.await.expect("reader")
+                    all
                 })
             })
             .collect();

@@ -6,39 +6,104 @@
 //! When the receiver is dropped, every further write fails with
 //! [`ErrorKind::OUTPUT_CLOSED`](plugin_api::ErrorKind::OUTPUT_CLOSED) and the plugin stops.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RVec};
 use async_ffi::FutureExt as _;
 use plugin_api::ffi::{FfiOutputSink, FfiOutputSink_TO, FfiResultFuture, OutputSinkBox};
 use plugin_api::{BackendError, ErrorKind};
-use tokio::sync::mpsc;
 
 /// Chunks in flight between a plugin and the host's reader by default.
 pub const DEFAULT_CAPACITY: usize = 16;
 
 /// Makes a sink to hand to [`crate::Instance::run_script`] and the receiver of its chunks.
+///
+/// A channel of its own rather than tokio's mpsc: an idle one costs a few dozen bytes (the
+/// queue grows on first use), which matters with thousands of jobs in flight, and a plugin
+/// writes sequentially, so one waiting writer is all there ever is.
 pub fn log_channel(capacity: usize) -> (OutputSinkBox, LogReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(Mutex::new(Shared {
+        queue: VecDeque::new(),
+        capacity: capacity.max(1),
+        receiver_gone: false,
+        senders: 1,
+        receiver_waker: None,
+        sender_waker: None,
+    }));
     (
-        FfiOutputSink_TO::from_value(ChannelSink { tx }, TD_Opaque),
-        LogReceiver { rx },
+        FfiOutputSink_TO::from_value(
+            ChannelSink {
+                shared: Arc::clone(&shared),
+            },
+            TD_Opaque,
+        ),
+        LogReceiver { shared },
     )
+}
+
+struct Shared {
+    queue: VecDeque<RVec<u8>>,
+    capacity: usize,
+    receiver_gone: bool,
+    senders: usize,
+    receiver_waker: Option<Waker>,
+    sender_waker: Option<Waker>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic while holding this lock cannot leave the queue inconsistent: keep going.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Receives the chunks a plugin writes.
 pub struct LogReceiver {
-    rx: mpsc::Receiver<RVec<u8>>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 impl LogReceiver {
     /// The next chunk, or `None` once the plugin has dropped its sink (the run is over).
     pub async fn recv(&mut self) -> Option<LogChunk> {
-        self.rx.recv().await.map(LogChunk)
+        std::future::poll_fn(|cx| {
+            let mut s = lock(&self.shared);
+            if let Some(chunk) = s.queue.pop_front() {
+                // A waiting writer is woken once half the queue is free, not for every
+                // chunk: fewer cross-thread wake-ups when the reader is the slow side.
+                if s.queue.len() <= s.capacity / 2 {
+                    if let Some(w) = s.sender_waker.take() {
+                        w.wake();
+                    }
+                }
+                return Poll::Ready(Some(LogChunk(chunk)));
+            }
+            if s.senders == 0 {
+                return Poll::Ready(None);
+            }
+            s.receiver_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Refuses further output; chunks already queued are dropped.
     pub fn close(&mut self) {
-        self.rx.close();
+        let dropped = {
+            let mut s = lock(&self.shared);
+            s.receiver_gone = true;
+            if let Some(w) = s.sender_waker.take() {
+                w.wake();
+            }
+            std::mem::take(&mut s.queue)
+        };
+        drop(dropped);
+    }
+}
+
+impl Drop for LogReceiver {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -53,7 +118,17 @@ impl std::ops::Deref for LogChunk {
 }
 
 struct ChannelSink {
-    tx: mpsc::Sender<RVec<u8>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Drop for ChannelSink {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        s.senders -= 1;
+        if let Some(w) = s.receiver_waker.take() {
+            w.wake();
+        }
+    }
 }
 
 fn closed() -> BackendError {
@@ -63,23 +138,93 @@ fn closed() -> BackendError {
     )
 }
 
+/// Queues `chunk` if there is room: `Ok` when queued, `Err(Some(chunk))` when full,
+/// `Err(None)` when the receiver is gone.
+fn try_push(
+    shared: &Mutex<Shared>,
+    chunk: RVec<u8>,
+    waker: Option<&Waker>,
+) -> Result<(), Option<RVec<u8>>> {
+    let mut s = lock(shared);
+    if s.receiver_gone {
+        return Err(None);
+    }
+    if s.queue.len() < s.capacity {
+        s.queue.push_back(chunk);
+        if let Some(w) = s.receiver_waker.take() {
+            w.wake();
+        }
+        return Ok(());
+    }
+    if let Some(w) = waker {
+        s.sender_waker = Some(w.clone());
+    }
+    Err(Some(chunk))
+}
+
 impl FfiOutputSink for ChannelSink {
     fn write(&mut self, chunk: RVec<u8>) -> FfiResultFuture<()> {
-        // The common case, room in the channel, needs no clone of the sender.
-        let chunk = match self.tx.try_send(chunk) {
-            Ok(()) => return async { RResult::ROk(()) }.into_ffi(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return async { RResult::RErr(closed()) }.into_ffi()
-            }
-            Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+        // The common case, room in the queue, completes here.
+        let mut pending = match try_push(&self.shared, chunk, None) {
+            Ok(()) => return std::future::ready(RResult::ROk(())).into_ffi(),
+            Err(None) => return std::future::ready(RResult::RErr(closed())).into_ffi(),
+            Err(Some(chunk)) => Some(chunk),
         };
-        let tx = self.tx.clone();
-        async move {
-            match tx.send(chunk).await {
-                Ok(()) => RResult::ROk(()),
-                Err(_) => RResult::RErr(closed()),
+        let shared = Arc::clone(&self.shared);
+        std::future::poll_fn(move |cx| {
+            let Some(chunk) = pending.take() else {
+                return Poll::Ready(RResult::ROk(()));
+            };
+            match try_push(&shared, chunk, Some(cx.waker())) {
+                Ok(()) => Poll::Ready(RResult::ROk(())),
+                Err(None) => Poll::Ready(RResult::RErr(closed())),
+                Err(Some(chunk)) => {
+                    pending = Some(chunk);
+                    Poll::Pending
+                }
+            }
+        })
+        .into_ffi()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(b: &[u8]) -> RVec<u8> {
+        RVec::from(b.to_vec())
+    }
+
+    #[tokio::test]
+    async fn chunks_arrive_in_order_and_the_end_is_seen() {
+        let (mut sink, mut rx) = log_channel(2);
+        sink.write(chunk(b"a")).await.unwrap();
+        sink.write(chunk(b"b")).await.unwrap();
+        let writer = tokio::spawn(async move {
+            // Full: waits until the reader takes one.
+            sink.write(chunk(b"c")).await.unwrap();
+        });
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.extend_from_slice(&c);
+            if got.len() == 3 {
+                break;
             }
         }
-        .into_ffi()
+        writer.await.unwrap();
+        assert_eq!(got, b"abc");
+        assert!(rx.recv().await.is_none(), "the sink is gone: the end");
+    }
+
+    #[tokio::test]
+    async fn a_closed_receiver_fails_writes_even_a_waiting_one() {
+        let (mut sink, mut rx) = log_channel(1);
+        sink.write(chunk(b"a")).await.unwrap();
+        let waiting = tokio::spawn(async move { sink.write(chunk(b"b")).await });
+        tokio::task::yield_now().await;
+        rx.close();
+        let r = waiting.await.unwrap();
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::OUTPUT_CLOSED);
     }
 }

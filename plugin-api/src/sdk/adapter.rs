@@ -7,7 +7,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RDuration, RResult, RStr, RString, RVec, Tuple2};
 
-use super::runtime::{guard_future, guard_sync, set_alias};
+use super::runtime::{guard_future, guard_plain, guard_sync, set_alias};
 use super::{logging, Backend, Instance, Output, Provider};
 use crate::attributes::StartAttributes;
 use crate::config::ProviderConfig;
@@ -132,12 +132,12 @@ impl<I: Instance> FfiInstance for InstanceAdapter<I> {
     fn id(&self) -> RStr<'_> {
         // A panic here has no error channel: it is logged by the panic hook and the id
         // reads as empty.
-        guard_sync("Instance::id", || Ok(RStr::from_str(self.0.id()))).unwrap_or_default()
+        guard_plain("Instance::id", || RStr::from_str(self.0.id())).unwrap_or_default()
     }
 
     fn startup_duration(&self) -> RDuration {
-        guard_sync("Instance::startup_duration", || {
-            Ok(self.0.startup_duration().into())
+        guard_plain("Instance::startup_duration", || {
+            self.0.startup_duration().into()
         })
         .unwrap_or_else(|_| RDuration::from_secs(0))
     }

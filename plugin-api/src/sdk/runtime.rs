@@ -147,8 +147,6 @@ pub(crate) fn guard_sync<T>(
     }
 }
 
-type BoxedResultFuture<T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send>>;
-
 /// Wraps a plugin future for the host: each poll enters the plugin runtime and is guarded
 /// against panics, and so is dropping it (which is how the host cancels).
 pub(crate) fn guard_future<T, F>(what: &'static str, future: F) -> FfiResultFuture<T>
@@ -156,56 +154,78 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, BackendError>> + Send + 'static,
 {
+    // One allocation per call: async-ffi boxes `Guarded`, which holds the future inline.
     Guarded {
         what,
-        future: Some(Box::pin(future)),
+        future: Some(future),
     }
     .into_ffi()
 }
 
-struct Guarded<T> {
+struct Guarded<F> {
     what: &'static str,
-    future: Option<BoxedResultFuture<T>>,
+    future: Option<F>,
 }
 
-impl<T> Future for Guarded<T> {
+impl<T, F> Future for Guarded<F>
+where
+    F: Future<Output = Result<T, BackendError>>,
+{
     type Output = RResult<T, BackendError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let what = self.what;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `future` is never moved out while pinned: it is polled in place and
+        // dropped in place (by assigning `None`), which pinning allows.
+        let this = unsafe { self.get_unchecked_mut() };
+        let what = this.what;
         let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => {
-                drop_quietly(self.future.take());
+                drop_in_place_quietly(&mut this.future);
                 return Poll::Ready(RErr(e));
             }
         };
-        let Some(future) = self.future.as_mut() else {
+        let Some(future) = this.future.as_mut() else {
             return Poll::Ready(RErr(BackendError::other(format!(
                 "{what} was polled after it finished"
             ))));
         };
+        // SAFETY: see above; `future` stays where it is until it is dropped.
+        let future = unsafe { Pin::new_unchecked(future) };
         let _enter = rt.enter();
-        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(result)) => {
-                drop_quietly(self.future.take());
+                drop_in_place_quietly(&mut this.future);
                 Poll::Ready(result.into())
             }
             Err(payload) => {
                 let err = panic_error(what, payload);
-                drop_quietly(self.future.take());
+                drop_in_place_quietly(&mut this.future);
                 Poll::Ready(RErr(err))
             }
         }
     }
 }
 
-impl<T> Drop for Guarded<T> {
+/// Drops the future in place (it may be pinned), swallowing a panic from its destructor.
+fn drop_in_place_quietly<F>(slot: &mut Option<F>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| *slot = None)) {
+        std::mem::forget(payload);
+    }
+}
+
+impl<F> Drop for Guarded<F> {
     fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
+        if self.future.is_some() {
             let _enter = runtime().ok().map(|rt| rt.enter());
-            drop_quietly(future);
+            drop_in_place_quietly(&mut self.future);
         }
     }
+}
+
+/// Runs a cheap synchronous entry point (an accessor) with panics caught; no runtime is
+/// entered, since such a call starts nothing.
+pub(crate) fn guard_plain<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, BackendError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_error(what, payload))
 }

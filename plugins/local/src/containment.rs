@@ -223,12 +223,16 @@ impl JobProcesses {
     }
 
     /// Live (non-zombie) processes of the job, by every means in the module docs.
+    ///
+    /// With a cgroup this reads the cgroup's member list only (the kernel keeps every
+    /// descendant in it); without one it scans all of `/proc`, which is why the async
+    /// callers run it on the blocking pool.
     pub fn live_pids(&self) -> BTreeSet<i32> {
+        if let Some(cg) = &self.cgroup {
+            return cg.pids().into_iter().filter(|p| is_alive(*p)).collect();
+        }
         let needle = format!("{TAG_VAR}={}", self.tag).into_bytes();
         let mut pids = BTreeSet::new();
-        if let Some(cg) = &self.cgroup {
-            pids.extend(cg.pids());
-        }
         let own = std::process::id() as i32;
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
@@ -277,10 +281,18 @@ impl JobProcesses {
     /// Starts ending the job without waiting: SIGTERM now, SIGKILL after `grace` on a
     /// task of the plugin's runtime (for cancellation from a `Drop`).
     pub fn terminate_in_background(self: &std::sync::Arc<Self>, grace: Duration) {
-        if self.signal_all(libc::SIGTERM) == 0 {
-            return;
+        // The cheap part now (the group, and the cgroup's members if there is one); the
+        // rest, which may scan /proc, on the runtime.
+        if self.leader > 1 {
+            // SAFETY: kill(2) on a process group; no memory involved.
+            unsafe { libc::kill(-self.leader, libc::SIGTERM) };
         }
-        self.signal_all(libc::SIGCONT);
+        if let Some(cg) = &self.cgroup {
+            for pid in cg.pids().into_iter().filter(|p| *p > 1) {
+                // SAFETY: as above, for one pid.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
         let me = std::sync::Arc::clone(self);
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
@@ -304,7 +316,8 @@ impl JobProcesses {
 
     /// Ends the job: SIGTERM, up to `grace` for it to exit, then SIGKILL until nothing is
     /// left, then removes its cgroup. Fails naming the pids still alive after all that.
-    pub async fn terminate(&self, grace: Duration) -> Result<(), String> {
+    /// The `/proc` scans run on the plugin runtime's blocking pool, off the host's threads.
+    pub async fn terminate(self: &std::sync::Arc<Self>, grace: Duration) -> Result<(), String> {
         let result = self.end_processes(grace).await;
         if result.is_ok() {
             if let Some(cg) = &self.cgroup {
@@ -314,22 +327,41 @@ impl JobProcesses {
         result
     }
 
-    async fn end_processes(&self, grace: Duration) -> Result<(), String> {
-        if self.signal_all(libc::SIGTERM) > 0 {
-            self.signal_all(libc::SIGCONT);
+    /// Runs `f` on the blocking pool (a `/proc` scan is file IO), or inline without one.
+    async fn off_thread<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Self) -> T + Send + 'static,
+    ) -> T {
+        let me = std::sync::Arc::clone(self);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => match h.spawn_blocking(move || f(&me)).await {
+                Ok(v) => v,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
+            Err(_) => f(self),
+        }
+    }
+
+    async fn end_processes(self: &std::sync::Arc<Self>, grace: Duration) -> Result<(), String> {
+        if self.off_thread(|j| j.signal_all(libc::SIGTERM)).await > 0 {
+            self.off_thread(|j| j.signal_all(libc::SIGCONT)).await;
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
                 tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
-                if self.live_pids().is_empty() {
+                if self.off_thread(|j| j.live_pids().is_empty()).await {
                     return Ok(());
                 }
             }
         }
         let deadline = Instant::now() + KILL_WAIT;
         loop {
-            self.kill_now();
-            let left = self.live_pids();
+            let left = self
+                .off_thread(|j| {
+                    j.kill_now();
+                    j.live_pids()
+                })
+                .await;
             if left.is_empty() {
                 return Ok(());
             }

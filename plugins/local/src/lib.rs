@@ -150,11 +150,11 @@ impl Provider for LocalProvider {
                 .await??;
         let mut lines = Vec::new();
         for s in stale {
-            let job = containment::JobProcesses::new(
+            let job = std::sync::Arc::new(containment::JobProcesses::new(
                 -1,
                 s.id.clone(),
                 containment::Cgroup::existing(&format!("host-{}", s.id)),
-            );
+            ));
             let pids = job.live_pids();
             lines.push(format!(
                 "instance {} of host pid {} (gone): working directory {}, {} process(es)",
@@ -182,11 +182,11 @@ impl Provider for LocalProvider {
             if !gone || lines.iter().any(|l| l.contains(id)) {
                 continue;
             }
-            let job = containment::JobProcesses::new(
+            let job = std::sync::Arc::new(containment::JobProcesses::new(
                 -1,
                 id.to_owned(),
                 containment::Cgroup::existing(&name),
-            );
+            ));
             lines.push(format!(
                 "cgroup {name} of a gone host: {} process(es)",
                 job.live_pids().len()

@@ -153,7 +153,14 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
                 return None;
             }
         };
-        Some(run_job(&provider, job, tokio::io::stdout(), &mut cancel, &observer).await)
+        let log = match BlockingStdout::new() {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("host: cannot write to standard output: {e}");
+                return None;
+            }
+        };
+        Some(run_job(&provider, job, log, &mut cancel, &observer).await)
     });
     let Some(report) = report else {
         return ExitCode::from(host::job::EXIT_NOT_COMPLETED);
@@ -319,5 +326,50 @@ impl JobObserver for Reporter {
             "host: stopping instance {instance_id} did not finish within {}; it may be left running",
             fmt_duration(limit)
         );
+    }
+}
+
+/// Standard output for the job's log, written straight to the file descriptor.
+///
+/// tokio's own stdout hands every write to its blocking pool (a thread hop per chunk) and
+/// std's is line-buffered (a partial line would wait for its newline). `host run` runs one
+/// job, so blocking the worker thread that writes while the pipe is full stops nothing else:
+/// the other worker keeps the timers and signals going.
+struct BlockingStdout(std::fs::File);
+
+impl BlockingStdout {
+    fn new() -> std::io::Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let file = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+        // When stdout is a pipe, a larger kernel buffer (Linux's default is 64 KiB) means
+        // fewer blocked writes while the reader catches up. Best effort.
+        // SAFETY: fcntl on a descriptor we own; it fails harmlessly on a non-pipe.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        Ok(Self(file))
+    }
+}
+
+impl tokio::io::AsyncWrite for BlockingStdout {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::io::Write as _;
+        std::task::Poll::Ready(self.0.write(buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
