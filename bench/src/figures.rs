@@ -13,7 +13,7 @@ use plugin_api::sdk::{Backend as _, Instance as _, Output, Provider as _};
 use plugin_api::{ProviderConfig, StartAttributes};
 
 use crate::artifacts::{self, Artifacts};
-use crate::measure::{median, proc_status, sample_threads, time_shell};
+use crate::measure::{median, paired, proc_status, sample_threads, time_shell};
 use crate::table::Row;
 
 struct Sizes {
@@ -315,21 +315,24 @@ fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn fake_throughput(a: &Artifacts, s: &Sizes) -> Row {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
     let script = write_script(&dir, "job.sh", "true\n");
-    let ours = median(s.runs, || {
-        time_shell(&format!(
-            "{} -q --plugin-dir {} run -b fake -c LOG_BYTES={} {} | cat > /dev/null",
-            a.host.display(),
-            dir.display(),
-            s.log_bytes,
-            script.display()
-        ))
-    });
-    let base = median(s.runs, || {
-        time_shell(&format!(
-            "head -c {} /dev/zero | cat > /dev/null",
-            s.log_bytes_shell
-        ))
-    });
+    let (ours, base, ratio) = paired(
+        s.runs,
+        || {
+            time_shell(&format!(
+                "{} -q --plugin-dir {} run -b fake -c LOG_BYTES={} {} | cat > /dev/null",
+                a.host.display(),
+                dir.display(),
+                s.log_bytes,
+                script.display()
+            ))
+        },
+        || {
+            time_shell(&format!(
+                "head -c {} /dev/zero | cat > /dev/null",
+                s.log_bytes_shell
+            ))
+        },
+    );
     throughput_row(
         &format!(
             "log throughput: host run on fake, LOG_BYTES={} | cat",
@@ -337,6 +340,7 @@ fn fake_throughput(a: &Artifacts, s: &Sizes) -> Row {
         ),
         ours,
         base,
+        ratio,
         s,
         0.9,
     )
@@ -349,17 +353,18 @@ fn local_throughput(a: &Artifacts, s: &Sizes) -> Row {
         "job.sh",
         &format!("head -c {} /dev/zero\n", s.log_bytes_shell),
     );
-    let ours = median(s.runs, || {
-        time_shell(&format!(
-            "{} -q --plugin-dir {} run -b local {} | cat > /dev/null",
-            a.host.display(),
-            dir.display(),
-            script.display()
-        ))
-    });
-    let base = median(s.runs, || {
-        time_shell(&format!("bash {} | cat > /dev/null", script.display()))
-    });
+    let (ours, base, ratio) = paired(
+        s.runs,
+        || {
+            time_shell(&format!(
+                "{} -q --plugin-dir {} run -b local {} | cat > /dev/null",
+                a.host.display(),
+                dir.display(),
+                script.display()
+            ))
+        },
+        || time_shell(&format!("bash {} | cat > /dev/null", script.display())),
+    );
     throughput_row(
         &format!(
             "log throughput: host run on local, head -c {} /dev/zero | cat",
@@ -367,12 +372,20 @@ fn local_throughput(a: &Artifacts, s: &Sizes) -> Row {
         ),
         ours,
         base,
+        ratio,
         s,
         0.7,
     )
 }
 
-fn throughput_row(figure: &str, ours: f64, base: f64, s: &Sizes, target: f64) -> Row {
+fn throughput_row(
+    figure: &str,
+    ours: f64,
+    base: f64,
+    time_ratio: f64,
+    s: &Sizes,
+    target: f64,
+) -> Row {
     let bytes = if s.log_bytes == "1GiB" {
         1u64 << 30
     } else {
@@ -385,9 +398,11 @@ fn throughput_row(figure: &str, ours: f64, base: f64, s: &Sizes, target: f64) ->
     let mut row = Row::new(figure);
     row.ours = format!("{o:.2} GiB/s ({ours:.3} s)");
     row.baseline = format!("{b:.2} GiB/s ({base:.3} s)");
-    row.ratio = format!("{:.2}x", o / b);
+    // Throughput ratio, from the median of the paired runs' time ratios.
+    let speed = 1.0 / time_ratio;
+    row.ratio = format!("{speed:.2}x");
     row.target = format!(">= {target}x");
-    row.verdict = verdict(o / b >= target);
+    row.verdict = verdict(speed >= target);
     row
 }
 

@@ -9,6 +9,30 @@ pub fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs `ours` and `base` alternately `runs` times (so that a noisy neighbour hits both
+/// alike) and returns the medians of each and of their ratios.
+pub fn paired(
+    runs: usize,
+    mut ours: impl FnMut() -> f64,
+    mut base: impl FnMut() -> f64,
+) -> (f64, f64, f64) {
+    let mut o = Vec::new();
+    let mut b = Vec::new();
+    let mut r = Vec::new();
+    for _ in 0..runs.max(1) {
+        let x = ours();
+        let y = base();
+        o.push(x);
+        b.push(y);
+        r.push(x / y);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (med(&mut o), med(&mut b), med(&mut r))
+}
+
 /// Wall time of a shell command, in seconds.
 pub fn time_shell(cmd: &str) -> f64 {
     let t = Instant::now();

@@ -54,24 +54,32 @@ if ! api_up; then
     api_up || { echo "the podman API service did not start; its log:" >&2; cat "$state/service.log" >&2; exit 1; }
 fi
 
-# Local images: busybox with its applets, tagged the way the docker backend selects images.
-if ! podman image exists travis:default; then
-    rootfs="$state/rootfs"
+# Local images: busybox with its applets, one per tag the docker backend may select, each
+# knowing its own name in /etc/image-name (so that tests can tell which one ran).
+make_image() {
+    local tag="$1" rootfs="$state/rootfs-${1//[:\/]/-}"
+    podman image exists "$tag" && return 0
     rm -rf "$rootfs"
-    mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/home/travis" "$rootfs/sbin" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev" "$rootfs/etc"
+    mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/home/travis" "$rootfs/sbin" "$rootfs/proc" \
+        "$rootfs/sys" "$rootfs/dev" "$rootfs/etc" "$rootfs/root"
     cp /bin/busybox "$rootfs/bin/busybox"
     for applet in $(/bin/busybox --list); do
         [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
     done
-    ln -sf ../bin/busybox "$rootfs/sbin/init"
+    # CMD "/sbin/init" keeps the container alive: busybox's init with an empty inittab
+    # would respawn shells, so init is a shell that sleeps.
+    printf '#!/bin/sh\nexec sleep 2147483647\n' > "$rootfs/sbin/init"
+    chmod 755 "$rootfs/sbin/init"
     # bash for EXEC_CMD "bash /home/travis/build.sh": busybox's sh under that name.
     ln -sf busybox "$rootfs/bin/bash"
     echo "root:x:0:0:root:/root:/bin/sh" > "$rootfs/etc/passwd"
-    tar -C "$rootfs" -cf "$state/rootfs.tar" .
-    podman import -q "$state/rootfs.tar" travis:default >/dev/null
-    podman tag travis:default travis:go
-    podman tag travis:default ruby:latest
-    podman tag travis:default busybox:latest
-fi
+    echo "$tag" > "$rootfs/etc/image-name"
+    tar -C "$rootfs" -cf "$rootfs.tar" .
+    podman import -q "$rootfs.tar" "$tag" >/dev/null
+    rm -rf "$rootfs" "$rootfs.tar"
+}
+for tag in travis:default travis:go ruby:latest; do
+    make_image "$tag"
+done
 
 echo "unix://$sock"

@@ -1,0 +1,280 @@
+//! The docker backend's configuration: the original's keys and defaults, every value
+//! checked (the original silently ignored some bad ones: we name the key and value).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plugin_api::config::{parse_byte_size, parse_duration};
+use plugin_api::{BackendError, ProviderConfig};
+
+/// Where the script goes in the container by default.
+pub const DEFAULT_SCRIPT_PATH: &str = "/home/travis/build.sh";
+
+/// Help for every key, as the original documented them.
+pub const HELP: &[(&str, &str)] = &[
+    ("ENDPOINT", "[REQUIRED] tcp or unix address for connecting to Docker (HOST is accepted too)"),
+    ("HOST", "the same as ENDPOINT"),
+    ("CERT_PATH", "directory where ca.pem, cert.pem, and key.pem are located (default \"\")"),
+    ("CMD", "command (CMD) to run when creating containers (default \"/sbin/init\")"),
+    ("EXEC_CMD", "command to run the script with via exec (default \"bash <SCRIPT_PATH>\")"),
+    ("INSPECT_INTERVAL", "time to wait between container inspections as duration (default \"500ms\")"),
+    ("MEMORY", "memory to allocate to each container (0 disables allocation, default \"4G\")"),
+    ("SHM", "/dev/shm to allocate to each container (0 disables allocation, default \"64MiB\")"),
+    ("CPUS", "cpu count to allocate to each container (0 disables allocation, default 2)"),
+    ("CPU_SET_SIZE", "size of available cpu set (default: the number of CPUs here; at least 2)"),
+    ("PRIVILEGED", "run containers in privileged mode (default false)"),
+    ("TMPFS_MAP", "\"+\"-delimited path:options map of tmpfs mounts (example \"/run:rw,exec,nosuid\")"),
+    ("CONTAINER_LABELS", "comma- or space-delimited key:value labels to apply to each container"),
+    ("BINDS", "space-delimited bind mounts (example \"/var/run/docker.sock:/var/run/docker.sock\")"),
+    ("SECURITY_OPT", "space-delimited security options (example \"seccomp=unconfined\")"),
+    ("IMAGE", "image to use, overriding selection by language"),
+    ("SCRIPT_PATH", "where the build script goes in the container (default \"/home/travis/build.sh\")"),
+    ("STOP_GRACE", "time a container gets to stop before it is killed (default \"10s\")"),
+];
+
+/// Validated settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub endpoint: String,
+    pub cert_path: Option<PathBuf>,
+    pub cmd: Vec<String>,
+    pub exec_cmd: Vec<String>,
+    pub inspect_interval: Duration,
+    pub memory: i64,
+    pub shm: i64,
+    pub cpus: usize,
+    pub cpu_set_size: usize,
+    pub privileged: bool,
+    pub tmpfs: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub binds: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub image: Option<String>,
+    pub script_path: String,
+    pub stop_grace: Duration,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn size(cfg: &ProviderConfig, key: &str, default: i64) -> Result<i64, BackendError> {
+    match cfg.lookup(key).map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => parse_byte_size(v)
+            .map_err(|why| BackendError::invalid_config(key, v, why))
+            .and_then(|n| {
+                i64::try_from(n).map_err(|_| BackendError::invalid_config(key, v, "too large"))
+            }),
+    }
+}
+
+fn count(cfg: &ProviderConfig, key: &str, default: usize) -> Result<usize, BackendError> {
+    match cfg.lookup(key).map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| BackendError::invalid_config(key, v, "expected a whole number")),
+    }
+}
+
+impl Settings {
+    /// Reads and checks every key.
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, BackendError> {
+        let endpoint = match (cfg.lookup("ENDPOINT"), cfg.lookup("HOST")) {
+            (Some(e), _) if !e.trim().is_empty() => e.trim().to_owned(),
+            (_, Some(h)) if !h.trim().is_empty() => h.trim().to_owned(),
+            _ => return Err(BackendError::missing_endpoint_config()),
+        };
+        if !(endpoint.starts_with("unix://")
+            || endpoint.starts_with("tcp://")
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return Err(BackendError::invalid_config(
+                "ENDPOINT",
+                &endpoint,
+                "expected unix:///path/to/socket or tcp://host:port",
+            ));
+        }
+        let cert_path = cfg
+            .lookup("CERT_PATH")
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from);
+        if let Some(p) = &cert_path {
+            for f in ["ca.pem", "cert.pem", "key.pem"] {
+                if !p.join(f).is_file() {
+                    return Err(BackendError::invalid_config(
+                        "CERT_PATH",
+                        &p.display().to_string(),
+                        format!("{f} is missing there"),
+                    ));
+                }
+            }
+        }
+        let cmd = match cfg.lookup("CMD").map(str::trim) {
+            None | Some("") => vec!["/sbin/init".to_owned()],
+            Some(c) => words(c),
+        };
+        let script_path = match cfg.lookup("SCRIPT_PATH").map(str::trim) {
+            None | Some("") => DEFAULT_SCRIPT_PATH.to_owned(),
+            Some(p) if p.starts_with('/') && !p.ends_with('/') => p.to_owned(),
+            Some(p) => {
+                return Err(BackendError::invalid_config(
+                    "SCRIPT_PATH",
+                    p,
+                    "expected an absolute file path",
+                ))
+            }
+        };
+        let exec_cmd = match cfg.lookup("EXEC_CMD").map(str::trim) {
+            None | Some("") => vec!["bash".to_owned(), script_path.clone()],
+            Some(c) => words(c),
+        };
+        let inspect_interval = match cfg.lookup("INSPECT_INTERVAL").map(str::trim) {
+            None | Some("") => Duration::from_millis(500),
+            Some(v) => parse_duration(v)
+                .map_err(|why| BackendError::invalid_config("INSPECT_INTERVAL", v, why))?,
+        };
+        let stop_grace = cfg.duration("STOP_GRACE")?.unwrap_or(Duration::from_secs(10));
+        let privileged = cfg.bool("PRIVILEGED")?.unwrap_or(false);
+        let detected = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        // As the original: fewer than two CPUs in the set becomes two.
+        let cpu_set_size = count(cfg, "CPU_SET_SIZE", detected)?.max(2);
+        let cpus = count(cfg, "CPUS", 2)?;
+        if cpus > cpu_set_size {
+            return Err(BackendError::invalid_config(
+                "CPUS",
+                cfg.get("CPUS"),
+                format!("more than the {cpu_set_size} CPUs of CPU_SET_SIZE"),
+            ));
+        }
+        let mut tmpfs = BTreeMap::new();
+        for entry in cfg.get("TMPFS_MAP").split('+').map(str::trim).filter(|e| !e.is_empty()) {
+            let (path, opts) = entry.split_once(':').unwrap_or((entry, ""));
+            if !path.starts_with('/') {
+                return Err(BackendError::invalid_config(
+                    "TMPFS_MAP",
+                    cfg.get("TMPFS_MAP"),
+                    format!("{entry:?} does not start with an absolute path"),
+                ));
+            }
+            tmpfs.insert(path.to_owned(), opts.to_owned());
+        }
+        let mut labels = BTreeMap::new();
+        for entry in cfg
+            .get("CONTAINER_LABELS")
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|e| !e.is_empty())
+        {
+            match entry.split_once(':') {
+                Some((k, v)) if !k.is_empty() => {
+                    labels.insert(k.to_owned(), v.to_owned());
+                }
+                _ => {
+                    return Err(BackendError::invalid_config(
+                        "CONTAINER_LABELS",
+                        cfg.get("CONTAINER_LABELS"),
+                        format!("{entry:?} is not key:value"),
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            endpoint,
+            cert_path,
+            cmd,
+            exec_cmd,
+            inspect_interval,
+            memory: size(cfg, "MEMORY", 4 << 30)?,
+            shm: size(cfg, "SHM", 64 << 20)?,
+            cpus,
+            cpu_set_size,
+            privileged,
+            tmpfs,
+            labels,
+            binds: words(cfg.get("BINDS")),
+            security_opt: words(cfg.get("SECURITY_OPT")),
+            image: cfg
+                .lookup("IMAGE")
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .map(str::to_owned),
+            script_path,
+            stop_grace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::ErrorKind;
+
+    fn cfg(pairs: &[(&str, &str)]) -> ProviderConfig {
+        let mut c = ProviderConfig::from_map([("ENDPOINT", "unix:///var/run/docker.sock")]);
+        for (k, v) in pairs {
+            c.set(k, *v);
+        }
+        c
+    }
+
+    #[test]
+    fn a_missing_endpoint_is_the_originals_error() {
+        let e = Settings::from_config(&ProviderConfig::new()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MISSING_ENDPOINT_CONFIG);
+        assert_eq!(e.message(), "expected config key endpoint");
+        let s = Settings::from_config(&ProviderConfig::from_map([("HOST", "tcp://1.2.3.4:2376")])).unwrap();
+        assert_eq!(s.endpoint, "tcp://1.2.3.4:2376");
+    }
+
+    #[test]
+    fn the_defaults_are_the_originals() {
+        let s = Settings::from_config(&cfg(&[])).unwrap();
+        assert_eq!(s.cmd, ["/sbin/init"]);
+        assert_eq!(s.exec_cmd, ["bash", "/home/travis/build.sh"]);
+        assert_eq!(s.memory, 4 << 30);
+        assert_eq!(s.shm, 64 << 20);
+        assert_eq!(s.cpus, 2);
+        assert!(!s.privileged);
+        assert_eq!(s.inspect_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn invalid_values_are_errors_naming_key_and_value() {
+        for (key, value) in [
+            ("PRIVILEGED", "sure"),
+            ("CPU_SET_SIZE", "lots"),
+            ("INSPECT_INTERVAL", "often"),
+            ("MEMORY", "plenty"),
+            ("CPUS", "-1"),
+            ("CONTAINER_LABELS", "novalue"),
+            ("TMPFS_MAP", "run:rw"),
+            ("SCRIPT_PATH", "build.sh"),
+        ] {
+            let e = Settings::from_config(&cfg(&[(key, value)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::INVALID_CONFIG, "{key}");
+            assert!(e.message().contains(key) && e.message().contains(value), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_originals_parsing_cases() {
+        let s = Settings::from_config(&cfg(&[("CPU_SET_SIZE", "1"), ("CPUS", "1")])).unwrap();
+        assert_eq!(s.cpu_set_size, 2, "below 2 becomes 2");
+        let s = Settings::from_config(&cfg(&[("MEMORY", "99MB")])).unwrap();
+        assert_eq!(s.memory, 99 << 20);
+        let s = Settings::from_config(&cfg(&[("CMD", "/bin/sh -c  sleep\t100")])).unwrap();
+        assert_eq!(s.cmd, ["/bin/sh", "-c", "sleep", "100"]);
+        let s = Settings::from_config(&cfg(&[
+            ("TMPFS_MAP", "/run:rw,exec+/tmp:rw"),
+            ("CONTAINER_LABELS", "a:1, b:2 c:3"),
+            ("SCRIPT_PATH", "/opt/job.sh"),
+        ]))
+        .unwrap();
+        assert_eq!(s.tmpfs.get("/run").map(String::as_str), Some("rw,exec"));
+        assert_eq!(s.labels.len(), 3);
+        assert_eq!(s.exec_cmd, ["bash", "/opt/job.sh"]);
+    }
+}
