@@ -68,10 +68,12 @@ make_image() {
     done
     # CMD "/sbin/init" keeps the container alive: busybox's init with an empty inittab
     # would respawn shells, so init is a shell that sleeps.
-    printf '#!/bin/sh\nexec sleep 2147483647\n' > "$rootfs/sbin/init"
+    # It is PID 1, which ignores signals it has no handler for: so it handles SIGTERM.
+    printf '#!/bin/sh\ntrap "exit 0" TERM\nwhile :; do sleep 1; done\n' > "$rootfs/sbin/init"
     chmod 755 "$rootfs/sbin/init"
     # bash for EXEC_CMD "bash /home/travis/build.sh": busybox's sh under that name.
-    ln -sf busybox "$rootfs/bin/bash"
+    printf '#!/bin/sh\nexec /bin/sh "$@"\n' > "$rootfs/bin/bash"
+    chmod 755 "$rootfs/bin/bash"
     echo "root:x:0:0:root:/root:/bin/sh" > "$rootfs/etc/passwd"
     echo "$tag" > "$rootfs/etc/image-name"
     tar -C "$rootfs" -cf "$rootfs.tar" .

@@ -19,6 +19,8 @@ pub struct Artifacts {
     pub fake: PathBuf,
     /// The local backend's library.
     pub local: PathBuf,
+    /// The docker backend's library.
+    pub docker: PathBuf,
     /// The target directory (`target/`).
     pub target: PathBuf,
     /// `debug` or `release`.
@@ -74,6 +76,8 @@ pub fn artifacts() -> &'static Artifacts {
             "fake",
             "-p",
             "local",
+            "-p",
+            "docker",
             "--target-dir",
         ])
         .arg(&target);
@@ -85,6 +89,7 @@ pub fn artifacts() -> &'static Artifacts {
             host: profile_dir.join(format!("host{}", std::env::consts::EXE_SUFFIX)),
             fake: profile_dir.join(dylib_name("fake")),
             local: profile_dir.join(dylib_name("local")),
+            docker: profile_dir.join(dylib_name("docker")),
             target,
             profile,
         }
@@ -377,4 +382,61 @@ pub fn cargo_in(dir: &Path, args: &[&str]) {
         cmd,
         &format!("cargo {} in {}", args.join(" "), dir.display()),
     );
+}
+
+/// The Docker Engine API endpoint for the docker backend's tests: `DOCKER_HOST` when set,
+/// else podman's API service, started (and installed, if need be) by
+/// `tests/engine/podman.sh`. Panics when no engine can be had: a test that needs an engine
+/// never passes without one.
+pub fn engine() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DOCKER_HOST") {
+            if !url.is_empty() {
+                return url;
+            }
+        }
+        let state = artifacts().target.join("engine");
+        let out = Command::new("bash")
+            .arg(workspace().join("tests/engine/podman.sh"))
+            .arg(&state)
+            .output()
+            .expect("run tests/engine/podman.sh");
+        assert!(
+            out.status.success(),
+            "no container engine for the docker tests (set DOCKER_HOST, or let tests/engine/podman.sh start podman):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+/// A GET/POST/DELETE on the engine's API over its unix socket, with curl: (status, body).
+pub fn engine_api(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let url = engine();
+    let socket = url
+        .strip_prefix("unix://")
+        .expect("the tests talk to a unix socket engine");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+        socket,
+        "-X",
+        method,
+    ]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    cmd.arg(format!("http://engine/v1.41{path}"));
+    let out = cmd
+        .output()
+        .expect("curl (the docker tests use it to inspect the engine)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }

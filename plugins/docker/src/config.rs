@@ -13,24 +13,72 @@ pub const DEFAULT_SCRIPT_PATH: &str = "/home/travis/build.sh";
 
 /// Help for every key, as the original documented them.
 pub const HELP: &[(&str, &str)] = &[
-    ("ENDPOINT", "[REQUIRED] tcp or unix address for connecting to Docker (HOST is accepted too)"),
+    (
+        "ENDPOINT",
+        "[REQUIRED] tcp or unix address for connecting to Docker (HOST is accepted too)",
+    ),
     ("HOST", "the same as ENDPOINT"),
-    ("CERT_PATH", "directory where ca.pem, cert.pem, and key.pem are located (default \"\")"),
-    ("CMD", "command (CMD) to run when creating containers (default \"/sbin/init\")"),
-    ("EXEC_CMD", "command to run the script with via exec (default \"bash <SCRIPT_PATH>\")"),
-    ("INSPECT_INTERVAL", "time to wait between container inspections as duration (default \"500ms\")"),
-    ("MEMORY", "memory to allocate to each container (0 disables allocation, default \"4G\")"),
-    ("SHM", "/dev/shm to allocate to each container (0 disables allocation, default \"64MiB\")"),
-    ("CPUS", "cpu count to allocate to each container (0 disables allocation, default 2)"),
-    ("CPU_SET_SIZE", "size of available cpu set (default: the number of CPUs here; at least 2)"),
-    ("PRIVILEGED", "run containers in privileged mode (default false)"),
-    ("TMPFS_MAP", "\"+\"-delimited path:options map of tmpfs mounts (example \"/run:rw,exec,nosuid\")"),
-    ("CONTAINER_LABELS", "comma- or space-delimited key:value labels to apply to each container"),
-    ("BINDS", "space-delimited bind mounts (example \"/var/run/docker.sock:/var/run/docker.sock\")"),
-    ("SECURITY_OPT", "space-delimited security options (example \"seccomp=unconfined\")"),
+    (
+        "CERT_PATH",
+        "directory where ca.pem, cert.pem, and key.pem are located (default \"\")",
+    ),
+    (
+        "CMD",
+        "command (CMD) to run when creating containers (default \"/sbin/init\")",
+    ),
+    (
+        "EXEC_CMD",
+        "command to run the script with via exec (default \"bash <SCRIPT_PATH>\")",
+    ),
+    (
+        "INSPECT_INTERVAL",
+        "time to wait between container inspections as duration (default \"500ms\")",
+    ),
+    (
+        "MEMORY",
+        "memory to allocate to each container (0 disables allocation, default \"4G\")",
+    ),
+    (
+        "SHM",
+        "/dev/shm to allocate to each container (0 disables allocation, default \"64MiB\")",
+    ),
+    (
+        "CPUS",
+        "cpu count to allocate to each container (0 disables allocation, default 2)",
+    ),
+    (
+        "CPU_SET_SIZE",
+        "size of available cpu set (default: the number of CPUs here; at least 2)",
+    ),
+    (
+        "PRIVILEGED",
+        "run containers in privileged mode (default false)",
+    ),
+    (
+        "TMPFS_MAP",
+        "\"+\"-delimited path:options map of tmpfs mounts (example \"/run:rw,exec,nosuid\")",
+    ),
+    (
+        "CONTAINER_LABELS",
+        "comma- or space-delimited key:value labels to apply to each container",
+    ),
+    (
+        "BINDS",
+        "space-delimited bind mounts (example \"/var/run/docker.sock:/var/run/docker.sock\")",
+    ),
+    (
+        "SECURITY_OPT",
+        "space-delimited security options (example \"seccomp=unconfined\")",
+    ),
     ("IMAGE", "image to use, overriding selection by language"),
-    ("SCRIPT_PATH", "where the build script goes in the container (default \"/home/travis/build.sh\")"),
-    ("STOP_GRACE", "time a container gets to stop before it is killed (default \"10s\")"),
+    (
+        "SCRIPT_PATH",
+        "where the build script goes in the container (default \"/home/travis/build.sh\")",
+    ),
+    (
+        "STOP_GRACE",
+        "time a container gets to stop before it is killed (default \"10s\")",
+    ),
 ];
 
 /// Validated settings.
@@ -137,9 +185,13 @@ impl Settings {
             Some(v) => parse_duration(v)
                 .map_err(|why| BackendError::invalid_config("INSPECT_INTERVAL", v, why))?,
         };
-        let stop_grace = cfg.duration("STOP_GRACE")?.unwrap_or(Duration::from_secs(10));
+        let stop_grace = cfg
+            .duration("STOP_GRACE")?
+            .unwrap_or(Duration::from_secs(10));
         let privileged = cfg.bool("PRIVILEGED")?.unwrap_or(false);
-        let detected = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let detected = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         // As the original: fewer than two CPUs in the set becomes two.
         let cpu_set_size = count(cfg, "CPU_SET_SIZE", detected)?.max(2);
         let cpus = count(cfg, "CPUS", 2)?;
@@ -151,7 +203,12 @@ impl Settings {
             ));
         }
         let mut tmpfs = BTreeMap::new();
-        for entry in cfg.get("TMPFS_MAP").split('+').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in cfg
+            .get("TMPFS_MAP")
+            .split('+')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let (path, opts) = entry.split_once(':').unwrap_or((entry, ""));
             if !path.starts_with('/') {
                 return Err(BackendError::invalid_config(
@@ -225,7 +282,8 @@ mod tests {
         let e = Settings::from_config(&ProviderConfig::new()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::MISSING_ENDPOINT_CONFIG);
         assert_eq!(e.message(), "expected config key endpoint");
-        let s = Settings::from_config(&ProviderConfig::from_map([("HOST", "tcp://1.2.3.4:2376")])).unwrap();
+        let s = Settings::from_config(&ProviderConfig::from_map([("HOST", "tcp://1.2.3.4:2376")]))
+            .unwrap();
         assert_eq!(s.endpoint, "tcp://1.2.3.4:2376");
     }
 
@@ -255,7 +313,10 @@ mod tests {
         ] {
             let e = Settings::from_config(&cfg(&[(key, value)])).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::INVALID_CONFIG, "{key}");
-            assert!(e.message().contains(key) && e.message().contains(value), "{e}");
+            assert!(
+                e.message().contains(key) && e.message().contains(value),
+                "{e}"
+            );
         }
     }
 
