@@ -26,6 +26,7 @@ struct Sizes {
     inflight_fake: usize,
     inflight_local: usize,
     plugin_counts: [usize; 3],
+    memory_counts: [usize; 2],
 }
 
 const FULL: Sizes = Sizes {
@@ -38,6 +39,7 @@ const FULL: Sizes = Sizes {
     inflight_fake: 10_000,
     inflight_local: 500,
     plugin_counts: [1, 10, 100],
+    memory_counts: [1, 100],
 };
 
 const QUICK: Sizes = Sizes {
@@ -50,6 +52,7 @@ const QUICK: Sizes = Sizes {
     inflight_fake: 100,
     inflight_local: 10,
     plugin_counts: [1, 2, 3],
+    memory_counts: [1, 2],
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -101,7 +104,7 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.extend(startup(&a, s));
     rows.push(inflight(&a, "fake", s.inflight_fake, s));
     rows.push(inflight(&a, "local", s.inflight_local, s));
-    rows.extend(memory(&a));
+    rows.extend(memory(&a, s));
     rows
 }
 
@@ -491,7 +494,7 @@ fn inflight(a: &Artifacts, backend: &str, n: usize, _s: &Sizes) -> Row {
     row
 }
 
-fn memory(a: &Artifacts) -> Vec<Row> {
+fn memory(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     let self_exe = std::env::current_exe().expect("own path");
     let rss = |args: &[&str]| -> u64 {
         let out = std::process::Command::new(&self_exe)
@@ -506,7 +509,7 @@ fn memory(a: &Artifacts) -> Vec<Row> {
     };
     let empty = rss(&["rss-empty"]);
     let mut rows = Vec::new();
-    for n in [1usize, 100] {
+    for n in s.memory_counts {
         let files: Vec<(String, &Path)> = (0..n)
             .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
             .collect();

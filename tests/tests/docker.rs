@@ -313,3 +313,99 @@ fn docker_passes_the_conformance_checks() {
         .long_running("sleep 600")
         .assert_conformant::<docker::DockerBackend>();
 }
+
+/// A second API service of the same engine (same storage) on a loopback TCP port, killed on
+/// drop.
+struct TcpService {
+    child: Guard,
+    url: String,
+}
+
+fn tcp_service() -> TcpService {
+    let _ = engine(); // the engine's state dir and images exist
+    let state = artifacts().target.join("engine");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port");
+    let child = Command::new("podman")
+        .env("CONTAINERS_CONF", state.join("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", state.join("storage.conf"))
+        .args(["system", "service", "--time=120"])
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("podman system service on tcp");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the TCP API service did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    TcpService {
+        child: Guard(child),
+        url,
+    }
+}
+
+#[test]
+fn a_tcp_endpoint_works_and_a_lost_connection_is_not_completed() {
+    let dir = plugins();
+    let mut service = tcp_service();
+    let endpoint = format!("ENDPOINT={}", service.url);
+    let s = script("echo over tcp");
+    let mut cmd = host(dir.path());
+    cmd.args([
+        "run",
+        "-b",
+        "docker",
+        "-c",
+        &endpoint,
+        "-c",
+        "STOP_GRACE=1s",
+    ])
+    .arg(s.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "over tcp\n");
+
+    // The engine goes away mid-run: infrastructure failure (requeue), not a failed build.
+    let long = dir.path().join("long.sh");
+    std::fs::write(&long, "echo up; sleep 600").unwrap();
+    let mut cmd = host(dir.path());
+    cmd.args([
+        "run",
+        "-b",
+        "docker",
+        "-c",
+        &endpoint,
+        "-c",
+        "STOP_GRACE=1s",
+        "--stop-timeout",
+        "5s",
+    ])
+    .arg(&long)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut job = Guard(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(job.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    service.child.0.kill().unwrap();
+    service.child.wait();
+    let status = job.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut job.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    // Stopping could not reach the engine either: the container is the reaper's to remove.
+    let instance = instance_of(&stderr);
+    for name in containers_named(&instance) {
+        engine_api("DELETE", &format!("/containers/{name}?force=true"), None);
+    }
+}
