@@ -423,3 +423,38 @@ fn a_second_sigint_while_stopping_says_what_it_abandons() {
         .unwrap()
         .contains("abandoned"));
 }
+
+#[test]
+fn a_spinner_shows_while_starting_on_a_terminal_and_never_elsewhere() {
+    let dir = fake_dir();
+    let s = script("");
+    // Not a terminal: no spinner text at all.
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-c", "START_SLEEP=600ms"]).arg(s.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0));
+    assert!(
+        !out.stderr.contains("starting an instance on backend"),
+        "{}",
+        out.stderr
+    );
+
+    // A terminal (util-linux `script` gives the command a pty).
+    let line = format!(
+        "{} --plugin-dir {} run -c START_SLEEP=600ms {}",
+        artifacts().host.display(),
+        dir.path().display(),
+        s.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("starting an instance on backend fake..."),
+        "{text}"
+    );
+}
