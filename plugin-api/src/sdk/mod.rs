@@ -112,7 +112,7 @@ pub trait Instance: Send + Sync + 'static {
 /// output never grows memory without bound. It fails when the host will take no more (its
 /// reader went away or a log cap was reached): stop the script and return that error.
 pub struct Output {
-    sink: crate::ffi::OutputSinkBox,
+    sink: Option<crate::ffi::OutputSinkBox>,
     bytes: u64,
 }
 
@@ -120,7 +120,21 @@ impl Output {
     /// An output over a sink. The SDK makes these for you; this is for driving a backend
     /// in-process without the host (benchmarks, tests).
     pub fn new(sink: crate::ffi::OutputSinkBox) -> Self {
-        Self { sink, bytes: 0 }
+        Self {
+            sink: Some(sink),
+            bytes: 0,
+        }
+    }
+
+    /// Moves the sink into a new `Output`, so that a task of the plugin's own runtime
+    /// ([`spawn`]) can write the log; writes to `self` fail afterwards. For IO-heavy runs:
+    /// reading a process's output and writing the log on the plugin's runtime keeps each
+    /// chunk on one thread until it reaches the host.
+    pub fn take(&mut self) -> Output {
+        Output {
+            sink: self.sink.take(),
+            bytes: 0,
+        }
     }
 
     /// Hands a chunk of log to the host. The chunk's buffer is passed on, not copied.
@@ -130,7 +144,12 @@ impl Output {
             return Ok(());
         }
         let len = chunk.len() as u64;
-        self.sink.write(RVec::from(chunk)).await.into_result()?;
+        let Some(sink) = self.sink.as_mut() else {
+            return Err(BackendError::other(
+                "this output's sink was moved elsewhere (Output::take)",
+            ));
+        };
+        sink.write(RVec::from(chunk)).await.into_result()?;
         self.bytes += len;
         Ok(())
     }

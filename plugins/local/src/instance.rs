@@ -271,7 +271,7 @@ impl Instance for LocalInstance {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             BackendError::other(format!("cannot start {}: {e}", self.settings.shell))
         })?;
         // The parent's copies of the write end are gone with `cmd`; EOF comes when the job's
@@ -283,47 +283,31 @@ impl Instance for LocalInstance {
         if let Some(previous) = self.set_job(Some(Arc::clone(&job))) {
             previous.kill_now();
         }
-        let mut guard = KillOnDrop {
+        let guard = KillOnDrop {
             job,
             grace: self.settings.kill_grace,
             armed: true,
         };
 
-        let mut log = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)?;
-        let mut status: Option<ExitStatus> = None;
-        let mut eof = false;
-        while status.is_none() {
-            let mut buf = Vec::with_capacity(READ_CHUNK);
-            tokio::select! {
-                r = log.read_buf(&mut buf), if !eof => match r? {
-                    0 => eof = true,
-                    _ => {
-                        eof = fill(&log, &mut buf)?;
-                        output.write(shrink(buf)).await?
-                    }
-                },
-                s = child.wait() => status = Some(s?),
+        let log = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)?;
+        // The read loop runs as a task of the plugin's runtime, whose threads also watch the
+        // pipe: a burst of output is read where it is noticed, and only whole chunks cross
+        // to the host. Dropping this future (cancellation) aborts the task, and the guard in
+        // it ends the job's processes.
+        let mut out = output.take();
+        let (status, mut out) = spawn(async move {
+            // The whole guard moves into the task (not just the field assigned below).
+            let mut guard = guard;
+            let status = pump(child, log, &mut out).await;
+            if status.is_ok() {
+                // Processes left behind are ended by stop, which the host always calls.
+                guard.armed = false;
             }
-        }
-        // The shell has exited; what it wrote is in the pipe. Read it all, and whatever
-        // processes it left still write until the pipe goes quiet.
-        while !eof {
-            let mut buf = Vec::with_capacity(READ_CHUNK);
-            match tokio::time::timeout(OUTPUT_LINGER, log.read_buf(&mut buf)).await {
-                Ok(Ok(0)) | Err(_) => eof = true,
-                Ok(Ok(_)) => {
-                    eof = fill(&log, &mut buf)?;
-                    output.write(shrink(buf)).await?
-                }
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-        // Processes left behind are ended by stop, which the host always calls.
-        guard.armed = false;
+            status.map(|s| (s, out))
+        })
+        .await??;
+        *output = out.take();
 
-        let Some(status) = status else {
-            return Ok(RunResult::not_completed());
-        };
         match (status.code(), status.signal()) {
             (Some(code), _) => Ok(RunResult::completed(code)),
             (None, Some(sig)) => {
@@ -358,6 +342,44 @@ impl Instance for LocalInstance {
     fn startup_duration(&self) -> Duration {
         self.startup
     }
+}
+
+/// Moves the job's output into `output` until the shell exits and the pipe is drained (or
+/// quiet for [`OUTPUT_LINGER`] after the exit); returns the shell's exit status.
+async fn pump(
+    mut child: tokio::process::Child,
+    mut log: tokio::net::unix::pipe::Receiver,
+    output: &mut Output,
+) -> Result<ExitStatus, BackendError> {
+    let mut status: Option<ExitStatus> = None;
+    let mut eof = false;
+    while status.is_none() {
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        tokio::select! {
+            r = log.read_buf(&mut buf), if !eof => match r? {
+                0 => eof = true,
+                _ => {
+                    eof = fill(&log, &mut buf)?;
+                    output.write(shrink(buf)).await?
+                }
+            },
+            s = child.wait() => status = Some(s?),
+        }
+    }
+    // The shell has exited; what it wrote is in the pipe. Read it all, and whatever
+    // processes it left still write until the pipe goes quiet.
+    while !eof {
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        match tokio::time::timeout(OUTPUT_LINGER, log.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => eof = true,
+            Ok(Ok(_)) => {
+                eof = fill(&log, &mut buf)?;
+                output.write(shrink(buf)).await?
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    status.ok_or_else(|| BackendError::other("the build script's status was lost"))
 }
 
 /// Tops `buf` up with what the pipe already holds, without waiting, so that a job writing in
