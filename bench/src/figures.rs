@@ -108,41 +108,90 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows
 }
 
+/// The call both sides are timed on: one upload of an owned 1 KiB buffer.
+trait Upload: Send + Sync + 'static {
+    fn upload(&self, script: Vec<u8>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Upload for host::Instance {
+    async fn upload(&self, script: Vec<u8>) {
+        self.upload_script(script).await.expect("upload");
+    }
+}
+
+impl Upload for fake::FakeInstance {
+    async fn upload(&self, script: Vec<u8>) {
+        self.upload_script(&script).await.expect("upload");
+    }
+}
+
+/// Nanoseconds per call, one caller, median of `s.runs`.
+fn sequential<I: Upload>(
+    rt: &tokio::runtime::Runtime,
+    s: &Sizes,
+    script: &[u8],
+    start: impl AsyncFn() -> I,
+) -> f64 {
+    median(s.runs, || {
+        rt.block_on(async {
+            let inst = start().await;
+            let t = Instant::now();
+            for _ in 0..s.calls {
+                inst.upload(black_box(script.to_vec())).await;
+            }
+            ns(t.elapsed().as_secs_f64(), s.calls)
+        })
+    })
+}
+
+/// Calls per second, `callers` tasks each with its own instance, median of `s.runs`.
+fn concurrent<I: Upload>(
+    rt: &tokio::runtime::Runtime,
+    s: &Sizes,
+    callers: usize,
+    script: &[u8],
+    start: impl AsyncFn() -> I,
+) -> f64 {
+    let per = (s.calls / callers).max(1);
+    median(s.runs, || {
+        rt.block_on(async {
+            let mut insts = Vec::new();
+            for _ in 0..callers {
+                insts.push(Arc::new(start().await));
+            }
+            let t = Instant::now();
+            let tasks: Vec<_> = insts
+                .into_iter()
+                .map(|inst| {
+                    let script = script.to_vec();
+                    tokio::spawn(async move {
+                        for _ in 0..per {
+                            inst.upload(script.clone()).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("caller");
+            }
+            (callers * per) as f64 / t.elapsed().as_secs_f64()
+        })
+    })
+}
+
 fn async_calls(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     let rt = runtime();
     let registry = fake_registry(a);
-    let provider = Arc::new(
-        registry
-            .new_backend_provider("fake", &bench_config())
-            .expect("provider"),
-    );
-    let direct = Arc::new(fake::Fake::new_provider(&bench_config()).expect("direct provider"));
+    let provider = registry
+        .new_backend_provider("fake", &bench_config())
+        .expect("provider");
+    let direct = fake::Fake::new_provider(&bench_config()).expect("direct provider");
     let script = vec![b'#'; 1024];
+    let ours_start = async || provider.start(&attrs()).await.expect("start");
+    let base_start = async || direct.start(&attrs()).await.expect("start");
 
-    // Sequential: one caller, one instance.
-    let ours = median(s.runs, || {
-        rt.block_on(async {
-            let inst = provider.start(&attrs()).await.expect("start");
-            let t = Instant::now();
-            for _ in 0..s.calls {
-                inst.upload_script(black_box(script.clone()))
-                    .await
-                    .expect("upload");
-            }
-            ns(t.elapsed().as_secs_f64(), s.calls)
-        })
-    });
-    let base = median(s.runs, || {
-        rt.block_on(async {
-            let inst = direct.start(&attrs()).await.expect("start");
-            let t = Instant::now();
-            for _ in 0..s.calls {
-                let owned = black_box(script.clone());
-                inst.upload_script(&owned).await.expect("upload");
-            }
-            ns(t.elapsed().as_secs_f64(), s.calls)
-        })
-    });
+    let ours = sequential(&rt, s, &script, ours_start);
+    let base = sequential(&rt, s, &script, base_start);
     let mut seq = Row::new("async call (upload_script 1 KiB on fake), sequential");
     seq.ours = format!("{ours:.0} ns");
     seq.baseline = format!("{base:.0} ns");
@@ -150,58 +199,9 @@ fn async_calls(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     seq.target = "overhead <= 250 ns".into();
     seq.verdict = verdict(ours - base <= 250.0);
 
-    // 64 concurrent callers, each with its own instance.
     let callers = 64;
-    let per = (s.calls / callers).max(1);
-    let ours_rate = median(s.runs, || {
-        rt.block_on(async {
-            let mut insts = Vec::new();
-            for _ in 0..callers {
-                insts.push(Arc::new(provider.start(&attrs()).await.expect("start")));
-            }
-            let t = Instant::now();
-            let tasks: Vec<_> = insts
-                .into_iter()
-                .map(|inst| {
-                    let script = script.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..per {
-                            inst.upload_script(script.clone()).await.expect("upload");
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("caller");
-            }
-            (callers * per) as f64 / t.elapsed().as_secs_f64()
-        })
-    });
-    let base_rate = median(s.runs, || {
-        rt.block_on(async {
-            let mut insts = Vec::new();
-            for _ in 0..callers {
-                insts.push(Arc::new(direct.start(&attrs()).await.expect("start")));
-            }
-            let t = Instant::now();
-            let tasks: Vec<_> = insts
-                .into_iter()
-                .map(|inst| {
-                    let script = script.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..per {
-                            let owned = script.clone();
-                            inst.upload_script(&owned).await.expect("upload");
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("caller");
-            }
-            (callers * per) as f64 / t.elapsed().as_secs_f64()
-        })
-    });
+    let ours_rate = concurrent(&rt, s, callers, &script, ours_start);
+    let base_rate = concurrent(&rt, s, callers, &script, base_start);
     let mut par = Row::new("the same call, 64 concurrent callers");
     par.ours = format!("{:.2} M calls/s", ours_rate / 1e6);
     par.baseline = format!("{:.2} M calls/s", base_rate / 1e6);
