@@ -139,7 +139,8 @@ impl ProviderConfig {
         SECRET_KEY_MARKERS.iter().any(|m| upper.contains(m))
     }
 
-    /// The value of `key` as it may be shown to a person: secrets become `***`.
+    /// The value of `key` as it may be shown to a person: secrets become `***`. Values that
+    /// hold pairs are masked pair by pair by [`masked_value`], which `Display` uses.
     pub fn display_value<'a>(key: &str, value: &'a str) -> &'a str {
         if Self::is_secret_key(key) && !value.is_empty() {
             "***"
@@ -157,7 +158,36 @@ pub fn env_prefix(alias: &str) -> String {
     )
 }
 
-/// Shows `KEY=value` pairs in sorted order with secret values masked.
+/// The value of `key` as it may be shown to a person: the whole value masked when the key
+/// looks secret, and inside a list of pairs (`ENV=GITHUB_TOKEN=abc,A=1`) each pair whose
+/// name looks secret masked (`GITHUB_TOKEN=***,A=1`).
+pub fn masked_value<'a>(key: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    if ProviderConfig::is_secret_key(key) && !value.is_empty() {
+        return Cow::Borrowed("***");
+    }
+    if !value.contains('=') {
+        return Cow::Borrowed(value);
+    }
+    let mut changed = false;
+    let pairs: Vec<String> = value
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, v)) if ProviderConfig::is_secret_key(name.trim()) && !v.is_empty() => {
+                changed = true;
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    if changed {
+        Cow::Owned(pairs.join(","))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// Shows `KEY=value` pairs in sorted order with secrets masked (see [`masked_value`]).
 impl fmt::Display for ProviderConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
@@ -166,7 +196,7 @@ impl fmt::Display for ProviderConfig {
                 f.write_str(" ")?;
             }
             first = false;
-            write!(f, "{k}={:?}", Self::display_value(k, v))?;
+            write!(f, "{k}={:?}", masked_value(k, v))?;
         }
         Ok(())
     }
@@ -254,6 +284,16 @@ mod tests {
         assert_eq!(cfg.len(), 2, "{cfg:?}");
         let cfg = ProviderConfig::from_env_vars("my-cloud", [("BACKEND_MY_CLOUD_ZONE", "a")]);
         assert_eq!(cfg.get("ZONE"), "a");
+    }
+
+    #[test]
+    fn secrets_inside_lists_of_pairs_are_masked_too() {
+        let cfg = ProviderConfig::from_map([("ENV", "GITHUB_TOKEN=abc,A=1,DB_PASSWORD=p w")]);
+        assert_eq!(
+            cfg.to_string(),
+            r#"ENV="GITHUB_TOKEN=***,A=1,DB_PASSWORD=***""#
+        );
+        assert_eq!(masked_value("ENV", "A=1,B=2"), "A=1,B=2");
     }
 
     #[test]

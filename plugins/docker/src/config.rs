@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plugin_api::config::{parse_byte_size, parse_duration};
 use plugin_api::{BackendError, ProviderConfig};
 
 /// Where the script goes in the container by default.
@@ -103,18 +102,62 @@ pub struct Settings {
     pub stop_grace: Duration,
 }
 
+/// Checks an endpoint's form, so that a typo is a config error at once rather than a
+/// broken connection (a requeue) at the first request.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if let Some(path) = endpoint.strip_prefix("unix://") {
+        return if path.is_empty() {
+            Err("no socket path after unix://".into())
+        } else {
+            Ok(())
+        };
+    }
+    let rest = ["tcp://", "http://", "https://"]
+        .iter()
+        .find_map(|scheme| endpoint.strip_prefix(scheme))
+        .ok_or("expected unix:///path/to/socket, tcp://host:port, http://host:port or https://host:port")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let port = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("unclosed [ in an IPv6 address")?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+        match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("expected :port after the IPv6 address")?,
+            ),
+        }
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(format!("{host:?} is not a host name or address"));
+        }
+        port
+    };
+    if let Some(p) = port {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))?;
+    }
+    Ok(())
+}
+
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
 fn size(cfg: &ProviderConfig, key: &str, default: i64) -> Result<i64, BackendError> {
-    match cfg.lookup(key).map(str::trim) {
-        None | Some("") => Ok(default),
-        Some(v) => parse_byte_size(v)
-            .map_err(|why| BackendError::invalid_config(key, v, why))
-            .and_then(|n| {
-                i64::try_from(n).map_err(|_| BackendError::invalid_config(key, v, "too large"))
-            }),
+    match cfg.byte_size(key)? {
+        None => Ok(default),
+        Some(n) => i64::try_from(n)
+            .map_err(|_| BackendError::invalid_config(key, cfg.get(key), "too large")),
     }
 }
 
@@ -135,17 +178,8 @@ impl Settings {
             (_, Some(h)) if !h.trim().is_empty() => h.trim().to_owned(),
             _ => return Err(BackendError::missing_endpoint_config()),
         };
-        if !(endpoint.starts_with("unix://")
-            || endpoint.starts_with("tcp://")
-            || endpoint.starts_with("http://")
-            || endpoint.starts_with("https://"))
-        {
-            return Err(BackendError::invalid_config(
-                "ENDPOINT",
-                &endpoint,
-                "expected unix:///path/to/socket or tcp://host:port",
-            ));
-        }
+        check_endpoint(&endpoint)
+            .map_err(|why| BackendError::invalid_config("ENDPOINT", &endpoint, why))?;
         let cert_path = cfg
             .lookup("CERT_PATH")
             .filter(|p| !p.trim().is_empty())
@@ -180,11 +214,9 @@ impl Settings {
             None | Some("") => vec!["bash".to_owned(), script_path.clone()],
             Some(c) => words(c),
         };
-        let inspect_interval = match cfg.lookup("INSPECT_INTERVAL").map(str::trim) {
-            None | Some("") => Duration::from_millis(500),
-            Some(v) => parse_duration(v)
-                .map_err(|why| BackendError::invalid_config("INSPECT_INTERVAL", v, why))?,
-        };
+        let inspect_interval = cfg
+            .duration("INSPECT_INTERVAL")?
+            .unwrap_or(Duration::from_millis(500));
         let stop_grace = cfg
             .duration("STOP_GRACE")?
             .unwrap_or(Duration::from_secs(10));
@@ -285,6 +317,36 @@ mod tests {
         let s = Settings::from_config(&ProviderConfig::from_map([("HOST", "tcp://1.2.3.4:2376")]))
             .unwrap();
         assert_eq!(s.endpoint, "tcp://1.2.3.4:2376");
+    }
+
+    #[test]
+    fn a_malformed_endpoint_is_a_config_error_at_once() {
+        for bad in [
+            "http://[::1",
+            "tcp://",
+            "unix://",
+            "tcp://host:99999",
+            "ftp://x",
+            "tcp://a b:1",
+        ] {
+            let e = Settings::from_config(&cfg(&[("ENDPOINT", bad)])).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                plugin_api::ErrorKind::INVALID_CONFIG,
+                "{bad}: {e}"
+            );
+        }
+        for good in [
+            "unix:///run/d.sock",
+            "tcp://127.0.0.1:2375",
+            "http://[::1]:2375",
+            "https://docker.example:2376/",
+        ] {
+            assert!(
+                Settings::from_config(&cfg(&[("ENDPOINT", good)])).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl DockerInstance {
                 if state.running == Some(true) {
                     return Ok(());
                 }
-                if state.status.is_some_and(|s| s.to_string() == "exited") {
+                if state.status == Some(bollard::models::ContainerStateStatusEnum::EXITED) {
                     return Err(BackendError::other(format!(
                         "container {name} exited right after starting (exit code {:?}); is CMD {:?} right for image {image}?",
                         state.exit_code, settings.cmd
@@ -207,7 +207,8 @@ impl Instance for DockerInstance {
         if self.uploaded.swap(true, Ordering::SeqCst) {
             return Err(BackendError::stale_vm());
         }
-        let tar = crate::tar::single_file(&self.settings.script_path, 0o755, script);
+        let tar = crate::tar::single_file(&self.settings.script_path, 0o755, script)
+            .map_err(|e| BackendError::other(format!("cannot pack the script: {e}")))?;
         let opts = UploadToContainerOptionsBuilder::new().path("/").build();
         self.docker
             .upload_to_container(&self.name, Some(opts), bollard::body_full(tar.into()))

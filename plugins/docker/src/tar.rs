@@ -1,76 +1,74 @@
 //! A tar archive holding one file (and its parent directories), as the archive API takes
-//! it: ustar headers, 512-byte blocks, two zero blocks at the end.
-
-fn header(name: &str, mode: u32, size: u64, kind: u8) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    let name = name.as_bytes();
-    h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
-    let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
-        let s = format!("{v:0width$o}", width = len - 1);
-        h[at..at + len - 1].copy_from_slice(s.as_bytes());
-    };
-    octal(&mut h, 100, 8, u64::from(mode));
-    octal(&mut h, 108, 8, 0); // uid
-    octal(&mut h, 116, 8, 0); // gid
-    octal(&mut h, 124, 12, size);
-    octal(&mut h, 136, 12, 0); // mtime
-    h[156] = kind;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    h
-}
+//! it. Built with the `tar` crate, whose GNU long-name entries carry paths of any length (a
+//! plain ustar header holds 100 bytes of name).
 
 /// An archive with `content` at `path` (absolute; stored relative to `/`) with `mode`.
-/// Paths longer than 100 bytes are refused by the caller's config check (none are that long).
-pub fn single_file(path: &str, mode: u32, content: &[u8]) -> Vec<u8> {
+pub fn single_file(path: &str, mode: u32, content: &[u8]) -> std::io::Result<Vec<u8>> {
     let rel = path.trim_start_matches('/');
-    let mut out = Vec::with_capacity(content.len() + 2048);
+    let mut builder = tar::Builder::new(Vec::with_capacity(content.len() + 4096));
     let parts: Vec<&str> = rel.split('/').collect();
     for i in 1..parts.len() {
-        let dir = format!("{}/", parts[..i].join("/"));
-        out.extend_from_slice(&header(&dir, 0o755, 0, b'5'));
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        dir.set_mtime(0);
+        builder.append_data(
+            &mut dir,
+            format!("{}/", parts[..i].join("/")),
+            std::io::empty(),
+        )?;
     }
-    out.extend_from_slice(&header(rel, mode, content.len() as u64, b'0'));
-    out.extend_from_slice(content);
-    let pad = (512 - content.len() % 512) % 512;
-    out.extend(std::iter::repeat_n(0u8, pad + 1024));
-    out
+    let mut file = tar::Header::new_gnu();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_mode(mode);
+    file.set_size(content.len() as u64);
+    file.set_mtime(0);
+    builder.append_data(&mut file, rel, content)?;
+    builder.into_inner()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
+
+    fn entries(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut a = tar::Archive::new(archive);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().display().to_string();
+                let mode = e.header().mode().unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (path, mode, data)
+            })
+            .collect()
+    }
 
     #[test]
-    fn the_archive_is_one_file_with_its_directories_and_valid_checksums() {
-        let tar = single_file("/home/travis/build.sh", 0o755, b"echo hi\n");
-        assert_eq!(tar.len() % 512, 0);
-        // home/, home/travis/, the file header, one data block, two zero blocks.
-        assert_eq!(tar.len(), 512 * 6);
-        assert_eq!(&tar[..5], b"home/");
-        assert_eq!(&tar[1024..1045], b"home/travis/build.sh\0");
-        assert_eq!(&tar[1024 + 100..1024 + 107], b"0000755");
-        assert_eq!(&tar[1536..1544], b"echo hi\n");
-        for block in [0, 512, 1024] {
-            let h = &tar[block..block + 512];
-            let stored =
-                u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
-            let sum: u32 = h
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        u32::from(*b)
-                    }
-                })
-                .sum();
-            assert_eq!(stored, sum);
-        }
+    fn the_archive_is_one_file_with_its_directories() {
+        let tar = single_file("/home/travis/build.sh", 0o755, b"echo hi\n").unwrap();
+        let got = entries(&tar);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].0, "home/");
+        assert_eq!(got[1].0, "home/travis/");
+        assert_eq!(
+            got[2],
+            ("home/travis/build.sh".into(), 0o755, b"echo hi\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_path_of_150_bytes_arrives_whole() {
+        let dir = "d".repeat(60);
+        let path = format!("/{dir}/{dir}/{}.sh", "s".repeat(25));
+        assert!(path.len() >= 150, "{}", path.len());
+        let tar = single_file(&path, 0o755, b"x").unwrap();
+        let got = entries(&tar);
+        assert_eq!(got.last().unwrap().0, path.trim_start_matches('/'));
+        assert_eq!(got.last().unwrap().2, b"x");
     }
 }

@@ -81,6 +81,15 @@ impl Cgroup {
         })
     }
 
+    /// How long ago the cgroup was created (zero when that cannot be told).
+    pub fn age(&self) -> Duration {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default()
+    }
+
     /// The raw fd of `cgroup.procs`: writing `0` to it moves the writer into the cgroup.
     pub fn procs_fd(&self) -> i32 {
         self.procs.as_raw_fd()

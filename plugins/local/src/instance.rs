@@ -92,7 +92,7 @@ impl LocalInstance {
         }
     }
 
-    fn remove_dir(&self) -> Result<(), BackendError> {
+    async fn remove_dir(&self) -> Result<(), BackendError> {
         if self.settings.keep_files {
             tracing::warn!(
                 "keeping the working directory of instance {} at {} (KEEP_FILES=true)",
@@ -101,13 +101,44 @@ impl LocalInstance {
             );
             return Ok(());
         }
-        match std::fs::remove_dir_all(&self.dir) {
+        // A large tree takes a while to remove: not on the caller's (the host's) thread.
+        let dir = self.dir.clone();
+        let removed = spawn_blocking(move || std::fs::remove_dir_all(&dir)).await?;
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BackendError::other(format!(
                 "cannot remove the working directory {}: {e}",
                 self.dir.display()
             ))),
+        }
+    }
+}
+
+/// Marks every descriptor above 2 close-on-exec. Called between fork and exec: only
+/// async-signal-safe calls, no allocation.
+fn close_inherited_fds() {
+    // SAFETY: close_range and fcntl only act on descriptor numbers of this process.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        let max = match libc::sysconf(libc::_SC_OPEN_MAX) {
+            n if n > 0 => n.min(65_536) as i32,
+            _ => 1024,
+        };
+        for fd in 3..max {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }
@@ -258,12 +289,14 @@ impl Instance for LocalInstance {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (setsid, write) without allocating.
+        // async-signal-safe functions (setsid, write, close_range, fcntl) without allocating.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // The job gets 0, 1 and 2 only, whatever its host was handed.
+                close_inherited_fds();
                 if let Some(fd) = cgroup_fd {
                     // "0" moves the writing process; a failure leaves the other means.
                     let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
@@ -331,7 +364,7 @@ impl Instance for LocalInstance {
                 .map_err(BackendError::other),
             None => Ok(()),
         };
-        let removed = self.remove_dir();
+        let removed = self.remove_dir().await;
         result.and(removed)
     }
 
@@ -411,7 +444,9 @@ impl Drop for LocalInstance {
             if let Some(job) = self.set_job(None) {
                 job.kill_now();
             }
-            let _ = self.remove_dir();
+            if !self.settings.keep_files {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }

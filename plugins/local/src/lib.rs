@@ -84,6 +84,9 @@ impl Backend for Local {
             Some(s) if !s.trim().is_empty() => s.trim().to_owned(),
             _ => "bash".to_owned(),
         };
+        if let Err(why) = check_program(&shell) {
+            return Err(BackendError::invalid_config("SHELL", &shell, why));
+        }
         Ok(LocalProvider {
             settings: std::sync::Arc::new(Settings {
                 scripts_dir,
@@ -94,6 +97,29 @@ impl Backend for Local {
                 use_cgroup: config.bool("CGROUP")?.unwrap_or(true),
             }),
         })
+    }
+}
+
+/// Checks that `program` names an executable file: as a path when it has a `/`, else on
+/// `PATH`, as `exec` would find it. A shell that cannot start is the user's config mistake,
+/// found here rather than as a broken run.
+fn check_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return if executable(std::path::Path::new(program)) {
+            Ok(())
+        } else {
+            Err("no executable file at that path".into())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err("not found on PATH".into())
     }
 }
 
@@ -149,7 +175,9 @@ impl Provider for LocalProvider {
             spawn_blocking(move || instance::stale_instances(&settings.scripts_dir, older_than))
                 .await??;
         let mut lines = Vec::new();
+        let mut reaped = std::collections::HashSet::new();
         for s in stale {
+            reaped.insert(s.id.clone());
             let job = std::sync::Arc::new(containment::JobProcesses::new(
                 -1,
                 s.id.clone(),
@@ -174,18 +202,25 @@ impl Provider for LocalProvider {
                 BackendError::other(format!("cannot remove {}: {e}", s.dir.display()))
             })?;
         }
-        // Cgroups of gone hosts whose directories are already gone (or elsewhere).
+        // Cgroups of gone hosts whose directories are already gone (or elsewhere), as old
+        // as --older-than asks: a younger one is left, whole, with its processes.
         for name in containment::Cgroup::job_cgroup_names() {
             let id = name.trim_start_matches("host-");
             let gone =
                 instance::host_pid_of(id).is_some_and(|pid| !containment::is_alive(pid as i32));
-            if !gone || lines.iter().any(|l| l.contains(id)) {
+            if !gone || reaped.contains(id) {
+                continue;
+            }
+            let Some(cgroup) = containment::Cgroup::existing(&name) else {
+                continue;
+            };
+            if cgroup.age() < older_than {
                 continue;
             }
             let job = std::sync::Arc::new(containment::JobProcesses::new(
                 -1,
                 id.to_owned(),
-                containment::Cgroup::existing(&name),
+                Some(cgroup),
             ));
             lines.push(format!(
                 "cgroup {name} of a gone host: {} process(es)",
