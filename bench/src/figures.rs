@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use host::output::{log_channel, DEFAULT_CAPACITY};
 use host::Registry;
-use plugin_api::sdk::{Backend as _, Instance as _, Output, Provider as _};
+use plugin_api::sdk::{Backend as _, Instance as _, Provider as _};
 use plugin_api::{ProviderConfig, StartAttributes};
 
 use crate::artifacts::{self, Artifacts};
@@ -246,7 +246,7 @@ fn whole_job(a: &Artifacts, s: &Sizes) -> Row {
                 let owned = script.clone();
                 inst.upload_script(&owned).await.expect("upload");
                 let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
-                let mut out = Output::new(sink);
+                let mut out = sink.into_sdk_output();
                 let r = inst.run_script(&mut out).await.expect("run");
                 drop(out);
                 while let Some(chunk) = log.recv().await {

@@ -1,54 +1,36 @@
-//! Safe async handles on a plugin's provider and instances.
-//!
-//! Every call names its backend in its error. Plugin futures are polled directly (the
-//! plugin enters its own runtime on each poll); a panic that still escapes a poll (a plugin
-//! not built with the SDK) is caught here and becomes an error.
+//! Safe async handles on a plugin's provider and instances: the original's `Provider` and
+//! `Instance`. Every error names its backend and the call that failed; a panic in the plugin
+//! is an error, never the end of the host.
 
-use std::future::Future as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use abi_stable::std_types::{RResult, RVec};
-use plugin_api::ffi::{FfiResultFuture, InstanceBox, OutputSinkBox, ProviderBox, RStartAttributes};
-use plugin_api::{BackendError, ErrorKind, RunResult, StartAttributes};
+use plugin_api::{BackendError, RunResult, StartAttributes};
 
+use crate::abi::calls::{InstanceObj, ProviderObj};
 use crate::error::HostError;
+use crate::output::LogSink;
 
-/// Awaits a plugin future, turning a panic that crossed the boundary into an error.
-async fn call<T>(
-    alias: &Arc<str>,
+fn named<'a>(
+    alias: &'a Arc<str>,
     call: &'static str,
-    mut future: FfiResultFuture<T>,
-) -> Result<T, HostError> {
-    let polled = std::future::poll_fn(|cx| {
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
-            Ok(Poll::Ready(r)) => Poll::Ready(r),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(RResult::RErr(BackendError::new(
-                ErrorKind::PANIC,
-                format!("{alias} plugin panicked in {call} (the panic crossed the boundary)"),
-            ))),
-        }
-    })
-    .await;
-    polled.into_result().map_err(|error| HostError::Backend {
+) -> impl FnOnce(BackendError) -> HostError + 'a {
+    move |error| HostError::Backend {
         alias: alias.to_string(),
         call,
         error,
-    })
+    }
 }
 
-/// A backend's provider (the original's `Provider`).
+/// A backend's provider (the original's `Provider`), made by
+/// [`crate::Registry::new_backend_provider`].
 pub struct Provider {
     alias: Arc<str>,
-    inner: ProviderBox,
+    inner: ProviderObj,
 }
 
 impl Provider {
-    pub(crate) fn new(alias: Arc<str>, inner: ProviderBox) -> Self {
+    pub(crate) fn new(alias: Arc<str>, inner: ProviderObj) -> Self {
         Self { alias, inner }
     }
 
@@ -59,32 +41,35 @@ impl Provider {
 
     /// Prepares the provider.
     pub async fn setup(&self) -> Result<(), HostError> {
-        call(&self.alias, "setup", self.inner.setup()).await
+        let alias = &self.alias;
+        self.inner.setup(alias).await.map_err(named(alias, "setup"))
     }
 
     /// Removes what the backend left behind that is older than `older_than` (with
-    /// `dry_run`, only lists it). Plugins built against plugin-api 1.0 answer with an
-    /// [`ErrorKind::UNSUPPORTED`] error.
+    /// `dry_run`, only lists it); one line per item. Plugins built against plugin-api 1.0
+    /// answer with an [`ErrorKind::UNSUPPORTED`](plugin_api::ErrorKind::UNSUPPORTED) error.
     pub async fn reap(
         &self,
         older_than: Duration,
         dry_run: bool,
     ) -> Result<Vec<String>, HostError> {
-        let lines = call(
-            &self.alias,
-            "reap",
-            self.inner.reap(older_than.into(), dry_run),
-        )
-        .await?;
-        Ok(lines.into_iter().map(|l| l.into_string()).collect())
+        let alias = &self.alias;
+        self.inner
+            .reap(alias, older_than, dry_run)
+            .await
+            .map_err(named(alias, "reap"))
     }
 
     /// Starts an instance with `attributes`.
     pub async fn start(&self, attributes: &StartAttributes) -> Result<Instance, HostError> {
-        let raw = RStartAttributes::from(attributes);
-        let inner = call(&self.alias, "start", self.inner.start(&raw)).await?;
+        let alias = &self.alias;
+        let inner = self
+            .inner
+            .start(alias, attributes)
+            .await
+            .map_err(named(alias, "start"))?;
         Ok(Instance {
-            alias: Arc::clone(&self.alias),
+            alias: Arc::clone(alias),
             inner,
         })
     }
@@ -93,7 +78,7 @@ impl Provider {
 /// A started instance (the original's `Instance`).
 pub struct Instance {
     alias: Arc<str>,
-    inner: InstanceBox,
+    inner: InstanceObj,
 }
 
 impl Instance {
@@ -104,32 +89,36 @@ impl Instance {
 
     /// Puts the build script on the instance.
     pub async fn upload_script(&self, script: Vec<u8>) -> Result<(), HostError> {
-        call(
-            &self.alias,
-            "upload_script",
-            self.inner.upload_script(RVec::from(script)),
-        )
-        .await
+        let alias = &self.alias;
+        self.inner
+            .upload_script(alias, script)
+            .await
+            .map_err(named(alias, "upload_script"))
     }
 
     /// Runs the script, streaming its log into `output` (see [`crate::output`]).
-    pub async fn run_script(&self, output: OutputSinkBox) -> Result<RunResult, HostError> {
-        call(&self.alias, "run_script", self.inner.run_script(output)).await
+    pub async fn run_script(&self, output: LogSink) -> Result<RunResult, HostError> {
+        let alias = &self.alias;
+        self.inner
+            .run_script(alias, output)
+            .await
+            .map_err(named(alias, "run_script"))
     }
 
     /// Stops the instance.
     pub async fn stop(&self) -> Result<(), HostError> {
-        call(&self.alias, "stop", self.inner.stop()).await
+        let alias = &self.alias;
+        self.inner.stop(alias).await.map_err(named(alias, "stop"))
     }
 
     /// The instance's id.
     pub fn id(&self) -> &str {
-        self.inner.id().as_str()
+        self.inner.id()
     }
 
     /// How long the instance took to start.
     pub fn startup_duration(&self) -> Duration {
-        self.inner.startup_duration().into()
+        self.inner.startup_duration()
     }
 }
 

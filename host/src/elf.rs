@@ -6,7 +6,6 @@
 //! size first, and a library built for another machine is named as such.
 
 use std::io::Read as _;
-use std::path::Path;
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -40,9 +39,10 @@ fn host_machine() -> Option<u16> {
 /// Checks a 64-bit little-endian ELF file's program headers against its size and its
 /// machine against the host's. Files that are not ELF at all are left for `dlopen` to
 /// describe. Returns a one-line reason on failure.
-pub fn check(path: &Path) -> Result<(), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
+/// Reads `file` by position, so its descriptor's offset is left where it was.
+pub fn check(file: &std::fs::File) -> Result<(), String> {
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut f = crate::trust::PositionalReader { file, at: 0 };
     let mut head = [0u8; 64];
     if size < 64 || f.read_exact(&mut head).is_err() || head[..4] != *b"\x7fELF" {
         return Ok(());
@@ -77,9 +77,7 @@ pub fn check(path: &Path) -> Result<(), String> {
         ));
     }
     let mut table = vec![0u8; (table_end - phoff) as usize];
-    use std::io::Seek as _;
-    f.seek(std::io::SeekFrom::Start(phoff))
-        .map_err(|e| e.to_string())?;
+    let mut f = crate::trust::PositionalReader { file, at: phoff };
     f.read_exact(&mut table).map_err(|e| e.to_string())?;
     for i in 0..phnum as usize {
         let ph = &table[i * phentsize as usize..];

@@ -1,5 +1,5 @@
 //! The host's errors, one variant per failure mode, each written for the person who has to
-//! act on it.
+//! act on it. Errors keep their cause as [`std::error::Error::source`].
 
 use std::path::PathBuf;
 
@@ -8,15 +8,18 @@ use plugin_api::{BackendError, ErrorKind};
 /// Why a plugin file was not loaded. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be opened as a shared library.
+    /// The file could not be opened as a shared library (dlopen's reason).
     #[error("not a loadable shared library: {0}")]
     Open(String),
+    /// The file's ELF headers are damaged or for another machine.
+    #[error("not a loadable shared library: {0}")]
+    Elf(String),
     /// A shared library without the plugin root module.
     #[error("not a backend plugin: it does not export a plugin-api root module")]
     NotAPlugin,
     /// Refused by the checks made before opening a file.
     #[error("refused: {0}")]
-    Untrusted(crate::trust::TrustError),
+    Untrusted(#[source] crate::trust::TrustError),
     /// Built with an abi_stable whose header this host cannot read.
     #[error("built with an incompatible abi_stable ({found}; this host uses abi_stable ABI 0.11): rebuild the plugin against plugin-api {host_major}.x")]
     AbiStableVersion {
@@ -85,7 +88,8 @@ pub enum HostError {
         alias: String,
         /// Which call, e.g. `start`.
         call: &'static str,
-        /// What the plugin reported.
+        /// What the plugin reported (its message escaped for a terminal).
+        #[source]
         error: BackendError,
     },
     /// A plugin directory given explicitly could not be read.
@@ -94,6 +98,7 @@ pub enum HostError {
         /// The directory.
         path: PathBuf,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
 }
@@ -105,5 +110,14 @@ impl HostError {
             HostError::Backend { error, .. } => Some(error.kind()),
             _ => None,
         }
+    }
+
+    /// Whether this says the user's configuration is wrong (a missing or invalid key), as
+    /// opposed to an infrastructure failure: retrying will not help.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self.backend_kind(),
+            Some(ErrorKind::INVALID_CONFIG) | Some(ErrorKind::MISSING_ENDPOINT_CONFIG)
+        )
     }
 }

@@ -1,13 +1,15 @@
 //! Everything the host can tell about one plugin file, in the spirit of `modinfo`: for
-//! `host inspect`.
+//! `host inspect`, through [`crate::PluginPolicy::inspect`] (so a file is opened only if the
+//! policy every other command applies allows it).
 
 use std::path::Path;
 
-use abi_stable::std_types::Tuple2;
 use serde::Serialize;
 
-use crate::loader::{open_plugin_traced, Progress};
-use crate::trust::{sha256_file, Lock};
+use crate::error::LoadError;
+use crate::loader::Progress;
+use crate::registry::Backend;
+use crate::trust::sha256_file;
 
 /// What `host inspect` reports about a file.
 #[derive(Debug, Serialize)]
@@ -40,8 +42,13 @@ pub struct Inspection {
     pub error: Option<String>,
 }
 
-/// Inspects `path`, opening it only if the trust checks (with `lock`) pass.
-pub fn inspect(path: &Path, lock: Option<&Lock>) -> Inspection {
+/// What is known of `path` after a load attempt that got as far as `progress` says and
+/// ended with `result`.
+pub(crate) fn describe(
+    path: &Path,
+    progress: &Progress,
+    result: Result<Backend, LoadError>,
+) -> Inspection {
     let resolved = std::fs::canonicalize(path).ok();
     let regular = resolved
         .as_deref()
@@ -62,8 +69,6 @@ pub fn inspect(path: &Path, lock: Option<&Lock>) -> Inspection {
         loadable: false,
         error: None,
     };
-    let mut progress = Progress::default();
-    let result = open_plugin_traced(path, lock, &mut progress);
     out.trust = match &progress.facts {
         Some(f) => format!(
             "ok (owner uid {}, mode {:04o}{})",
@@ -83,15 +88,11 @@ pub fn inspect(path: &Path, lock: Option<&Lock>) -> Inspection {
     out.abi_stable = progress.abi.map(|(a, b)| format!("{a}.{b}"));
     out.plugin_api = progress.plugin_api_version.clone();
     match result {
-        Ok(opened) => {
-            let m = opened.module;
-            out.alias = Some(m.alias()().as_str().to_owned());
-            out.name = Some(m.human_readable_name()().as_str().to_owned());
-            out.plugin_version = Some(m.plugin_version()().as_str().to_owned());
-            out.config_keys = m.help()()
-                .into_iter()
-                .map(|Tuple2(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
-                .collect();
+        Ok(backend) => {
+            out.alias = Some(backend.alias);
+            out.name = Some(backend.human_readable_name);
+            out.plugin_version = Some(backend.plugin_version);
+            out.config_keys = backend.provider_help.into_iter().collect();
             out.loadable = true;
         }
         Err(e) => out.error = Some(e.to_string()),

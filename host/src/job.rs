@@ -4,41 +4,29 @@
 //!
 //! Timeouts (defaults of the original worker): start 4m, upload 3m30s, the run's hard
 //! timeout 50m, log silence 10m, and an optional cap on log bytes. Cleanup cannot be skipped
-//! by cancellation: `stop` runs after every outcome, bounded by its own timeout (30s). A
-//! second cancel while stopping abandons the stop, and the observer is told what is being
-//! abandoned.
+//! by one cancel: `stop` runs after every outcome, bounded by its own timeout (30s). The
+//! first cancel request lets a stop in progress finish (a job cancelled before the stop has
+//! used it already); the next one abandons the stop, and the observer is told.
 //!
-//! # Outcomes and exit statuses
-//!
-//! | outcome | meaning | [`Outcome::exit_code`] |
-//! |---|---|---|
-//! | passed | the script completed with exit 0 | 0 |
-//! | failed | the script completed with exit 1 | 1 |
-//! | errored | the script completed with another code | that code (mod 256) |
-//! | not completed | infrastructure failure (setup, start, upload or run broke, start or upload timed out): a worker would requeue the job | 75 (EX_TEMPFAIL) |
-//! | timed out | hard timeout, log silence or log cap | 124 (as `timeout(1)`) |
-//! | cancelled | SIGINT / SIGTERM | 130 / 143 |
-//! | output closed | the log's reader went away (e.g. `| head`) | 74 (EX_IOERR) |
+//! The runner reports what happens as typed [`JobEvent`]s and ends with a [`JobReport`]
+//! holding a typed [`Outcome`]; it writes no sentences and picks no exit status: that is
+//! the embedder's business (`host run` maps outcomes to exit statuses, a worker to job
+//! states).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugin_api::{ErrorKind, RunResult, StartAttributes};
+use plugin_api::{RunResult, StartAttributes};
+use serde::ser::SerializeStruct as _;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::backend::{Instance, Provider};
 use crate::error::HostError;
 use crate::output::{log_channel, LogReceiver, DEFAULT_CAPACITY};
-
-/// Exit status for a job that did not complete (EX_TEMPFAIL): requeue it.
-pub const EXIT_NOT_COMPLETED: u8 = 75;
-/// Exit status for a hard timeout, log silence or log cap, as `timeout(1)`.
-pub const EXIT_TIMED_OUT: u8 = 124;
-/// Exit status when the log's reader went away (EX_IOERR).
-pub const EXIT_OUTPUT_CLOSED: u8 = 74;
 
 /// Limits of one job. [`Default`] gives the original worker's.
 #[derive(Clone, Debug)]
@@ -70,7 +58,7 @@ impl Default for JobOptions {
     }
 }
 
-/// Which limit ended a job.
+/// Which limit ended a job or a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutKind {
@@ -86,17 +74,13 @@ pub enum TimeoutKind {
     LogCap,
 }
 
-impl TimeoutKind {
-    /// Words for a person.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Startup => "startup timeout",
-            Self::Upload => "upload timeout",
-            Self::Hard => "hard timeout",
-            Self::LogSilence => "log silence timeout",
-            Self::LogCap => "log size limit",
-        }
-    }
+/// The value of a limit that was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// A time limit.
+    Time(Duration),
+    /// A size limit, in bytes.
+    Bytes(u64),
 }
 
 /// Why a job was cancelled from outside.
@@ -107,40 +91,120 @@ pub enum CancelReason {
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// SIGHUP (the terminal or session went away).
+    Hangup,
+    /// SIGQUIT.
+    Quit,
+    /// The embedder is shutting down and will requeue the job (a worker's SIGTERM).
+    Shutdown,
+    /// Someone asked for this job to be cancelled (a worker's cancel command).
+    Requested,
 }
 
 impl CancelReason {
-    /// The signal's name.
-    pub fn signal_name(self) -> &'static str {
+    /// The signal that carried it, if one did: its number and name.
+    pub fn signal(self) -> Option<(i32, &'static str)> {
         match self {
-            Self::Interrupt => "SIGINT",
-            Self::Terminate => "SIGTERM",
+            Self::Interrupt => Some((libc::SIGINT, "SIGINT")),
+            Self::Terminate => Some((libc::SIGTERM, "SIGTERM")),
+            Self::Hangup => Some((libc::SIGHUP, "SIGHUP")),
+            Self::Quit => Some((libc::SIGQUIT, "SIGQUIT")),
+            Self::Shutdown | Self::Requested => None,
+        }
+    }
+}
+
+/// Why a job did not complete: infrastructure, not the build. A worker requeues such a job,
+/// unless [`Failure::is_config_error`] says retrying cannot help.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// A backend call (setup, start, upload, run) failed; the error names the backend, the
+    /// call and the plugin's [`plugin_api::ErrorKind`].
+    Backend(Arc<HostError>),
+    /// Start or upload took longer than its limit.
+    TimedOut {
+        /// [`TimeoutKind::Startup`] or [`TimeoutKind::Upload`].
+        kind: TimeoutKind,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The backend said the run did not complete (`RunResult.completed == false`).
+    RunNotCompleted {
+        /// The backend.
+        alias: String,
+    },
+}
+
+impl Failure {
+    /// The backend error behind the failure, if there is one.
+    pub fn error(&self) -> Option<&HostError> {
+        match self {
+            Self::Backend(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the user's configuration is at fault (invalid or missing key): retrying the
+    /// job as it is cannot succeed.
+    pub fn is_config_error(&self) -> bool {
+        self.error().is_some_and(HostError::is_config_error)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Backend(e) => write!(f, "{e}"),
+            Self::TimedOut { kind, limit } => {
+                let what = match kind {
+                    TimeoutKind::Startup => "the instance did not start",
+                    TimeoutKind::Upload => "the script was not uploaded",
+                    _ => "the step did not finish",
+                };
+                write!(f, "{what} within {}", crate::text::fmt_duration(*limit))
+            }
+            Self::RunNotCompleted { alias } => {
+                write!(
+                    f,
+                    "backend {alias}: the run did not complete (infrastructure failure)"
+                )
+            }
+        }
+    }
+}
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Backend(a), Self::Backend(b)) => a.to_string() == b.to_string(),
+            (Self::TimedOut { kind: a, limit: x }, Self::TimedOut { kind: b, limit: y }) => {
+                a == b && x == y
+            }
+            (Self::RunNotCompleted { alias: a }, Self::RunNotCompleted { alias: b }) => a == b,
+            _ => false,
         }
     }
 }
 
 /// How a job ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// Completed with exit 0.
     Passed,
     /// Completed with exit 1.
     Failed,
-    /// Completed with another exit code.
+    /// Completed with another exit code (which may lie outside 0..=255).
     Errored {
         /// The script's exit code.
         exit_code: i32,
     },
-    /// Did not complete for infrastructure reasons: requeue.
-    NotCompleted {
-        /// What broke.
-        reason: String,
-    },
+    /// Did not complete for infrastructure reasons.
+    NotCompleted(Failure),
     /// A hard timeout, log silence or log cap ended the run.
     TimedOut(TimeoutKind),
     /// Cancelled from outside.
     Cancelled(CancelReason),
-    /// The log's reader went away.
+    /// The log's destination failed (its reader went away, a write error).
     OutputClosed,
 }
 
@@ -154,20 +218,6 @@ impl Outcome {
         }
     }
 
-    /// The exit status `host run` ends with (see the module docs).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Passed => 0,
-            Self::Failed => 1,
-            Self::Errored { exit_code } => (*exit_code).rem_euclid(256) as u8,
-            Self::NotCompleted { .. } => EXIT_NOT_COMPLETED,
-            Self::TimedOut(_) => EXIT_TIMED_OUT,
-            Self::Cancelled(CancelReason::Interrupt) => 130,
-            Self::Cancelled(CancelReason::Terminate) => 143,
-            Self::OutputClosed => EXIT_OUTPUT_CLOSED,
-        }
-    }
-
     /// A short name: `passed`, `failed`, `errored`, `not_completed`, `timed_out`,
     /// `cancelled`, `output_closed`.
     pub fn name(&self) -> &'static str {
@@ -175,7 +225,7 @@ impl Outcome {
             Self::Passed => "passed",
             Self::Failed => "failed",
             Self::Errored { .. } => "errored",
-            Self::NotCompleted { .. } => "not_completed",
+            Self::NotCompleted(_) => "not_completed",
             Self::TimedOut(_) => "timed_out",
             Self::Cancelled(_) => "cancelled",
             Self::OutputClosed => "output_closed",
@@ -183,107 +233,192 @@ impl Outcome {
     }
 }
 
-/// Everything known about a finished job; `--json-summary` writes it.
-#[derive(Clone, Debug, Serialize)]
+/// What became of the instance's stop.
+#[derive(Clone, Debug)]
+pub enum StopStatus {
+    /// No instance started, so there was nothing to stop.
+    NoInstance,
+    /// Stop finished without error.
+    Stopped,
+    /// Stop returned an error.
+    Failed(Arc<HostError>),
+    /// Stop did not finish within its timeout.
+    TimedOut(Duration),
+    /// A further cancel request abandoned it; the instance may be left running.
+    Abandoned(CancelReason),
+}
+
+/// Everything known about a finished job.
+#[derive(Clone, Debug)]
 pub struct JobReport {
     /// The backend's alias.
     pub backend: String,
-    /// See [`Outcome::name`].
-    pub outcome: &'static str,
-    /// See [`Outcome::exit_code`].
-    pub exit_code: u8,
+    /// How the job ended.
+    pub outcome: Outcome,
     /// The script's own exit code, when the run completed.
     pub script_exit_code: Option<i32>,
     /// The instance's id, if one started.
     pub instance_id: Option<String>,
     /// What the instance reported as its startup duration.
-    pub startup_duration_secs: Option<f64>,
+    pub startup_duration: Option<Duration>,
     /// How long the run took, if it began.
-    pub run_duration_secs: Option<f64>,
+    pub run_duration: Option<Duration>,
     /// Log bytes passed on.
     pub log_bytes: u64,
-    /// Which limit fired, if one did.
-    pub timeout: Option<TimeoutKind>,
-    /// Which signal cancelled the job, if one did.
-    pub cancelled_by: Option<CancelReason>,
-    /// The error that ended the job, if any.
-    pub error: Option<String>,
-    /// Whether stop was called and finished without error.
-    pub stopped: bool,
-    /// Why stop failed or was abandoned, if it did.
-    pub stop_error: Option<String>,
-    #[serde(skip)]
-    /// The outcome itself.
-    pub detail: Option<Outcome>,
+    /// What became of the stop.
+    pub stop: StopStatus,
+    /// Cancel requests that arrived while the instance was being stopped.
+    pub signals_during_stop: Vec<CancelReason>,
 }
 
 impl JobReport {
     fn new(backend: &str) -> Self {
         Self {
             backend: backend.to_owned(),
-            outcome: "",
-            exit_code: 0,
+            outcome: Outcome::Passed,
             script_exit_code: None,
             instance_id: None,
-            startup_duration_secs: None,
-            run_duration_secs: None,
+            startup_duration: None,
+            run_duration: None,
             log_bytes: 0,
-            timeout: None,
-            cancelled_by: None,
-            error: None,
-            stopped: false,
-            stop_error: None,
-            detail: None,
+            stop: StopStatus::NoInstance,
+            signals_during_stop: Vec::new(),
         }
-    }
-
-    fn finish(mut self, outcome: Outcome) -> Self {
-        self.outcome = outcome.name();
-        self.exit_code = outcome.exit_code();
-        match &outcome {
-            Outcome::TimedOut(k) => self.timeout = Some(*k),
-            Outcome::Cancelled(r) => self.cancelled_by = Some(*r),
-            Outcome::NotCompleted { reason } if self.error.is_none() => {
-                self.error = Some(reason.clone())
-            }
-            _ => {}
-        }
-        self.detail = Some(outcome);
-        self
     }
 
     /// The outcome.
-    pub fn outcome(&self) -> Outcome {
-        self.detail.clone().unwrap_or(Outcome::NotCompleted {
-            reason: "the job did not finish".into(),
-        })
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Whether stop was called and finished without error.
+    pub fn stopped(&self) -> bool {
+        matches!(self.stop, StopStatus::Stopped)
     }
 }
 
-/// What a job tells whoever shows its progress. Every method has a default that does
-/// nothing. Called from the job's task: keep them quick.
-pub trait JobObserver: Send + Sync {
+/// The JSON form (`--json-summary`, a worker's records): flat fields with durations in
+/// seconds and errors as text beside their kind.
+impl Serialize for JobReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (timeout, cancelled_by, error, error_kind) = match &self.outcome {
+            Outcome::TimedOut(k) => (Some(*k), None, None, None),
+            Outcome::Cancelled(r) => (None, Some(*r), None, None),
+            Outcome::NotCompleted(f) => (
+                match f {
+                    Failure::TimedOut { kind, .. } => Some(*kind),
+                    _ => None,
+                },
+                None,
+                Some(f.to_string()),
+                f.error()
+                    .and_then(HostError::backend_kind)
+                    .map(|k| k.name()),
+            ),
+            _ => (None, None, None, None),
+        };
+        let stop_error = match &self.stop {
+            StopStatus::NoInstance | StopStatus::Stopped => None,
+            StopStatus::Failed(e) => Some(e.to_string()),
+            StopStatus::TimedOut(d) => Some(format!(
+                "stop did not finish within {}",
+                crate::text::fmt_duration(*d)
+            )),
+            StopStatus::Abandoned(_) => Some(format!(
+                "abandoned the stop of instance {} on backend {}: it may be left running",
+                self.instance_id.as_deref().unwrap_or("?"),
+                self.backend
+            )),
+        };
+        let mut st = s.serialize_struct("JobReport", 13)?;
+        st.serialize_field("backend", &self.backend)?;
+        st.serialize_field("outcome", self.outcome.name())?;
+        st.serialize_field("script_exit_code", &self.script_exit_code)?;
+        st.serialize_field("instance_id", &self.instance_id)?;
+        st.serialize_field(
+            "startup_duration_secs",
+            &self.startup_duration.map(|d| d.as_secs_f64()),
+        )?;
+        st.serialize_field(
+            "run_duration_secs",
+            &self.run_duration.map(|d| d.as_secs_f64()),
+        )?;
+        st.serialize_field("log_bytes", &self.log_bytes)?;
+        st.serialize_field("timeout", &timeout)?;
+        st.serialize_field("cancelled_by", &cancelled_by)?;
+        st.serialize_field("error", &error)?;
+        st.serialize_field("error_kind", &error_kind)?;
+        st.serialize_field("stopped", &self.stopped())?;
+        st.serialize_field("stop_error", &stop_error)?;
+        st.serialize_field("signals_during_stop", &self.signals_during_stop)?;
+        st.end()
+    }
+}
+
+/// What happens during a job, as it happens.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
     /// Setup and start are about to begin.
-    fn starting(&self) {}
+    Starting,
     /// An instance started.
-    fn started(&self, _instance: &Instance) {}
-    /// A limit fired; `limit` says it for a person (`50m`, `1048576 bytes`).
-    fn timed_out(&self, _kind: TimeoutKind, _limit: &str) {}
-    /// A cancel arrived.
-    fn cancelled(&self, _reason: CancelReason) {}
+    Started {
+        /// Its id.
+        instance_id: String,
+        /// What it reported as its startup duration.
+        startup: Duration,
+    },
+    /// The script was uploaded and is about to run.
+    Running,
+    /// A limit was reached; the job or step ends.
+    LimitReached {
+        /// Which.
+        kind: TimeoutKind,
+        /// Its value.
+        limit: Limit,
+    },
+    /// A cancel request ended the job.
+    Cancelled(CancelReason),
     /// Stop is about to be called.
-    fn stopping(&self, _instance: &Instance) {}
+    Stopping {
+        /// The instance.
+        instance_id: String,
+    },
+    /// A cancel request arrived while stopping; the stop goes on (the next one abandons it).
+    CancelDuringStop(CancelReason),
     /// Stop failed.
-    fn stop_failed(&self, _instance_id: &str, _error: &str) {}
-    /// A second cancel arrived while stopping: `what` is being abandoned.
-    fn abandoning(&self, _what: &str) {}
+    StopFailed {
+        /// The instance.
+        instance_id: String,
+        /// The error.
+        error: Arc<HostError>,
+    },
     /// Stop did not finish within its timeout.
-    fn stop_timed_out(&self, _instance_id: &str, _limit: Duration) {}
+    StopTimedOut {
+        /// The instance.
+        instance_id: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// A further cancel request abandoned the stop; the instance may be left running.
+    StopAbandoned {
+        /// The instance.
+        instance_id: String,
+        /// The request that abandoned it.
+        reason: CancelReason,
+    },
+}
+
+/// Whoever shows a job's progress. Called from the job's task: keep it quick.
+pub trait JobObserver: Send + Sync {
+    /// One event.
+    fn event(&self, event: &JobEvent);
 }
 
 /// An observer that shows nothing.
 pub struct Silent;
-impl JobObserver for Silent {}
+impl JobObserver for Silent {
+    fn event(&self, _: &JobEvent) {}
+}
 
 /// One job: a script and what to start it on.
 #[derive(Clone, Debug, Default)]
@@ -296,7 +431,8 @@ pub struct Job {
     pub options: JobOptions,
 }
 
-/// Cancel requests: the first one cancels the job, a second one during stop abandons it.
+/// Cancel requests: the first one cancels the job (or, during the stop, is noted and the
+/// stop goes on), the next one during stop abandons the stop.
 pub type CancelReceiver = mpsc::Receiver<CancelReason>;
 
 enum Step<T> {
@@ -321,14 +457,36 @@ async fn bounded<T>(
     }
 }
 
-fn not_completed(e: &HostError) -> Outcome {
-    Outcome::NotCompleted {
-        reason: e.to_string(),
+fn failed(e: HostError) -> Outcome {
+    Outcome::NotCompleted(Failure::Backend(Arc::new(e)))
+}
+
+/// A step's result as the job's outcome when it did not simply succeed.
+fn step_outcome<T>(
+    step: Step<Result<T, HostError>>,
+    kind: TimeoutKind,
+    limit: Duration,
+    observer: &dyn JobObserver,
+) -> Result<T, Outcome> {
+    match step {
+        Step::Done(Ok(v)) => Ok(v),
+        Step::Done(Err(e)) => Err(failed(e)),
+        Step::TimedOut => {
+            observer.event(&JobEvent::LimitReached {
+                kind,
+                limit: Limit::Time(limit),
+            });
+            Err(Outcome::NotCompleted(Failure::TimedOut { kind, limit }))
+        }
+        Step::Cancelled(r) => {
+            observer.event(&JobEvent::Cancelled(r));
+            Err(Outcome::Cancelled(r))
+        }
     }
 }
 
 /// Runs `job` on `provider`, writing the log into `log`. Never skips stop once an instance
-/// has started. See the module docs for outcomes.
+/// has started. See the module docs.
 pub async fn run_job<W>(
     provider: &Provider,
     job: Job,
@@ -339,73 +497,63 @@ pub async fn run_job<W>(
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let opts = job.options.clone();
+    let opts = job.options;
     let mut report = JobReport::new(provider.alias());
 
     tracing::info!(backend = provider.alias(), "starting an instance");
-    observer.starting();
+    observer.event(&JobEvent::Starting);
     let start = async {
         provider.setup().await?;
         provider.start(&job.attributes).await
     };
-    let instance = match bounded(start, opts.startup_timeout, cancel).await {
-        Step::Done(Ok(i)) => i,
-        Step::Done(Err(e)) => {
-            report.error = Some(e.to_string());
-            return report.finish(not_completed(&e));
-        }
-        Step::TimedOut => {
-            observer.timed_out(TimeoutKind::Startup, &fmt_duration(opts.startup_timeout));
-            report.timeout = Some(TimeoutKind::Startup);
-            return report.finish(Outcome::NotCompleted {
-                reason: format!(
-                    "startup timeout: the instance did not start within {}",
-                    fmt_duration(opts.startup_timeout)
-                ),
-            });
-        }
-        Step::Cancelled(r) => {
-            observer.cancelled(r);
-            return report.finish(Outcome::Cancelled(r));
+    let step = bounded(start, opts.startup_timeout, cancel).await;
+    let instance = match step_outcome(step, TimeoutKind::Startup, opts.startup_timeout, observer) {
+        Ok(i) => i,
+        Err(outcome) => {
+            report.outcome = outcome;
+            return report;
         }
     };
     report.instance_id = Some(instance.id().to_owned());
-    report.startup_duration_secs = Some(instance.startup_duration().as_secs_f64());
-    observer.started(&instance);
+    report.startup_duration = Some(instance.startup_duration());
+    observer.event(&JobEvent::Started {
+        instance_id: instance.id().to_owned(),
+        startup: instance.startup_duration(),
+    });
 
-    let outcome = upload_and_run(&instance, job, log, cancel, observer, &mut report).await;
+    let step = bounded(
+        instance.upload_script(job.script),
+        opts.upload_timeout,
+        cancel,
+    )
+    .await;
+    report.outcome = match step_outcome(step, TimeoutKind::Upload, opts.upload_timeout, observer) {
+        Ok(()) => {
+            observer.event(&JobEvent::Running);
+            run_script(&instance, log, &opts, cancel, observer, &mut report).await
+        }
+        Err(outcome) => outcome,
+    };
 
-    observer.stopping(&instance);
-    match bounded(instance.stop(), opts.stop_timeout, cancel).await {
-        Step::Done(Ok(())) => report.stopped = true,
-        Step::Done(Err(e)) => {
-            observer.stop_failed(instance.id(), &e.to_string());
-            report.stop_error = Some(e.to_string());
-        }
-        Step::TimedOut => {
-            observer.stop_timed_out(instance.id(), opts.stop_timeout);
-            report.stop_error = Some(format!(
-                "stop did not finish within {}",
-                fmt_duration(opts.stop_timeout)
-            ));
-        }
-        Step::Cancelled(_) => {
-            let what = format!(
-                "stop of instance {} on backend {}: it may be left running",
-                instance.id(),
-                instance.alias()
-            );
-            observer.abandoning(&what);
-            report.stop_error = Some(format!("abandoned {what}"));
-        }
-    }
-    report.finish(outcome)
+    let already_cancelled = matches!(report.outcome, Outcome::Cancelled(_));
+    stop(
+        &instance,
+        &opts,
+        cancel,
+        observer,
+        &mut report,
+        already_cancelled,
+    )
+    .await;
+    report
 }
 
-async fn upload_and_run<W>(
+/// Runs the uploaded script with its log pumped into `log`, until it finishes and its log
+/// is drained, or a limit, a cancel or the log's destination ends it.
+async fn run_script<W>(
     instance: &Instance,
-    job: Job,
     log: W,
+    opts: &JobOptions,
     cancel: &mut CancelReceiver,
     observer: &dyn JobObserver,
     report: &mut JobReport,
@@ -413,155 +561,170 @@ async fn upload_and_run<W>(
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let opts = job.options;
-    match bounded(
-        instance.upload_script(job.script),
-        opts.upload_timeout,
-        cancel,
-    )
-    .await
-    {
-        Step::Done(Ok(())) => {}
-        Step::Done(Err(e)) => {
-            report.error = Some(e.to_string());
-            return not_completed(&e);
-        }
-        Step::TimedOut => {
-            observer.timed_out(TimeoutKind::Upload, &fmt_duration(opts.upload_timeout));
-            report.timeout = Some(TimeoutKind::Upload);
-            return Outcome::NotCompleted {
-                reason: format!(
-                    "upload timeout: the script was not uploaded within {}",
-                    fmt_duration(opts.upload_timeout)
-                ),
-            };
-        }
-        Step::Cancelled(r) => {
-            observer.cancelled(r);
-            return Outcome::Cancelled(r);
-        }
-    }
-
     let began = Instant::now();
     let (sink, receiver) = log_channel(DEFAULT_CAPACITY);
-    let stats = Arc::new(PumpStats::default());
-    let pump = tokio::spawn(pump(
-        receiver,
-        log,
-        opts.max_log_bytes,
-        began,
-        Arc::clone(&stats),
-    ));
-    let pump_abort = pump.abort_handle();
-    let mut pump = Some(pump);
-    let mut pump_end: Option<PumpEnd> = None;
-
+    let mut pump = LogPump::spawn(receiver, log, opts.max_log_bytes, began);
     let run = instance.run_script(sink);
     tokio::pin!(run);
-    let mut run_result: Option<Result<RunResult, HostError>> = None;
     let hard = tokio::time::sleep(opts.hard_timeout);
     tokio::pin!(hard);
     let silence = tokio::time::sleep(opts.log_silence_timeout);
     tokio::pin!(silence);
+    let mut result: Option<Result<RunResult, HostError>> = None;
+    let mut drained = false;
 
-    // Runs until the run has finished and its log is drained, or something ends the job.
-    let ended: Option<Outcome> = loop {
-        if run_result.is_some() && pump_end.is_some() {
-            break None;
+    let limit = |kind: TimeoutKind, limit: Limit| {
+        observer.event(&JobEvent::LimitReached { kind, limit });
+        Err(Outcome::TimedOut(kind))
+    };
+    let ended: Result<Result<RunResult, HostError>, Outcome> = loop {
+        if drained {
+            if let Some(r) = result.take() {
+                break Ok(r);
+            }
         }
         tokio::select! {
-            r = &mut run, if run_result.is_none() => run_result = Some(r),
-            end = join_pump(&mut pump), if pump.is_some() => {
-                pump = None;
-                let end = end.unwrap_or(PumpEnd { stop: Some(PumpStop::Closed) });
-                match end.stop {
-                    Some(PumpStop::Closed) => break Some(Outcome::OutputClosed),
-                    Some(PumpStop::Cap) => {
-                        let cap = opts.max_log_bytes.unwrap_or(0);
-                        observer.timed_out(TimeoutKind::LogCap, &format!("{cap} bytes"));
-                        break Some(Outcome::TimedOut(TimeoutKind::LogCap));
-                    }
-                    None => pump_end = Some(end),
-                }
-            }
-            () = &mut hard => {
-                observer.timed_out(TimeoutKind::Hard, &fmt_duration(opts.hard_timeout));
-                break Some(Outcome::TimedOut(TimeoutKind::Hard));
-            }
-            () = &mut silence, if run_result.is_none() => {
-                let last = Duration::from_millis(stats.last_output_ms.load(Ordering::Relaxed));
-                let deadline = began + last + opts.log_silence_timeout;
+            r = &mut run, if result.is_none() => result = Some(r),
+            end = &mut pump.task, if !drained => match end.unwrap_or(PumpEnd::Failed) {
+                PumpEnd::Drained => drained = true,
+                PumpEnd::Failed => break Err(Outcome::OutputClosed),
+                PumpEnd::CapReached(cap) => break limit(TimeoutKind::LogCap, Limit::Bytes(cap)),
+            },
+            () = &mut hard => break limit(TimeoutKind::Hard, Limit::Time(opts.hard_timeout)),
+            () = &mut silence, if result.is_none() => {
+                let deadline = began + pump.last_output() + opts.log_silence_timeout;
                 if deadline <= Instant::now() {
-                    observer.timed_out(TimeoutKind::LogSilence, &fmt_duration(opts.log_silence_timeout));
-                    break Some(Outcome::TimedOut(TimeoutKind::LogSilence));
+                    break limit(TimeoutKind::LogSilence, Limit::Time(opts.log_silence_timeout));
                 }
                 silence.as_mut().reset(deadline.into());
             }
             Some(reason) = cancel.recv() => {
-                observer.cancelled(reason);
-                break Some(Outcome::Cancelled(reason));
+                observer.event(&JobEvent::Cancelled(reason));
+                break Err(Outcome::Cancelled(reason));
             }
         }
     };
-    report.run_duration_secs = Some(began.elapsed().as_secs_f64());
-    if ended.is_some() {
-        // The run is abandoned: dropping its future cancels it in the plugin.
-        pump_abort.abort();
-    }
-    report.log_bytes = stats.bytes.load(Ordering::Relaxed);
-    if let Some(outcome) = ended {
-        return outcome;
-    }
-    match run_result {
-        Some(Ok(r)) if r.completed => {
+    report.run_duration = Some(began.elapsed());
+    report.log_bytes = pump.bytes();
+    // Dropping `run` (at return) cancels the run in the plugin; the pump goes with it.
+    pump.task.abort();
+    match ended {
+        Err(outcome) => outcome,
+        Ok(Ok(r)) if r.completed => {
             report.script_exit_code = Some(r.exit_code);
             Outcome::from_exit_code(r.exit_code)
         }
-        Some(Ok(_)) => Outcome::NotCompleted {
-            reason: format!(
-                "backend {}: the run did not complete (infrastructure failure)",
-                instance.alias()
-            ),
-        },
-        Some(Err(e)) if e.backend_kind() == Some(ErrorKind::OUTPUT_CLOSED) => Outcome::OutputClosed,
-        Some(Err(e)) => {
-            report.error = Some(e.to_string());
-            not_completed(&e)
+        Ok(Ok(_)) => Outcome::NotCompleted(Failure::RunNotCompleted {
+            alias: instance.alias().to_owned(),
+        }),
+        Ok(Err(e)) if e.backend_kind() == Some(plugin_api::ErrorKind::OUTPUT_CLOSED) => {
+            Outcome::OutputClosed
         }
-        None => Outcome::NotCompleted {
-            reason: "the run ended without a result".into(),
-        },
+        Ok(Err(e)) => failed(e),
     }
 }
 
-#[derive(Debug)]
-enum PumpStop {
-    Closed,
-    Cap,
+/// Stops the instance, bounded by the stop timeout. A cancel request that arrives while
+/// stopping is noted and the stop goes on, unless the job was cancelled already (that
+/// request was the first): then it abandons the stop.
+async fn stop(
+    instance: &Instance,
+    opts: &JobOptions,
+    cancel: &mut CancelReceiver,
+    observer: &dyn JobObserver,
+    report: &mut JobReport,
+    already_cancelled: bool,
+) {
+    let instance_id = instance.id().to_owned();
+    observer.event(&JobEvent::Stopping {
+        instance_id: instance_id.clone(),
+    });
+    let stopping = instance.stop();
+    tokio::pin!(stopping);
+    let deadline = tokio::time::sleep(opts.stop_timeout);
+    tokio::pin!(deadline);
+    let mut cancels = usize::from(already_cancelled);
+    report.stop = loop {
+        tokio::select! {
+            biased;
+            r = &mut stopping => break match r {
+                Ok(()) => StopStatus::Stopped,
+                Err(e) => {
+                    let error = Arc::new(e);
+                    observer.event(&JobEvent::StopFailed {
+                        instance_id: instance_id.clone(),
+                        error: Arc::clone(&error),
+                    });
+                    StopStatus::Failed(error)
+                }
+            },
+            () = &mut deadline => {
+                observer.event(&JobEvent::StopTimedOut {
+                    instance_id: instance_id.clone(),
+                    limit: opts.stop_timeout,
+                });
+                break StopStatus::TimedOut(opts.stop_timeout);
+            }
+            Some(reason) = cancel.recv() => {
+                report.signals_during_stop.push(reason);
+                cancels += 1;
+                if cancels >= 2 {
+                    observer.event(&JobEvent::StopAbandoned {
+                        instance_id: instance_id.clone(),
+                        reason,
+                    });
+                    break StopStatus::Abandoned(reason);
+                }
+                observer.event(&JobEvent::CancelDuringStop(reason));
+            }
+        }
+    };
 }
 
-#[derive(Debug)]
-struct PumpEnd {
-    stop: Option<PumpStop>,
+/// How the log pump ended.
+enum PumpEnd {
+    /// The plugin dropped its sink and every chunk was written.
+    Drained,
+    /// Writing to the destination failed (its reader went away, a write error).
+    Failed,
+    /// The byte cap (given) was reached; the rest was refused.
+    CapReached(u64),
+}
+
+/// Moves log chunks from the plugin's sink to the destination on a task of its own,
+/// counting bytes and the time of the last output.
+struct LogPump {
+    task: JoinHandle<PumpEnd>,
+    stats: Arc<PumpStats>,
 }
 
 #[derive(Default)]
 struct PumpStats {
     bytes: AtomicU64,
+    /// Milliseconds since the run began.
     last_output_ms: AtomicU64,
 }
 
-async fn join_pump(
-    pump: &mut Option<tokio::task::JoinHandle<PumpEnd>>,
-) -> Result<PumpEnd, tokio::task::JoinError> {
-    match pump {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
+impl LogPump {
+    fn spawn<W>(rx: LogReceiver, out: W, cap: Option<u64>, began: Instant) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let stats = Arc::new(PumpStats::default());
+        let task = tokio::spawn(pump(rx, out, cap, began, Arc::clone(&stats)));
+        Self { task, stats }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the last output arrived, as time since the run began.
+    fn last_output(&self) -> Duration {
+        Duration::from_millis(self.stats.last_output_ms.load(Ordering::Relaxed))
     }
 }
 
-/// Moves log chunks from the plugin to `out`, counting bytes and stamping the time of the
-/// last output (milliseconds since `began`).
 async fn pump<W: AsyncWrite + Unpin>(
     mut rx: LogReceiver,
     mut out: W,
@@ -575,64 +738,32 @@ async fn pump<W: AsyncWrite + Unpin>(
             .last_output_ms
             .store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut data: &[u8] = &chunk;
-        let mut capped = false;
+        let mut capped = None;
         if let Some(cap) = cap {
             let room = cap.saturating_sub(bytes);
             if (data.len() as u64) > room {
                 data = &data[..room as usize];
-                capped = true;
+                capped = Some(cap);
             }
         }
         if out.write_all(data).await.is_err() {
             rx.close();
-            return PumpEnd {
-                stop: Some(PumpStop::Closed),
-            };
+            return PumpEnd::Failed;
         }
         bytes += data.len() as u64;
         stats.bytes.store(bytes, Ordering::Relaxed);
-        if capped {
+        if let Some(cap) = capped {
             rx.close();
-            let _ = out.flush().await;
-            return PumpEnd {
-                stop: Some(PumpStop::Cap),
+            return match out.flush().await {
+                Ok(()) => PumpEnd::CapReached(cap),
+                Err(_) => PumpEnd::Failed,
             };
         }
     }
-    let stop = match out.flush().await {
-        Ok(()) => None,
-        Err(_) => Some(PumpStop::Closed),
-    };
-    PumpEnd { stop }
-}
-
-/// `1m30s`, `250ms`, `0s`: how durations are shown to people.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
+    match out.flush().await {
+        Ok(()) => PumpEnd::Drained,
+        Err(_) => PumpEnd::Failed,
     }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let frac = ms % 1000;
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || frac > 0 {
-        if frac > 0 && h == 0 && m == 0 {
-            out.push_str(&format!("{s}.{frac:03}s"));
-        } else {
-            out.push_str(&format!("{s}s"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -640,32 +771,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_follow_the_documented_table() {
-        assert_eq!(Outcome::from_exit_code(0).exit_code(), 0);
-        assert_eq!(Outcome::from_exit_code(1).exit_code(), 1);
+    fn exit_codes_map_to_outcomes_as_the_original() {
+        assert_eq!(Outcome::from_exit_code(0), Outcome::Passed);
+        assert_eq!(Outcome::from_exit_code(1), Outcome::Failed);
         assert_eq!(
-            Outcome::from_exit_code(7),
-            Outcome::Errored { exit_code: 7 }
+            Outcome::from_exit_code(256),
+            Outcome::Errored { exit_code: 256 }
         );
-        assert_eq!(Outcome::from_exit_code(7).exit_code(), 7);
-        assert_eq!(Outcome::from_exit_code(256).exit_code(), 0);
-        assert_eq!(Outcome::from_exit_code(-1).exit_code(), 255);
-        assert_eq!(Outcome::TimedOut(TimeoutKind::Hard).exit_code(), 124);
-        assert_eq!(Outcome::Cancelled(CancelReason::Interrupt).exit_code(), 130);
-        assert_eq!(Outcome::Cancelled(CancelReason::Terminate).exit_code(), 143);
-        let nc = Outcome::NotCompleted {
-            reason: String::new(),
-        };
-        assert_eq!(nc.exit_code(), 75);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(fmt_duration(Duration::ZERO), "0s");
-        assert_eq!(fmt_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.500s");
-        assert_eq!(fmt_duration(Duration::from_secs(210)), "3m30s");
-        assert_eq!(fmt_duration(Duration::from_secs(3000)), "50m");
-        assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(
+            Outcome::from_exit_code(-1),
+            Outcome::Errored { exit_code: -1 }
+        );
     }
 }

@@ -1,44 +1,60 @@
 //! # host: loads CI build backend plugins and runs jobs on them
 //!
-//! The library behind the `host` binary, usable by a worker that embeds it:
+//! The library behind the `host` binary, made to be embedded by a worker. Its public API
+//! holds only its own types and plugin-api's domain types (`ProviderConfig`,
+//! `StartAttributes`, `RunResult`, `BackendError`): no abi_stable or async-ffi type, which
+//! stay inside one private module (`abi`). The surface, in the order a job uses it:
 //!
-//! - [`loader`]: where plugin files are looked for and how one is opened;
-//! - [`Registry`]: the loaded backends, [`Registry::each_backend`] in sorted alias order and
-//!   [`Registry::new_backend_provider`], as in the original travis-ci/worker `backend`
+//! - [`PluginPolicy`]: where plugins are found and which lock governs them, resolved once and
+//!   applied to everything that opens a library ([`PluginPolicy::load`],
+//!   [`PluginPolicy::inspect`]); [`loader`] and [`trust`] hold its rules;
+//! - [`Registry`]: the loaded [`Backend`]s, [`Registry::each_backend`] in sorted alias order
+//!   and [`Registry::new_backend_provider`], as in the original travis-ci/worker `backend`
 //!   package;
-//! - [`Provider`] and [`Instance`]: safe async handles on a plugin's objects, whose errors
-//!   name the backend and the call;
-//! - [`output`]: the bounded log channel a running script writes into.
+//! - [`config`]: a backend's config from the command line, the environment and a file, with
+//!   a warning for everything not used;
+//! - [`Provider`] and [`Instance`]: async handles on a plugin's objects, whose errors name
+//!   the backend and the call ([`HostError`]);
+//! - [`job`]: one job end to end, with typed [`job::JobEvent`]s and a typed
+//!   [`job::Outcome`]; [`output`]: the bounded log channel a running script writes into;
+//! - [`inspect`]: everything known about one plugin file; [`text`]: text from outside made
+//!   safe to print.
+//!
+//! A whole job through the library alone:
 //!
 //! ```no_run
-//! use host::{loader, Registry};
-//! use plugin_api::{ProviderConfig, StartAttributes};
+//! use host::config::ConfigSources;
+//! use host::job::{run_job, Job, JobOptions, Outcome, Silent};
+//! use host::PluginPolicy;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let registry = Registry::load(&loader::plugin_dirs(&[]));
+//! // The same rules as `host run`: --plugin-dir / HOST_PLUGIN_PATH / beside the executable.
+//! let registry = PluginPolicy::resolve(&[], None).load();
 //! registry.each_backend(|b| println!("{} ({})", b.alias, b.human_readable_name));
 //!
-//! let provider = registry.new_backend_provider("fake", &ProviderConfig::from_env("fake"))?;
-//! provider.setup().await?;
-//! let mut attrs = StartAttributes::default();
-//! attrs.set_worker_defaults();
-//! let instance = provider.start(&attrs).await?;
-//! instance.upload_script(b"echo hi".to_vec()).await?;
-//! let (sink, mut log) = host::output::log_channel(host::output::DEFAULT_CAPACITY);
-//! let reader = tokio::spawn(async move {
-//!     while let Some(chunk) = log.recv().await {
-//!         print!("{}", String::from_utf8_lossy(&chunk));
-//!     }
-//! });
-//! let result = instance.run_script(sink).await;
-//! instance.stop().await?;
-//! reader.await?;
-//! println!("{:?}", result?);
+//! let backend = registry.backend("fake")?;
+//! let sources = ConfigSources { pairs: vec!["LOG_OUTPUT=hello".into()], file: None };
+//! let assembled = sources.assemble(backend, &registry)?;
+//! for warning in &assembled.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! let provider = backend.new_provider(&assembled.config)?;
+//!
+//! let mut job = Job { script: b"echo hi\n".to_vec(), options: JobOptions::default(), ..Job::default() };
+//! job.attributes.set_worker_defaults();
+//! let (_cancel_tx, mut cancel) = tokio::sync::mpsc::channel(4);
+//! let report = run_job(&provider, job, tokio::io::stdout(), &mut cancel, &Silent).await;
+//! match report.outcome() {
+//!     Outcome::Passed => println!("passed on instance {:?}", report.instance_id),
+//!     Outcome::NotCompleted(failure) => println!("requeue: {failure}"),
+//!     other => println!("{}", other.name()),
+//! }
 //! # Ok(()) }
 //! ```
 
 #![deny(missing_docs)]
 
+mod abi;
 pub mod backend;
 pub mod config;
 mod elf;
@@ -46,11 +62,13 @@ pub mod error;
 pub mod inspect;
 pub mod job;
 pub mod loader;
-mod logger;
 pub mod output;
+pub mod policy;
 pub mod registry;
+pub mod text;
 pub mod trust;
 
 pub use backend::{Instance, Provider};
 pub use error::{HostError, LoadError, Rejected};
+pub use policy::PluginPolicy;
 pub use registry::{Backend, Registry};

@@ -14,11 +14,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{abi_header_from_path, LibraryError, RootModuleError};
-use plugin_api::ffi::BackendMod_Ref;
-
 use crate::error::{HostError, LoadError};
-use crate::trust::{self, FileFacts, Lock};
+use crate::registry::Backend;
+use crate::trust::{self, CheckedFile, FileFacts, Lock};
 
 /// The environment variable that lists plugin directories.
 pub const PLUGIN_PATH_ENV: &str = "HOST_PLUGIN_PATH";
@@ -120,21 +118,16 @@ pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<(PathBuf, usize)>, Vec<HostEr
     (files, errors)
 }
 
-/// A successfully opened plugin: its root module and what its header says.
-#[derive(Clone)]
-pub struct OpenedPlugin {
-    /// The root module.
-    pub module: BackendMod_Ref,
-    /// The plugin-api version the plugin was built against.
-    pub plugin_api_version: &'static str,
-    /// The abi_stable ABI version in the plugin's header (major, minor).
-    pub abi: (u32, u32),
-    /// What the trust checks found.
-    pub facts: FileFacts,
+/// A plugin file that passed the trust checks and the ELF check, held open:
+/// [`PluginFile::load`] loads exactly the file that was checked, even if its path now names
+/// another (see [`crate::trust`]).
+#[derive(Debug)]
+pub struct PluginFile {
+    path: PathBuf,
+    checked: CheckedFile,
 }
 
-/// How far [`open_plugin`] got, for `host inspect`: each step's finding, then the error
-/// that stopped it (if any).
+/// How far loading got, for `host inspect`: each step's finding, whatever stopped it.
 #[derive(Debug, Default, Clone)]
 pub struct Progress {
     /// Trust checks passed with these facts.
@@ -145,149 +138,61 @@ pub struct Progress {
     pub plugin_api_version: Option<String>,
 }
 
-/// Opens `path` as a backend plugin: the trust checks of [`crate::trust`] (with `lock`, if
-/// one is in force) first, then `dlopen`, header, version and layout checks, and root
-/// module initialisation.
-pub fn open_plugin(path: &Path, lock: Option<&Lock>) -> Result<OpenedPlugin, LoadError> {
-    open_plugin_traced(path, lock, &mut Progress::default())
-}
+impl PluginFile {
+    /// Opens `path` and checks it (trust rules, `lock` if one is in force, ELF headers)
+    /// without opening it as a library.
+    pub fn check(path: &Path, lock: Option<&Lock>) -> Result<Self, LoadError> {
+        let checked = trust::open_checked(path, lock).map_err(LoadError::Untrusted)?;
+        crate::elf::check(&checked.file).map_err(LoadError::Elf)?;
+        Ok(Self {
+            path: path.to_owned(),
+            checked,
+        })
+    }
 
-/// [`open_plugin`], recording what it found on the way in `progress`.
-pub fn open_plugin_traced(
-    path: &Path,
-    lock: Option<&Lock>,
-    progress: &mut Progress,
-) -> Result<OpenedPlugin, LoadError> {
-    let facts = trust::check_plugin(path, lock).map_err(LoadError::Untrusted)?;
-    progress.facts = Some(facts.clone());
-    crate::elf::check(&facts.resolved).map_err(LoadError::Open)?;
-    let abi_header = abi_header_from_path(path).map_err(library_error)?;
-    let abi = (abi_header.abi_major, abi_header.abi_minor);
-    progress.abi = Some(abi);
-    let header = abi_header.upgrade().map_err(library_error)?;
-    let plugin_api_version = header.version_strings().version.as_str();
-    progress.plugin_api_version = Some(plugin_api_version.to_owned());
-    let module = init_root_module(header, plugin_api_version)?;
-    Ok(OpenedPlugin {
-        module,
-        plugin_api_version,
-        abi,
-        facts,
-    })
-}
+    /// What the checks found.
+    pub fn facts(&self) -> &FileFacts {
+        &self.checked.facts
+    }
 
-/// Checks the plugin's layout against the ABI of the plugin-api version it was built with
-/// (an older 1.x has fewer appended fields, which abi_stable refuses to compare against the
-/// current types) and returns its root module as the current type.
-fn init_root_module(
-    header: &'static abi_stable::library::LibHeader,
-    plugin_api_version: &str,
-) -> Result<BackendMod_Ref, LoadError> {
-    let minor = plugin_api_version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse::<u64>().ok());
-    let same_major = plugin_api_version.split('.').next() == Some(&host_major().to_string());
-    if same_major && minor == Some(0) {
-        header
-            .ensure_layout::<plugin_api::ffi::v1_0::BackendMod_Ref>()
-            .map_err(library_error)?;
-        // SAFETY: the layout was just checked against plugin-api 1.0's, and the current
-        // types differ from it only by fields appended to prefix types (root module,
-        // trait vtables), which are reached through accessors that check at run time
-        // whether the plugin has them.
-        unsafe { header.init_root_module_with_unchecked_layout::<BackendMod_Ref>() }
-            .map_err(library_error)
-    } else {
-        header
-            .init_root_module::<BackendMod_Ref>()
-            .map_err(library_error)
+    /// Opens the checked file as a library: header, plugin-api version and layout checks,
+    /// root module initialisation; then hands the plugin the host's logger.
+    pub fn load(self) -> Result<Backend, LoadError> {
+        self.load_traced(&mut Progress::default())
+    }
+
+    pub(crate) fn load_traced(self, progress: &mut Progress) -> Result<Backend, LoadError> {
+        progress.facts = Some(self.checked.facts.clone());
+        let library = descriptor_path(&self.checked.file, &self.checked.facts.resolved);
+        let opened = crate::abi::load::open_root_module(&library, progress);
+        keep_open(self.checked.file);
+        let module = opened?;
+        Ok(Backend::new(self.path, module, self.checked.facts))
     }
 }
 
-fn host_major() -> u64 {
-    plugin_api::PLUGIN_API_VERSION
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Turns abi_stable's error into a one-line reason a person can act on.
-fn library_error(e: LibraryError) -> LoadError {
-    match e {
-        LibraryError::OpenError { err, path } => {
-            // dlerror() starts with the path, which the caller shows already.
-            let text = err.to_string();
-            let prefix = format!("{}: ", path.display());
-            let text = text.split_once(&prefix).map_or(text.as_str(), |(_, t)| t);
-            LoadError::Open(one_line(text))
-        }
-        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
-        LibraryError::InvalidAbiHeader(h) => {
-            let found = if h.magic_string == abi_stable::library::AbiHeader::VALUE.magic_string {
-                format!("abi_stable ABI {}.{}", h.abi_major, h.abi_minor)
-            } else {
-                "no abi_stable header at all".to_owned()
-            };
-            LoadError::AbiStableVersion {
-                found,
-                host_major: host_major(),
-            }
-        }
-        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
-            LoadError::PluginApiVersion {
-                found: actual_version.to_string(),
-                host_major: host_major(),
-            }
-        }
-        LibraryError::AbiInstability(err) => {
-            let full = err.to_string();
-            tracing::debug!(target: "host::loader", "full ABI mismatch report:\n{full}");
-            LoadError::Layout {
-                host: plugin_api::PLUGIN_API_VERSION.to_owned(),
-                summary: layout_summary(&full),
-            }
-        }
-        LibraryError::RootModule { err, .. } => LoadError::RootModule(match err {
-            RootModuleError::Unwound => "it panicked".to_owned(),
-            other => one_line(&other.to_string()),
-        }),
-        other => LoadError::Other(one_line(&other.to_string())),
+/// The path `dlopen` is given for a checked file: its descriptor's, where the OS has one.
+fn descriptor_path(file: &std::fs::File, _resolved: &Path) -> PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        _resolved.to_owned()
     }
 }
 
-/// abi_stable's layout report runs to thousands of lines; its `Error:` lines say what
-/// differs.
-pub fn layout_summary(full: &str) -> String {
-    let errors: Vec<&str> = full
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("Error:"))
-        .collect();
-    if errors.is_empty() {
-        one_line(full.lines().next().unwrap_or("the layouts differ"))
-    } else {
-        let mut unique: Vec<&str> = Vec::new();
-        for e in errors {
-            if !unique.contains(&e) {
-                unique.push(e);
-            }
-        }
-        let shown: Vec<&str> = unique.iter().take(3).copied().collect();
-        let more = unique.len().saturating_sub(shown.len());
-        let mut s = shown.join("; ");
-        if more > 0 {
-            s.push_str(&format!(
-                " (and {more} more; run with -vv for the full report)"
-            ));
-        }
-        s
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Keeps a descriptor that was handed to `dlopen` open for the life of the process. The
+/// dynamic loader knows a library by the name it was opened with and hands back the loaded
+/// one for a name it has seen, and libraries are never unloaded: were the descriptor closed,
+/// its number (and so its `/proc/self/fd/N` name) could come back for another file, which
+/// would then never be loaded. One descriptor per plugin file.
+fn keep_open(file: std::fs::File) {
+    static KEPT: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(file);
 }
 
 #[cfg(test)]
@@ -324,15 +229,6 @@ mod tests {
                     explicit: false
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn the_layout_summary_keeps_the_error_lines_only() {
-        let full = "header\n  Error: field a differs\nnoise\n  Error: field b differs\n Error: field a differs\n";
-        assert_eq!(
-            layout_summary(full),
-            "Error: field a differs; Error: field b differs"
         );
     }
 }

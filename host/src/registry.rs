@@ -3,21 +3,20 @@
 //! [`Registry::new_backend_provider`] makes a provider by alias.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RString, Tuple2};
-use plugin_api::ffi::{BackendMod_Ref, FfiLogger_TO};
 use plugin_api::ProviderConfig;
 
+use crate::abi::module::Module;
 use crate::backend::Provider;
 use crate::error::{HostError, LoadError, Rejected};
-use crate::loader::{candidate_files, open_plugin, OpenedPlugin, PluginDir};
-use crate::logger::HostLogger;
-use crate::trust::{lock_for_dir, Lock, TrustError};
+use crate::loader::PluginDir;
+use crate::policy::PluginPolicy;
+use crate::trust::FileFacts;
 
-/// A loaded backend (the original's `Backend` struct, plus where it came from).
+/// A loaded backend (the original's `Backend` struct, plus where it came from). Its texts
+/// are the plugin's, with control characters escaped.
 #[derive(Clone)]
 pub struct Backend {
     /// What users select it by, e.g. `fake`.
@@ -32,11 +31,9 @@ pub struct Backend {
     pub plugin_api_version: String,
     /// The file it was loaded from.
     pub path: PathBuf,
-    /// The file's SHA-256, when a lock was checked.
-    pub sha256: Option<String>,
-    /// The abi_stable ABI version in the plugin's header.
-    pub abi: (u32, u32),
-    module: BackendMod_Ref,
+    /// What the trust checks found (with the SHA-256 when a lock was checked).
+    pub facts: FileFacts,
+    module: Module,
 }
 
 impl std::fmt::Debug for Backend {
@@ -52,37 +49,24 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// Reads a loaded root module's description and hands it the host's logger.
-    fn from_opened(path: &Path, opened: OpenedPlugin) -> Self {
-        let module = opened.module;
-        let alias = module.alias()().as_str().to_owned();
-        let provider_help = module.help()()
-            .into_iter()
-            .map(|Tuple2(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
-            .collect();
-        module.set_logger()(FfiLogger_TO::from_value(
-            HostLogger::new(alias.clone()),
-            TD_Opaque,
-        ));
+    pub(crate) fn new(path: PathBuf, module: Module, facts: FileFacts) -> Self {
+        let d = module.describe();
+        module.set_logger(&d.alias);
         Self {
-            human_readable_name: module.human_readable_name()().as_str().to_owned(),
-            plugin_version: module.plugin_version()().as_str().to_owned(),
-            plugin_api_version: opened.plugin_api_version.to_owned(),
-            path: path.to_owned(),
-            sha256: opened.facts.sha256,
-            abi: opened.abi,
-            provider_help,
-            alias,
+            alias: d.alias,
+            human_readable_name: d.human_readable_name,
+            provider_help: d.provider_help,
+            plugin_version: d.plugin_version,
+            plugin_api_version: d.plugin_api_version,
+            path,
+            facts,
             module,
         }
     }
 
     /// Makes a provider of this backend from `config`.
     pub fn new_provider(&self, config: &ProviderConfig) -> Result<Provider, HostError> {
-        let raw = config
-            .iter()
-            .map(|(k, v)| Tuple2(RString::from(k), RString::from(v)))
-            .collect();
-        match self.module.new_provider()(raw).into_result() {
+        match self.module.new_provider(config) {
             Ok(inner) => Ok(Provider::new(Arc::from(self.alias.as_str()), inner)),
             Err(error) => Err(HostError::Backend {
                 alias: self.alias.clone(),
@@ -112,73 +96,39 @@ impl Registry {
         Self::default()
     }
 
-    /// Loads every plugin file in `dirs` (see [`crate::loader`]), with the directory locks
-    /// of [`crate::trust`]. Never fails: a file that cannot be loaded is recorded in
-    /// [`Registry::rejected`] and the rest still load.
+    /// Loads every plugin file in `dirs` under the default policy for them (no explicit
+    /// lock; each directory's `plugins.lock` applies). See [`PluginPolicy::load`].
     pub fn load(dirs: &[PluginDir]) -> Self {
-        Self::load_locked(dirs, None)
+        PluginPolicy::new(dirs.to_vec(), None).load()
     }
 
-    /// [`Registry::load`] with an explicit plugin lock (`--plugin-lock`) that applies to
-    /// every directory. A lock that cannot be used refuses every file.
-    pub fn load_locked(dirs: &[PluginDir], lock: Option<&Path>) -> Self {
-        let (files, dir_errors) = candidate_files(dirs);
-        let mut registry = Self {
+    pub(crate) fn with_dir_errors(dir_errors: Vec<HostError>) -> Self {
+        Self {
             dir_errors,
             ..Self::default()
-        };
-        let explicit: Option<Result<Lock, TrustError>> = lock.map(Lock::load);
-        let mut dir_locks: Vec<Option<Option<Result<Lock, TrustError>>>> = vec![None; dirs.len()];
-        for (path, dir) in files {
-            let lock = match &explicit {
-                Some(l) => Some(l.clone()),
-                None => dir_locks[dir]
-                    .get_or_insert_with(|| lock_for_dir(None, &dirs[dir].path))
-                    .clone(),
-            };
-            match lock {
-                Some(Err(e)) => registry.rejected.push(Rejected {
-                    path,
-                    reason: LoadError::Untrusted(e),
-                }),
-                Some(Ok(lock)) => {
-                    registry.load_file(&path, Some(&lock));
-                }
-                None => {
-                    registry.load_file(&path, None);
-                }
-            }
         }
-        registry
     }
 
-    /// Loads one file into the registry; a failure is recorded, not returned.
-    pub fn load_file(&mut self, path: &Path, lock: Option<&Lock>) -> Option<&Backend> {
-        let opened = match open_plugin(path, lock) {
-            Ok(o) => o,
-            Err(reason) => {
-                tracing::debug!(path = %path.display(), %reason, "plugin rejected");
-                self.rejected.push(Rejected {
-                    path: path.to_owned(),
-                    reason,
-                });
-                return None;
-            }
-        };
-        let alias = opened.module.alias()().as_str().to_owned();
-        if let Some(first) = self.backends.get(&alias) {
+    pub(crate) fn reject(&mut self, rejected: Rejected) {
+        self.rejected.push(rejected);
+    }
+
+    /// Adds a loaded backend; a second file with an alias already present is rejected,
+    /// naming both files.
+    pub(crate) fn insert(&mut self, backend: Backend) {
+        if let Some(first) = self.backends.get(&backend.alias) {
+            let reason = LoadError::DuplicateAlias {
+                alias: backend.alias.clone(),
+                first: first.path.clone(),
+            };
             self.rejected.push(Rejected {
-                path: path.to_owned(),
-                reason: LoadError::DuplicateAlias {
-                    alias,
-                    first: first.path.clone(),
-                },
+                path: backend.path,
+                reason,
             });
-            return None;
+            return;
         }
-        let backend = Backend::from_opened(path, opened);
-        tracing::debug!(alias = %backend.alias, path = %path.display(), "plugin loaded");
-        Some(self.backends.entry(alias).or_insert(backend))
+        tracing::debug!(alias = %backend.alias, path = %backend.path.display(), "plugin loaded");
+        self.backends.insert(backend.alias.clone(), backend);
     }
 
     /// Visits every backend in sorted alias order (the original's `EachBackend`).

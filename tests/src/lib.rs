@@ -112,7 +112,8 @@ fn run_cargo(mut cmd: Command, what: &str) {
 }
 
 /// Builds the fixture crate `tests/fixtures/<name>` (once per test process) into
-/// `<target>/fixtures` and returns its library.
+/// `<target>/fixtures` and returns its library. The fixtures are a workspace of their own,
+/// outside the main one, so that no build of the main workspace puts them beside `host`.
 pub fn fixture(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let a = artifacts();
@@ -122,7 +123,9 @@ pub fn fixture(name: &str) -> PathBuf {
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let mut cmd = cargo();
-        cmd.args(["build", "--quiet", "-p", name, "--target-dir"])
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(workspace().join("tests/fixtures/Cargo.toml"))
+            .args(["-p", name, "--target-dir"])
             .arg(&dir);
         if a.profile == "release" {
             cmd.arg("--release");

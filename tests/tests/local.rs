@@ -373,11 +373,11 @@ async fn two_hundred_jobs_at_once_all_finish_correctly() {
             "job {n}: {report:?}"
         );
         assert_eq!(
-            report.outcome(),
+            *report.outcome(),
             Outcome::from_exit_code(n % 3),
             "job {n}: {report:?}"
         );
-        assert!(report.stopped, "job {n}: {report:?}");
+        assert!(report.stopped(), "job {n}: {report:?}");
     }
     env.assert_clean();
 }
@@ -461,4 +461,178 @@ fn reap_removes_what_a_killed_host_left_and_nothing_of_live_hosts() {
         .unwrap();
     assert_eq!(live.wait().code(), Some(143));
     env.assert_clean();
+}
+
+/// Sends `signal` (e.g. "-TERM") to `pid` with kill(1).
+fn kill(signal: &str, pid: u32) {
+    Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_first_sigterm_while_the_instance_is_stopped_lets_the_stop_finish() {
+    let env = Env::new();
+    let m = marker();
+    let s = script(&format!(
+        "( trap \"\" TERM; exec -a sleep{m} sleep 3131 ) &\necho done\n"
+    ));
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = env.cmd(
+        &[
+            "-c",
+            "KILL_GRACE=2s",
+            "--json-summary",
+            &json.path().display().to_string(),
+        ],
+        s.path(),
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = blackbox::Guard(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "done\n");
+    // The script is done; the stop now waits out KILL_GRACE for the process ignoring TERM.
+    std::thread::sleep(Duration::from_millis(500));
+    kill("-TERM", child.0.id());
+    let status = child.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the run completed: it keeps its outcome\n{err}"
+    );
+    assert!(err.contains("letting the stop finish"), "{err}");
+    assert!(
+        !err.contains("abandon the stop of") && !err.contains("abandoning"),
+        "{err}"
+    );
+    let j = summary(json.path());
+    assert_eq!(j["stopped"], true, "{j}");
+    assert_eq!(j["outcome"], "passed", "{j}");
+    assert_eq!(
+        j["signals_during_stop"],
+        serde_json::json!(["terminate"]),
+        "{j}"
+    );
+    assert!(
+        processes_with(&format!("sleep{m}")).is_empty(),
+        "the process ignoring TERM is gone"
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn jobs_do_not_inherit_the_callers_open_descriptors() {
+    let env = Env::new();
+    let leak = tempfile::NamedTempFile::new().unwrap();
+    let s = script("if echo leaked >&7; then echo 'fd 7 open'; else echo 'fd 7 closed'; fi\n");
+    // The caller (a shell) hands the host an fd 7 without close-on-exec.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 7>"$1"; shift; exec "$@""#)
+        .arg("sh")
+        .arg(leak.path())
+        .arg(&artifacts().host)
+        .arg("--plugin-dir")
+        .arg(env.plugins.path())
+        .args(["run", "-b", "local", "-c"])
+        .arg(format!("SCRIPTS_DIR={}", env.scripts.path().display()))
+        .arg(s.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("fd 7 closed\n") && !stdout.contains("fd 7 open"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(leak.path()).unwrap(), b"");
+    env.assert_clean();
+}
+
+#[test]
+fn a_shell_that_does_not_exist_is_a_config_error_not_a_requeue() {
+    let env = Env::new();
+    for shell in ["/nonexistent", "no-such-shell-anywhere"] {
+        let out = env.run(&["-c", &format!("SHELL={shell}")], "echo hi");
+        assert_eq!(out.code, Some(78), "{shell}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("SHELL") && out.stderr.contains(shell),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("requeue"), "{}", out.stderr);
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn reap_honours_older_than_for_the_cgroups_and_processes_of_a_killed_host() {
+    let env = Env::new();
+    let m = marker();
+    let s = script(&format!("echo up; exec -a sleep{m} sleep 300"));
+    let mut cmd = env.cmd(&[], s.path());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut doomed = blackbox::Guard(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(doomed.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    doomed.0.kill().unwrap();
+    doomed.wait();
+    let cgroups_before = job_cgroups();
+
+    let reap = |older_than: &str| {
+        let mut cmd = host(env.plugins.path());
+        cmd.args(["reap", "-b", "local", "-c"])
+            .arg(format!("SCRIPTS_DIR={}", env.scripts.path().display()))
+            .args(["--older-than", older_than]);
+        run(cmd)
+    };
+    // Seconds old: the default hour keeps all of it, processes, directory and cgroup.
+    let kept = reap("1h");
+    assert_eq!(kept.code, Some(0), "{}", kept.stderr);
+    assert!(!kept.stdout.contains("removed"), "{}", kept.stdout);
+    assert_eq!(
+        processes_with(&format!("sleep{m}")).len(),
+        1,
+        "the young job is untouched"
+    );
+    assert_eq!(std::fs::read_dir(env.scripts.path()).unwrap().count(), 1);
+    assert_eq!(job_cgroups(), cgroups_before, "its cgroup is untouched");
+
+    let done = reap("0s");
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(processes_with(&format!("sleep{m}")).is_empty());
+    env.assert_clean();
+}
+
+/// The local backend's job cgroups on this machine (empty where it has none).
+fn job_cgroups() -> Vec<String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("host-local-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

@@ -77,11 +77,11 @@ async fn one_process_survives_every_panic_and_then_runs_a_good_job() {
 
     for (at, call) in &CASES[1..] {
         let report = job_on(&registry, at).await;
-        let error = report
-            .error
-            .clone()
-            .or(report.stop_error.clone())
-            .unwrap_or_default();
+        let error = match (&report.outcome, &report.stop) {
+            (Outcome::NotCompleted(f), _) => f.to_string(),
+            (_, host::job::StopStatus::Failed(e)) => e.to_string(),
+            _ => String::new(),
+        };
         assert!(
             error.contains(&format!("panicky plugin panicked in {call}")),
             "PANIC_IN={at}: {report:?}"
@@ -91,22 +91,22 @@ async fn one_process_survives_every_panic_and_then_runs_a_good_job() {
     // A panic while a cancelled future is dropped must not abort the process.
     let report = job_on(&registry, "drop").await;
     assert_eq!(
-        report.outcome(),
+        *report.outcome(),
         Outcome::TimedOut(host::job::TimeoutKind::Hard)
     );
 
     // A panic inside a task on the plugin's own runtime is reported, not fatal.
     let report = job_on(&registry, "spawned").await;
-    assert_eq!(report.outcome(), Outcome::Passed, "{report:?}");
+    assert_eq!(*report.outcome(), Outcome::Passed, "{report:?}");
 
     // A panic in a sync call: the id reads as empty, nothing else breaks.
     let report = job_on(&registry, "id").await;
     assert_eq!(report.instance_id.as_deref(), Some(""));
-    assert_eq!(report.outcome(), Outcome::Passed);
+    assert_eq!(*report.outcome(), Outcome::Passed);
 
     // And the same backend still runs a normal job.
     let report = job_on(&registry, "").await;
-    assert_eq!(report.outcome(), Outcome::Passed, "{report:?}");
+    assert_eq!(*report.outcome(), Outcome::Passed, "{report:?}");
     assert_eq!(report.log_bytes, "before\nafter\n".len() as u64);
-    assert!(report.stopped);
+    assert!(report.stopped());
 }

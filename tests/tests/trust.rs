@@ -59,7 +59,7 @@ fn refused(dir: &Path, name: &str, expected: &[&str]) {
     let mut cmd = host(dir);
     cmd.arg("inspect").arg(dir.join(name));
     let out = run(cmd);
-    assert_eq!(out.code, Some(3), "{}", out.stdout);
+    assert_eq!(out.code, Some(4), "{}", out.stdout);
     assert!(
         out.stdout.contains(expected[0]),
         "inspect {name}:\n{}",

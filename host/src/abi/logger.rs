@@ -5,6 +5,34 @@ use abi_stable::std_types::RStr;
 use plugin_api::ffi::FfiLogger;
 use tracing::level_filters::LevelFilter;
 
+use crate::text::escape_controls;
+
+/// The levels of `FfiLogger::log`, which travel as a `u8` (1 error ... 5 trace; 0 in
+/// `max_level` means nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+impl Level {
+    /// A number from the wire; anything past trace is trace.
+    fn from_wire(n: u8) -> Self {
+        match n {
+            0 => Self::Off,
+            1 => Self::Error,
+            2 => Self::Warn,
+            3 => Self::Info,
+            4 => Self::Debug,
+            _ => Self::Trace,
+        }
+    }
+}
+
 pub(crate) struct HostLogger {
     alias: String,
 }
@@ -17,24 +45,38 @@ impl HostLogger {
 
 impl FfiLogger for HostLogger {
     fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
-        let (alias, target, message) = (self.alias.as_str(), target.as_str(), message.as_str());
-        match level {
-            1 => tracing::error!(target: "backend", backend = alias, "{target}: {message}"),
-            2 => tracing::warn!(target: "backend", backend = alias, "{target}: {message}"),
-            3 => tracing::info!(target: "backend", backend = alias, "{target}: {message}"),
-            4 => tracing::debug!(target: "backend", backend = alias, "{target}: {message}"),
-            _ => tracing::trace!(target: "backend", backend = alias, "{target}: {message}"),
+        let alias = self.alias.as_str();
+        let target = escape_controls(target.as_str());
+        let message = escape_controls(message.as_str());
+        match Level::from_wire(level) {
+            Level::Off => {}
+            Level::Error => {
+                tracing::error!(target: "backend", backend = alias, "{target}: {message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "backend", backend = alias, "{target}: {message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "backend", backend = alias, "{target}: {message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "backend", backend = alias, "{target}: {message}")
+            }
+            Level::Trace => {
+                tracing::trace!(target: "backend", backend = alias, "{target}: {message}")
+            }
         }
     }
 
     fn max_level(&self) -> u8 {
-        match LevelFilter::current() {
-            LevelFilter::OFF => 0,
-            LevelFilter::ERROR => 1,
-            LevelFilter::WARN => 2,
-            LevelFilter::INFO => 3,
-            LevelFilter::DEBUG => 4,
-            _ => 5,
-        }
+        let level = match LevelFilter::current() {
+            LevelFilter::OFF => Level::Off,
+            LevelFilter::ERROR => Level::Error,
+            LevelFilter::WARN => Level::Warn,
+            LevelFilter::INFO => Level::Info,
+            LevelFilter::DEBUG => Level::Debug,
+            _ => Level::Trace,
+        };
+        level as u8
     }
 }

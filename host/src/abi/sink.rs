@@ -1,5 +1,5 @@
-//! The host's side of a script's log: an output sink the plugin writes chunks into, and the
-//! receiver the host reads them from.
+//! The log channel behind [`crate::output`]: a [`LogSink`] the plugin writes into, a [`LogReceiver`]
+//! the host reads from.
 //!
 //! The sink is a bounded channel: when the reader falls behind, the plugin's `write` waits
 //! (backpressure), so a script that floods output holds at most `capacity` chunks in memory.
@@ -14,32 +14,52 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RVec};
 use async_ffi::FutureExt as _;
 use plugin_api::ffi::{FfiOutputSink, FfiOutputSink_TO, FfiResultFuture, OutputSinkBox};
+
 use plugin_api::{BackendError, ErrorKind};
 
 /// Chunks in flight between a plugin and the host's reader by default.
 pub const DEFAULT_CAPACITY: usize = 16;
+
+/// The writing end of a log channel: hand it to [`crate::Instance::run_script`].
+pub struct LogSink(ChannelSink);
+
+impl LogSink {
+    /// The sink as the plugin receives it.
+    pub(crate) fn into_ffi(self) -> OutputSinkBox {
+        FfiOutputSink_TO::from_value(self.0, TD_Opaque)
+    }
+
+    /// The sink as the SDK's [`plugin_api::Output`], for code that calls a backend's Rust
+    /// types directly in this process (benchmarks, tests) rather than through a plugin.
+    pub fn into_sdk_output(self) -> plugin_api::Output {
+        plugin_api::Output::new(self.into_ffi())
+    }
+
+    /// Writes `chunk`, waiting while the channel is full; an error once the receiver is
+    /// gone. For embedders that feed a channel themselves (tests, benchmarks).
+    pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BackendError> {
+        self.0.write(RVec::from(chunk)).await.into_result()
+    }
+}
 
 /// Makes a sink to hand to [`crate::Instance::run_script`] and the receiver of its chunks.
 ///
 /// A channel of its own rather than tokio's mpsc: an idle one costs a few dozen bytes (the
 /// queue grows on first use), which matters with thousands of jobs in flight, and a plugin
 /// writes sequentially, so one waiting writer is all there ever is.
-pub fn log_channel(capacity: usize) -> (OutputSinkBox, LogReceiver) {
+pub fn log_channel(capacity: usize) -> (LogSink, LogReceiver) {
     let shared = Arc::new(Mutex::new(Shared {
         queue: VecDeque::new(),
         capacity: capacity.max(1),
         receiver_gone: false,
-        senders: 1,
+        sender_gone: false,
         receiver_waker: None,
         sender_waker: None,
     }));
     (
-        FfiOutputSink_TO::from_value(
-            ChannelSink {
-                shared: Arc::clone(&shared),
-            },
-            TD_Opaque,
-        ),
+        LogSink(ChannelSink {
+            shared: Arc::clone(&shared),
+        }),
         LogReceiver { shared },
     )
 }
@@ -48,7 +68,7 @@ struct Shared {
     queue: VecDeque<RVec<u8>>,
     capacity: usize,
     receiver_gone: bool,
-    senders: usize,
+    sender_gone: bool,
     receiver_waker: Option<Waker>,
     sender_waker: Option<Waker>,
 }
@@ -78,7 +98,7 @@ impl LogReceiver {
                 }
                 return Poll::Ready(Some(LogChunk(chunk)));
             }
-            if s.senders == 0 {
+            if s.sender_gone {
                 return Poll::Ready(None);
             }
             s.receiver_waker = Some(cx.waker().clone());
@@ -124,7 +144,7 @@ struct ChannelSink {
 impl Drop for ChannelSink {
     fn drop(&mut self) {
         let mut s = lock(&self.shared);
-        s.senders -= 1;
+        s.sender_gone = true;
         if let Some(w) = s.receiver_waker.take() {
             w.wake();
         }
@@ -192,8 +212,8 @@ impl FfiOutputSink for ChannelSink {
 mod tests {
     use super::*;
 
-    fn chunk(b: &[u8]) -> RVec<u8> {
-        RVec::from(b.to_vec())
+    fn chunk(b: &[u8]) -> Vec<u8> {
+        b.to_vec()
     }
 
     #[tokio::test]

@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use host::inspect::inspect;
-use host::trust::Lock;
+use host::PluginPolicy;
+
+use crate::exit::{print_out, CliError, NOT_LOADABLE};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,16 +16,12 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: &Args, lock: Option<&Lock>) -> ExitCode {
-    let found = inspect(&args.file, lock);
-    if args.json {
-        match serde_json::to_string_pretty(&found) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("host: cannot encode as JSON: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
+    let found = policy.inspect(&args.file);
+    let text = if args.json {
+        serde_json::to_string_pretty(&found)
+            .map_err(|e| CliError::Failed(format!("cannot encode as JSON: {e}")))?
+            + "\n"
     } else {
         let mut out = String::new();
         let mut row = |k: &str, v: Option<&str>| {
@@ -40,14 +36,8 @@ pub fn run(args: &Args, lock: Option<&Lock>) -> ExitCode {
         row("size:", found.size.map(|s| format!("{s} bytes")).as_deref());
         row("sha256:", found.sha256.as_deref());
         row("trust:", Some(&found.trust));
-        row(
-            "abi_stable:",
-            found
-                .abi_stable
-                .as_deref()
-                .map(|v| format!("ABI {v}"))
-                .as_deref(),
-        );
+        let abi = found.abi_stable.as_deref().map(|v| format!("ABI {v}"));
+        row("abi_stable:", abi.as_deref());
         row("plugin-api:", found.plugin_api.as_deref());
         row("alias:", found.alias.as_deref());
         row("name:", found.name.as_deref());
@@ -69,11 +59,8 @@ pub fn run(args: &Args, lock: Option<&Lock>) -> ExitCode {
                 let _ = writeln!(out, "  {k:<w$}  {h}");
             }
         }
-        print!("{out}");
-    }
-    if found.loadable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::exit::SOME_REJECTED)
-    }
+        out
+    };
+    print_out(&text)?;
+    Ok(if found.loadable { 0 } else { NOT_LOADABLE })
 }

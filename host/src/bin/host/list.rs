@@ -1,12 +1,13 @@
 //! `host list-backends`: what loaded, what each backend accepts, and what was rejected.
 
 use std::fmt::Write as _;
-use std::process::ExitCode;
 
 use host::loader::PluginDir;
-use host::Registry;
+use host::{PluginPolicy, Registry};
 use plugin_api::config::env_prefix;
 use serde::Serialize;
+
+use crate::exit::{print_out, CliError, SOME_REJECTED};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -49,7 +50,9 @@ struct RejectedJson {
     reason: String,
 }
 
-pub fn run(args: &Args, dirs: &[PluginDir], registry: &Registry) -> ExitCode {
+pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
+    let registry = &policy.load();
+    let dirs = policy.dirs();
     let rejected: Vec<RejectedJson> = registry
         .dir_errors()
         .iter()
@@ -70,12 +73,14 @@ pub fn run(args: &Args, dirs: &[PluginDir], registry: &Registry) -> ExitCode {
         .collect();
     let failed = !rejected.is_empty();
     if let Some(path) = &args.write_lock {
-        if let Err(e) = write_lock(path, registry) {
-            eprintln!("host: cannot write the plugin lock {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+        write_lock(path, registry).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot write the plugin lock {}: {e}",
+                path.display()
+            ))
+        })?;
     }
-    if args.json {
+    let text = if args.json {
         let listing = Listing {
             plugin_dirs: dirs.iter().map(|d| d.path.display().to_string()).collect(),
             backends: registry
@@ -99,27 +104,21 @@ pub fn run(args: &Args, dirs: &[PluginDir], registry: &Registry) -> ExitCode {
                 .collect(),
             rejected,
         };
-        match serde_json::to_string_pretty(&listing) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("host: cannot encode the listing as JSON: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        serde_json::to_string_pretty(&listing)
+            .map_err(|e| CliError::Failed(format!("cannot encode the listing as JSON: {e}")))?
+            + "\n"
     } else {
-        print!("{}", table(registry, dirs));
+        let mut out = table(registry, dirs);
         if failed {
-            println!("\nRejected plugin files:");
+            out.push_str("\nRejected plugin files:\n");
             for r in &rejected {
-                println!("  {}: {}", r.path, r.reason);
+                let _ = writeln!(out, "  {}: {}", r.path, r.reason);
             }
         }
-    }
-    if failed {
-        ExitCode::from(crate::exit::SOME_REJECTED)
-    } else {
-        ExitCode::SUCCESS
-    }
+        out
+    };
+    print_out(&text)?;
+    Ok(if failed { SOME_REJECTED } else { 0 })
 }
 
 fn table(registry: &Registry, dirs: &[PluginDir]) -> String {
@@ -180,9 +179,13 @@ fn write_lock(path: &std::path::Path, registry: &Registry) -> std::io::Result<()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        files.push((name, host::trust::sha256_file(&b.path)?));
+        let hash = match &b.facts.sha256 {
+            Some(h) => h.clone(),
+            None => host::trust::sha256_file(&b.facts.resolved)?,
+        };
+        files.push((name, hash));
     }
-    std::fs::write(path, host::trust::Lock::render(&files))?;
+    host::trust::Lock::write(path, &files)?;
     eprintln!(
         "host: wrote {} with {} plugin(s)",
         path.display(),

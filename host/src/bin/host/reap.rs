@@ -1,11 +1,13 @@
 //! `host reap`: remove what a backend left behind (after a host crash, say).
 
-use std::process::ExitCode;
 use std::time::Duration;
 
-use host::Registry;
+use host::text::fmt_duration;
+use host::PluginPolicy;
 use plugin_api::config::parse_duration;
 use plugin_api::ErrorKind;
+
+use crate::exit::{print_out, CliError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,47 +23,31 @@ pub struct Args {
     dry_run: bool,
 }
 
-pub fn run(args: &Args, registry: &Registry) -> ExitCode {
-    let (backend, provider) = match args.backend.provider(registry) {
-        Ok(found) => found,
-        Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
+    let registry = policy.load();
+    let (backend, provider) = args.backend.provider(&registry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("host: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let lines = runtime
+        .block_on(provider.reap(args.older_than, args.dry_run))
+        .map_err(|e| match e.backend_kind() {
+            Some(ErrorKind::UNSUPPORTED) => CliError::Unsupported(e.to_string()),
+            _ => CliError::Failed(e.to_string()),
+        })?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
     };
-    let result = runtime.block_on(provider.reap(args.older_than, args.dry_run));
-    match result {
-        Ok(lines) => {
-            let verb = if args.dry_run {
-                "would remove"
-            } else {
-                "removed"
-            };
-            for l in &lines {
-                println!("{verb}: {l}");
-            }
-            eprintln!(
-                "host: {verb} {} item(s) of backend {} older than {}",
-                lines.len(),
-                backend.alias,
-                host::job::fmt_duration(args.older_than)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) if e.backend_kind() == Some(ErrorKind::UNSUPPORTED) => {
-            eprintln!("host: {e}");
-            ExitCode::from(crate::exit::UNSUPPORTED)
-        }
-        Err(e) => {
-            eprintln!("host: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let text: String = lines.iter().map(|l| format!("{verb}: {l}\n")).collect();
+    print_out(&text)?;
+    eprintln!(
+        "host: {verb} {} item(s) of backend {} older than {}",
+        lines.len(),
+        backend.alias,
+        fmt_duration(args.older_than)
+    );
+    Ok(0)
 }

@@ -1,36 +1,40 @@
 //! `host run`: one build job on one backend, from the command line.
 
 use std::io::{IsTerminal as _, Read as _};
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use host::job::{
-    fmt_duration, run_job, CancelReason, Job, JobObserver, JobOptions, JobReport, TimeoutKind,
+    run_job, CancelReason, Job, JobEvent, JobObserver, JobOptions, JobReport, Limit, Outcome,
+    TimeoutKind,
 };
-use host::{Instance, Registry};
+use host::text::fmt_duration;
+use host::PluginPolicy;
 use plugin_api::config::{parse_byte_size, parse_duration};
 use plugin_api::StartAttributes;
 
-use crate::exit;
+use crate::exit::{self, CliError};
+use crate::fds::StdFds;
 
-pub const AFTER_HELP: &str = "\
-Exit status:
-    the script's own exit code when the run completed (0 passed, 1 failed, other: errored)
-    75   not completed: setup, start, upload or the run broke, or start/upload timed out
-         (infrastructure failure; a worker would requeue the job)
-    124  hard timeout, log silence timeout or log size limit reached
-    130  cancelled by SIGINT; 143 cancelled by SIGTERM
-    74   the log's reader went away (e.g. piped into `head`)
-    64   bad usage (unknown backend, malformed flag or duration)
-    66   the script cannot be read
-    78   bad backend config (config file, invalid or missing key)
+/// The default of `--max-script-bytes`.
+const DEFAULT_MAX_SCRIPT: &str = "64MiB";
+
+pub fn after_help() -> String {
+    format!(
+        "{}
+Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the job and stop the instance (exit
+128+N). One that arrives while the instance is being stopped lets the stop finish (bounded by
+--stop-timeout); the next one abandons it and says what may be left running. Other signals
+(SIGUSR1, SIGUSR2, SIGALRM...) are ignored.
 
 Config precedence: --config KEY=VALUE > BACKEND_<ALIAS>_<KEY> environment > --config-file
 FILE (TOML, a table per alias, e.g. [fake] LOG_OUTPUT = \"hi\") > the backend's defaults.
-A key the backend does not list is warned about. The instance is stopped on every path; a
-second SIGINT while stopping abandons the stop and says so.";
+A key the backend does not list, a table naming no backend and an unusable variable are
+warned about.",
+        exit::help_table()
+    )
+}
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
@@ -85,8 +89,12 @@ pub struct Args {
     /// How long stopping the instance may take, on every path
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg, help_heading = "Limits")]
     stop_timeout: Duration,
+    /// Refuse a script larger than this (exit 66)
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_SCRIPT, value_parser = size_arg, help_heading = "Limits")]
+    max_script_bytes: u64,
 
-    /// Write a JSON summary of the job to FILE (outcome, exit code, instance, durations...)
+    /// Write a JSON summary of the job to FILE (outcome, exit code, instance, durations...);
+    /// it is created before the job starts, and the job does not run if it cannot be
     #[arg(long, value_name = "FILE")]
     json_summary: Option<PathBuf>,
 
@@ -95,18 +103,16 @@ pub struct Args {
     script: PathBuf,
 }
 
-pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
-    let script = match read_script(&args.script) {
-        Ok(s) => s,
-        Err(msg) => {
-            eprintln!("host: {msg}");
-            return ExitCode::from(exit::NO_INPUT);
-        }
-    };
-    let (backend, provider) = match args.backend.provider(registry) {
-        Ok(found) => found,
-        Err(code) => return code,
-    };
+pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Result<u8, CliError> {
+    let script = read_script(&args.script, args.max_script_bytes)?;
+    if fds.stdout_closed {
+        return Err(CliError::Io(
+            "standard output is closed: the job's log would be lost (nothing was run)".into(),
+        ));
+    }
+    let summary = args.json_summary.as_deref().map(open_summary).transpose()?;
+    let registry = policy.load();
+    let (backend, provider) = args.backend.provider(&registry)?;
 
     let mut attributes = StartAttributes {
         language: args.language.unwrap_or_default(),
@@ -133,82 +139,143 @@ pub fn run(args: Args, registry: &Registry, quiet: bool) -> ExitCode {
         },
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("host-rt")
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("host: cannot start the async runtime: {e}");
-            return ExitCode::from(host::job::EXIT_NOT_COMPLETED);
-        }
-    };
+        .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
     let observer = Reporter::new(&backend.alias, &backend.human_readable_name, quiet);
     let report = runtime.block_on(async {
-        let mut cancel = match signals() {
-            Ok(rx) => rx,
-            Err(e) => {
-                eprintln!("host: cannot install signal handlers: {e}");
-                return None;
-            }
-        };
-        let log = match BlockingStdout::new() {
-            Ok(out) => out,
-            Err(e) => {
-                eprintln!("host: cannot write to standard output: {e}");
-                return None;
-            }
-        };
-        Some(run_job(&provider, job, log, &mut cancel, &observer).await)
-    });
-    let Some(report) = report else {
-        return ExitCode::from(host::job::EXIT_NOT_COMPLETED);
-    };
+        let mut cancel = signals()
+            .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
+        let log = BlockingStdout::new()
+            .map_err(|e| CliError::Io(format!("cannot write to standard output: {e}")))?;
+        Ok::<_, CliError>(run_job(&provider, job, log, &mut cancel, &observer).await)
+    })?;
     observer.finish_spinner();
-    summarize(&report, quiet);
-    if let Some(path) = &args.json_summary {
-        if let Err(e) = write_summary(path, &report) {
-            eprintln!(
-                "host: cannot write the JSON summary to {}: {e}",
+    let code = exit_code(&report.outcome);
+    summarize(&report, code, quiet);
+    let mut status = Ok(code);
+    if let (Some(file), Some(path)) = (summary, &args.json_summary) {
+        if let Err(e) = write_summary(file, &report, code) {
+            status = Err(CliError::Io(format!(
+                "cannot write the JSON summary to {}: {e}",
                 path.display()
-            );
+            )));
         }
     }
     // Plugin runtimes keep threads; the process ends here without waiting for them.
     drop(provider);
     runtime.shutdown_timeout(Duration::from_millis(100));
-    ExitCode::from(report.exit_code)
+    status
 }
 
-fn read_script(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("cannot read the script from standard input: {e}"))?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).map_err(|e| format!("cannot read script {}: {e}", path.display()))
+/// The exit status for an outcome (see [`exit::TABLE`]).
+fn exit_code(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Passed => 0,
+        Outcome::Failed => 1,
+        Outcome::Errored { exit_code } => u8::try_from(*exit_code).unwrap_or(exit::OUT_OF_RANGE),
+        Outcome::NotCompleted(f) if f.is_config_error() => exit::CONFIG,
+        Outcome::NotCompleted(_) => exit::TEMPFAIL,
+        Outcome::TimedOut(_) => exit::TIMED_OUT,
+        Outcome::Cancelled(r) => r
+            .signal()
+            .map_or(exit::TEMPFAIL, |(n, _)| (128 + n).clamp(0, 255) as u8),
+        Outcome::OutputClosed => exit::IO,
     }
 }
 
-fn write_summary(path: &std::path::Path, report: &JobReport) -> std::io::Result<()> {
-    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
-    std::fs::write(path, json + "\n")
+/// Reads the script, at most `limit` bytes.
+fn read_script(path: &Path, limit: u64) -> Result<Vec<u8>, CliError> {
+    let (reader, name): (Box<dyn std::io::Read>, String) = if path.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), "from standard input".into())
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| {
+            CliError::NoInput(format!("cannot read script {}: {e}", path.display()))
+        })?;
+        (Box::new(f), path.display().to_string())
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::NoInput(format!("cannot read the script {name}: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(CliError::NoInput(format!(
+            "the script {name} is larger than --max-script-bytes ({limit} bytes)"
+        )));
+    }
+    Ok(buf)
 }
 
-/// Turns SIGINT and SIGTERM into cancel requests, every time they arrive.
+/// Creates the summary file before the job runs. Opening does not wait (a FIFO without a
+/// reader is refused at once), so nothing blocks past a signal.
+fn open_summary(path: &Path) -> Result<std::fs::File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::ENXIO) {
+                " (a FIFO with no reader)"
+            } else {
+                ""
+            };
+            CliError::CantCreate(format!(
+                "cannot create the JSON summary {}: {e}{hint}; nothing was run",
+                path.display()
+            ))
+        })?;
+    Ok(file)
+}
+
+fn write_summary(mut file: std::fs::File, report: &JobReport, code: u8) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut json = serde_json::to_value(report).map_err(std::io::Error::other)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("exit_code".into(), code.into());
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)? + "\n";
+    file.write_all(text.as_bytes())?;
+    file.flush()
+}
+
+/// Turns SIGINT, SIGTERM, SIGHUP and SIGQUIT into cancel requests, every time they arrive,
+/// and takes the signals that mean nothing to a job (so that they do not end the host
+/// without cleanup). Handlers, unlike SIG_IGN, do not pass on to the job's processes.
 fn signals() -> std::io::Result<host::job::CancelReceiver> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let ignored = [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+    ];
+    let ignored: Vec<_> = ignored
+        .into_iter()
+        .map(|n| signal(SignalKind::from_raw(n)))
+        .collect::<Result<_, _>>()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
+        let _ignored = ignored;
         loop {
             let reason = tokio::select! {
                 Some(()) = int.recv() => CancelReason::Interrupt,
                 Some(()) = term.recv() => CancelReason::Terminate,
+                Some(()) = hup.recv() => CancelReason::Hangup,
+                Some(()) = quit.recv() => CancelReason::Quit,
                 else => break,
             };
             if tx.send(reason).await.is_err() {
@@ -219,18 +286,22 @@ fn signals() -> std::io::Result<host::job::CancelReceiver> {
     Ok(rx)
 }
 
-fn summarize(report: &JobReport, quiet: bool) {
-    use host::job::Outcome;
-    let outcome = report.outcome();
-    match &outcome {
-        Outcome::NotCompleted { reason } => eprintln!(
-            "host: job not completed (infrastructure failure; a worker would requeue it): {reason}"
+fn summarize(report: &JobReport, code: u8, quiet: bool) {
+    match &report.outcome {
+        Outcome::NotCompleted(f) if f.is_config_error() => {
+            eprintln!("host: bad backend config: {f}")
+        }
+        Outcome::NotCompleted(f) => eprintln!(
+            "host: job not completed (infrastructure failure; a worker would requeue it): {f}"
         ),
         Outcome::OutputClosed => {
-            eprintln!("host: the log's reader went away; the job was stopped")
+            eprintln!("host: the log's destination failed (its reader went away or a write failed); the job was stopped")
         }
+        Outcome::Errored { exit_code } if i32::from(code) != *exit_code => eprintln!(
+            "host: job errored with exit code {exit_code}, outside 0..=255: exiting {code}"
+        ),
         _ if quiet => {}
-        Outcome::Passed | Outcome::Failed | Outcome::Errored { .. } => eprintln!(
+        outcome @ (Outcome::Passed | Outcome::Failed | Outcome::Errored { .. }) => eprintln!(
             "host: job {} (exit code {})",
             outcome.name(),
             report.script_exit_code.unwrap_or_default()
@@ -265,10 +336,8 @@ impl Reporter {
             }
         }
     }
-}
 
-impl JobObserver for Reporter {
-    fn starting(&self) {
+    fn start_spinner(&self) {
         if self.quiet || !std::io::stderr().is_terminal() {
             return;
         }
@@ -282,50 +351,71 @@ impl JobObserver for Reporter {
             *s = Some(bar);
         }
     }
+}
 
-    fn started(&self, instance: &Instance) {
-        self.finish_spinner();
-        if !self.quiet {
-            eprintln!(
-                "host: worker info: backend {} ({}), instance {}, startup {}",
+fn signal_name(reason: CancelReason) -> &'static str {
+    reason.signal().map_or("a cancel request", |(_, name)| name)
+}
+
+fn limit_reached(kind: TimeoutKind, limit: Limit) -> String {
+    let limit = match limit {
+        Limit::Time(d) => fmt_duration(d),
+        Limit::Bytes(b) => format!("{b} bytes"),
+    };
+    match kind {
+        TimeoutKind::Startup => format!("startup timeout ({limit}) reached"),
+        TimeoutKind::Upload => format!("upload timeout ({limit}) reached"),
+        TimeoutKind::Hard => format!("hard timeout ({limit}) reached"),
+        TimeoutKind::LogSilence => format!("no output for {limit}: log silence timeout"),
+        TimeoutKind::LogCap => format!("log size limit ({limit}) reached"),
+    }
+}
+
+impl JobObserver for Reporter {
+    fn event(&self, event: &JobEvent) {
+        match event {
+            JobEvent::Starting => self.start_spinner(),
+            JobEvent::Started { instance_id, startup } => {
+                self.finish_spinner();
+                if !self.quiet {
+                    eprintln!(
+                        "host: worker info: backend {} ({}), instance {instance_id}, startup {}",
+                        self.alias,
+                        self.name,
+                        fmt_duration(*startup)
+                    );
+                }
+            }
+            JobEvent::Running | JobEvent::Stopping { .. } => {}
+            JobEvent::LimitReached { kind, limit } => {
+                self.finish_spinner();
+                eprintln!("host: {}; ending the job", limit_reached(*kind, *limit));
+            }
+            JobEvent::Cancelled(reason) => {
+                self.finish_spinner();
+                eprintln!(
+                    "host: {} received; cancelling the job and stopping the instance (send another signal to abandon the stop)",
+                    signal_name(*reason)
+                );
+            }
+            JobEvent::CancelDuringStop(reason) => eprintln!(
+                "host: {} received while stopping the instance; letting the stop finish (send another signal to abandon it)",
+                signal_name(*reason)
+            ),
+            JobEvent::StopFailed { instance_id, error } => {
+                eprintln!("host: stopping instance {instance_id} failed: {error}")
+            }
+            JobEvent::StopTimedOut { instance_id, limit } => eprintln!(
+                "host: stopping instance {instance_id} did not finish within {}; it may be left running",
+                fmt_duration(*limit)
+            ),
+            JobEvent::StopAbandoned { instance_id, reason } => eprintln!(
+                "host: second signal ({}): abandoning the stop of instance {instance_id} on backend {}: it may be left running (`host reap --backend {}` removes it later)",
+                signal_name(*reason),
                 self.alias,
-                self.name,
-                instance.id(),
-                fmt_duration(instance.startup_duration())
-            );
+                self.alias
+            ),
         }
-    }
-
-    fn timed_out(&self, kind: TimeoutKind, limit: &str) {
-        self.finish_spinner();
-        let what = match kind {
-            TimeoutKind::LogSilence => format!("no output for {limit}: log silence timeout"),
-            _ => format!("{} ({limit}) reached", kind.describe()),
-        };
-        eprintln!("host: {what}; ending the job");
-    }
-
-    fn cancelled(&self, reason: CancelReason) {
-        self.finish_spinner();
-        eprintln!(
-            "host: {} received; cancelling the job and stopping the instance (send it again to abandon the stop)",
-            reason.signal_name()
-        );
-    }
-
-    fn stop_failed(&self, instance_id: &str, error: &str) {
-        eprintln!("host: stopping instance {instance_id} failed: {error}");
-    }
-
-    fn abandoning(&self, what: &str) {
-        eprintln!("host: second signal: abandoning the {what}");
-    }
-
-    fn stop_timed_out(&self, instance_id: &str, limit: Duration) {
-        eprintln!(
-            "host: stopping instance {instance_id} did not finish within {}; it may be left running",
-            fmt_duration(limit)
-        );
     }
 }
 
@@ -339,12 +429,16 @@ struct BlockingStdout(std::fs::File);
 
 impl BlockingStdout {
     fn new() -> std::io::Result<Self> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
+        use std::os::fd::AsFd as _;
         let file = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
         // When stdout is a pipe, a larger kernel buffer (Linux's default is 64 KiB) means
         // fewer blocked writes while the reader catches up. Best effort.
-        // SAFETY: fcntl on a descriptor we own; it fails harmlessly on a non-pipe.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: fcntl on a descriptor we own; it fails harmlessly on a non-pipe.
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        }
         Ok(Self(file))
     }
 }
