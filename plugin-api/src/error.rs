@@ -106,8 +106,10 @@ impl BackendError {
         )
     }
 
-    /// A configuration error naming the key and the value at fault.
+    /// A configuration error naming the key and the value at fault (a secret value, or a
+    /// secret inside a list of pairs, is masked as [`crate::ProviderConfig`] shows it).
     pub fn invalid_config(key: &str, value: &str, why: impl fmt::Display) -> Self {
+        let value = crate::config::masked_value(key, value);
         Self::new(
             ErrorKind::INVALID_CONFIG,
             format!("invalid value {value:?} for config key {key}: {why}"),

@@ -443,3 +443,33 @@ pub fn engine_api(method: &str, path: &str, body: Option<&str>) -> (u16, String)
     let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
+
+/// Sends `signal` (as kill(1) takes it, e.g. `-TERM`) to process `pid`.
+pub fn signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+/// The JSON document in the file at `path`.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
+}
+
+/// Spawns `cmd` with its stdout piped and waits for its first line of output (a job that
+/// has started), which is returned with the guarded child.
+pub fn spawn_until_first_line(mut cmd: Command) -> (Guard, String) {
+    use std::io::BufRead as _;
+    cmd.stdout(Stdio::piped());
+    let mut child = Guard(cmd.spawn().expect("spawn"));
+    let mut line = String::new();
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the first line");
+    (child, line)
+}

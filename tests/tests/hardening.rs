@@ -12,17 +12,28 @@ fn fake_dir() -> tempfile::TempDir {
     plugin_dir(&[("libfake.so", &artifacts().fake)])
 }
 
-fn kill(signal: &str, pid: u32) {
-    Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+use blackbox::{read_json as summary, signal as kill};
+
+/// `host run -b fake ARGS SCRIPT`, run to the end.
+fn run_fake(dir: &Path, args: &[&str], script: &Path) -> blackbox::Ran {
+    let mut cmd = host(dir);
+    cmd.args(["run", "-b", "fake"]).args(args).arg(script);
+    run(cmd)
 }
 
-fn summary(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+/// `host --plugin-dir DIR ARGS...` started by `sh -c SHELL_CODE`, where the shell code ends
+/// with `exec "$@"` (after a redirection or a umask, say).
+fn via_sh(shell_code: &str, dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(shell_code)
+        .arg("sh")
+        .arg(&artifacts().host)
+        .arg("--plugin-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// `host run -b fake` with `extra` flags, a summary file, and piped outputs.
@@ -160,18 +171,9 @@ fn a_json_summary_that_cannot_be_created_stops_before_the_job_and_a_failed_write
         fifo.path().join("missing/dir/summary.json"),
     ] {
         let began = Instant::now();
-        let mut cmd = host(dir.path());
-        cmd.args([
-            "run",
-            "-b",
-            "fake",
-            "-c",
-            "ECHO_SCRIPT=true",
-            "--json-summary",
-        ])
-        .arg(&target)
-        .arg(s.path());
-        let out = run(cmd);
+        let target_arg = target.display().to_string();
+        let args = ["-c", "ECHO_SCRIPT=true", "--json-summary", &target_arg];
+        let out = run_fake(dir.path(), &args, s.path());
         assert_eq!(out.code, Some(73), "{}: {}", target.display(), out.stderr);
         assert_eq!(out.stdout, "", "nothing was run");
         assert!(
@@ -181,18 +183,8 @@ fn a_json_summary_that_cannot_be_created_stops_before_the_job_and_a_failed_write
         );
         assert!(began.elapsed() < Duration::from_secs(10));
     }
-    let mut cmd = host(dir.path());
-    cmd.args([
-        "run",
-        "-b",
-        "fake",
-        "-c",
-        "ECHO_SCRIPT=true",
-        "--json-summary",
-        "/dev/full",
-    ])
-    .arg(s.path());
-    let out = run(cmd);
+    let args = ["-c", "ECHO_SCRIPT=true", "--json-summary", "/dev/full"];
+    let out = run_fake(dir.path(), &args, s.path());
     assert_eq!(out.stdout, "echo ran\n");
     assert_eq!(out.code, Some(74), "{}", out.stderr);
     assert!(out.stderr.contains("/dev/full"), "{}", out.stderr);
@@ -201,9 +193,7 @@ fn a_json_summary_that_cannot_be_created_stops_before_the_job_and_a_failed_write
 #[test]
 fn an_endless_script_or_config_file_is_refused_at_its_limit() {
     let dir = fake_dir();
-    let mut cmd = host(dir.path());
-    cmd.args(["run", "-b", "fake", "/dev/zero"]);
-    let out = run(cmd);
+    let out = run_fake(dir.path(), &[], Path::new("/dev/zero"));
     assert_eq!(out.code, Some(66), "{}", out.stderr);
     assert!(
         out.stderr.contains("/dev/zero") && out.stderr.contains("--max-script-bytes"),
@@ -212,18 +202,12 @@ fn an_endless_script_or_config_file_is_refused_at_its_limit() {
     );
 
     let big = script(&"x".repeat(2048));
-    let mut cmd = host(dir.path());
-    cmd.args(["run", "-b", "fake", "--max-script-bytes", "1KiB"])
-        .arg(big.path());
-    let out = run(cmd);
+    let out = run_fake(dir.path(), &["--max-script-bytes", "1KiB"], big.path());
     assert_eq!(out.code, Some(66), "{}", out.stderr);
     assert!(out.stderr.contains("1024 bytes"), "{}", out.stderr);
 
     let s = script("true\n");
-    let mut cmd = host(dir.path());
-    cmd.args(["run", "-b", "fake", "--config-file", "/dev/zero"])
-        .arg(s.path());
-    let out = run(cmd);
+    let out = run_fake(dir.path(), &["--config-file", "/dev/zero"], s.path());
     assert_eq!(out.code, Some(78), "{}", out.stderr);
     assert!(
         out.stderr.contains("/dev/zero") && out.stderr.contains("1048576"),
@@ -236,17 +220,12 @@ fn an_endless_script_or_config_file_is_refused_at_its_limit() {
 fn a_closed_stdout_is_a_lost_log_not_a_pass() {
     let dir = fake_dir();
     let s = script("true\n");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec "$@" >&-"#)
-        .arg("sh")
-        .arg(&artifacts().host)
-        .arg("--plugin-dir")
-        .arg(dir.path())
-        .args(["run", "-b", "fake", "-c", "LOG_BYTES=5MiB"])
-        .arg(s.path())
-        .output()
-        .unwrap();
+    let args: Vec<&std::ffi::OsStr> = ["run", "-b", "fake", "-c", "LOG_BYTES=5MiB"]
+        .iter()
+        .map(|a| a.as_ref())
+        .chain([s.path().as_os_str()])
+        .collect();
+    let out = via_sh(r#"exec "$@" >&-"#, dir.path(), &args);
     assert_eq!(
         out.status.code(),
         Some(74),
@@ -280,17 +259,12 @@ fn an_exit_code_outside_a_byte_is_errored_with_status_255_never_0() {
 fn write_lock_under_umask_000_writes_a_lock_only_its_owner_can_change() {
     let dir = fake_dir();
     let lock = dir.path().join("plugins.lock");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(r#"umask 000; exec "$@""#)
-        .arg("sh")
-        .arg(&artifacts().host)
-        .arg("--plugin-dir")
-        .arg(dir.path())
-        .args(["list-backends", "--write-lock"])
-        .arg(&lock)
-        .output()
-        .unwrap();
+    let args = [
+        "list-backends".as_ref(),
+        "--write-lock".as_ref(),
+        lock.as_os_str(),
+    ];
+    let out = via_sh(r#"umask 000; exec "$@""#, dir.path(), &args);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -358,16 +332,8 @@ fn secrets_in_list_values_are_masked_in_logs() {
 fn plugin_text_cannot_drive_the_terminal() {
     let dir = fake_dir();
     let s = script("true\n");
-    let mut cmd = host(dir.path());
-    cmd.args([
-        "run",
-        "-b",
-        "fake",
-        "-c",
-        "START_ERROR=boom\x1b[2J\nhost: forged line",
-    ])
-    .arg(s.path());
-    let out = run(cmd);
+    let forged = ["-c", "START_ERROR=boom\x1b[2J\nhost: forged line"];
+    let out = run_fake(dir.path(), &forged, s.path());
     assert_eq!(out.code, Some(75), "{}", out.stderr);
     assert!(!out.stderr.contains('\x1b'), "{:?}", out.stderr);
     assert!(

@@ -382,29 +382,26 @@ async fn two_hundred_jobs_at_once_all_finish_correctly() {
     env.assert_clean();
 }
 
+/// Reaping ends the cgroups of every gone host on the machine, whatever its SCRIPTS_DIR: the
+/// tests that leave a killed host's job behind take turns.
+static REAPING: Mutex<()> = Mutex::new(());
+
 #[test]
 fn reap_removes_what_a_killed_host_left_and_nothing_of_live_hosts() {
+    let _turn = REAPING.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     let m = marker();
     // A live host's job, which the reaper must not touch.
     let live_script = script(&format!("echo up; sleep {m}1"));
     let mut live_cmd = env.cmd(&[], live_script.path());
-    live_cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut live = blackbox::Guard(live_cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(live.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    live_cmd.stderr(Stdio::null());
+    let (mut live, _) = blackbox::spawn_until_first_line(live_cmd);
 
     // A host killed with SIGKILL mid-job: its job and directory stay behind.
     let s = script(&format!("echo up; sleep {m}2 & sleep {m}3"));
     let mut cmd = env.cmd(&[], s.path());
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut doomed = blackbox::Guard(cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(doomed.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    cmd.stderr(Stdio::null());
+    let (mut doomed, _) = blackbox::spawn_until_first_line(cmd);
     doomed.0.kill().unwrap();
     doomed.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -463,19 +460,6 @@ fn reap_removes_what_a_killed_host_left_and_nothing_of_live_hosts() {
     env.assert_clean();
 }
 
-/// Sends `signal` (e.g. "-TERM") to `pid` with kill(1).
-fn kill(signal: &str, pid: u32) {
-    Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-}
-
-fn summary(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 #[test]
 fn a_first_sigterm_while_the_instance_is_stopped_lets_the_stop_finish() {
     let env = Env::new();
@@ -493,16 +477,12 @@ fn a_first_sigterm_while_the_instance_is_stopped_lets_the_stop_finish() {
         ],
         s.path(),
     );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = blackbox::Guard(cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    cmd.stderr(Stdio::piped());
+    let (mut child, line) = blackbox::spawn_until_first_line(cmd);
     assert_eq!(line, "done\n");
     // The script is done; the stop now waits out KILL_GRACE for the process ignoring TERM.
     std::thread::sleep(Duration::from_millis(500));
-    kill("-TERM", child.0.id());
+    blackbox::signal("-TERM", child.0.id());
     let status = child.wait();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
@@ -516,7 +496,7 @@ fn a_first_sigterm_while_the_instance_is_stopped_lets_the_stop_finish() {
         !err.contains("abandon the stop of") && !err.contains("abandoning"),
         "{err}"
     );
-    let j = summary(json.path());
+    let j = blackbox::read_json(json.path());
     assert_eq!(j["stopped"], true, "{j}");
     assert_eq!(j["outcome"], "passed", "{j}");
     assert_eq!(
@@ -578,16 +558,13 @@ fn a_shell_that_does_not_exist_is_a_config_error_not_a_requeue() {
 
 #[test]
 fn reap_honours_older_than_for_the_cgroups_and_processes_of_a_killed_host() {
+    let _turn = REAPING.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     let m = marker();
     let s = script(&format!("echo up; exec -a sleep{m} sleep 300"));
     let mut cmd = env.cmd(&[], s.path());
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut doomed = blackbox::Guard(cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(doomed.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    cmd.stderr(Stdio::null());
+    let (mut doomed, _) = blackbox::spawn_until_first_line(cmd);
     doomed.0.kill().unwrap();
     doomed.wait();
     let cgroups_before = job_cgroups();

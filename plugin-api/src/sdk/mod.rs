@@ -21,6 +21,7 @@
 //! what a half-done call holds in `Drop` impls or in `stop`, which the host always calls.
 
 pub(crate) mod adapter;
+pub mod instances;
 mod logging;
 mod runtime;
 

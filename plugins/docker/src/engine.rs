@@ -131,17 +131,6 @@ pub async fn select_image(
     )))
 }
 
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// Removes this machine's labelled containers older than `older_than` whose host process
 /// is gone (or, with `dry_run`, lists them).
 pub async fn reap(
@@ -189,7 +178,7 @@ pub async fn reap(
             continue;
         }
         let pid = labels.get(LABEL_PID).and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(pid_alive) {
+        if pid.is_some_and(plugin_api::sdk::instances::process_alive) {
             continue; // its host still runs and will stop it
         }
         let Some(id) = c.id.clone() else { continue };

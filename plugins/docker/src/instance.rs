@@ -1,7 +1,7 @@
 //! One container, one job.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,6 @@ use plugin_api::sdk::*;
 
 use crate::config::Settings;
 use crate::engine::{self, error, is_not_found};
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A started container.
 pub struct DockerInstance {
@@ -88,14 +86,9 @@ impl DockerInstance {
     ) -> Result<Self, BackendError> {
         let began = Instant::now();
         let image = engine::select_image(&docker, &settings, &attributes.language).await?;
-        let salt = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
         let name = format!(
-            "host-docker-{}-{}-{salt:08x}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
+            "host-{}",
+            plugin_api::sdk::instances::instance_name("docker")
         );
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -198,7 +198,7 @@ impl Instance for FakeInstance {
     }
 }
 
-/// 64 KiB of printable log lines: `fake log line 000001\n`...
+/// 256 KiB of printable log lines: `fake log line 000001\n`...
 fn log_pattern() -> Vec<u8> {
     let mut v = Vec::with_capacity(CHUNK + 32);
     let mut i = 0u32;

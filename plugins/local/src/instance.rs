@@ -5,7 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,6 @@ const PIPE_SIZE: i32 = 1 << 20;
 /// After the shell exits, how long to keep reading output that processes it left behind
 /// still write, once the pipe has gone quiet.
 const OUTPUT_LINGER: Duration = Duration::from_millis(200);
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A local instance.
 pub struct LocalInstance {
@@ -144,14 +142,8 @@ fn close_inherited_fds() {
 }
 
 fn make_dir(base: &std::path::Path) -> Result<(String, PathBuf), BackendError> {
-    let pid = std::process::id();
-    let salt = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
     for _ in 0..100 {
-        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let id = format!("local-{pid}-{n}-{salt:08x}");
+        let id = instances::instance_name("local");
         let dir = base.join(format!("host-{id}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok((id, dir)),
@@ -458,11 +450,9 @@ pub(crate) struct Stale {
     pub(crate) dir: PathBuf,
 }
 
-/// The instance id's host pid: ids are `local-<pid>-<n>-<salt>`.
+/// The instance id's host pid (ids are made by [`instances::instance_name`]).
 pub(crate) fn host_pid_of(id: &str) -> Option<u32> {
-    id.strip_prefix("local-")
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|p| p.parse::<u32>().ok())
+    instances::host_pid_of(id, "local")
 }
 
 /// The working directories in `base` whose host process no longer runs and that were last
@@ -483,7 +473,7 @@ pub(crate) fn stale_instances(
         let Some(host_pid) = host_pid_of(id) else {
             continue;
         };
-        if crate::containment::is_alive(host_pid as i32) {
+        if instances::process_alive(host_pid) {
             continue; // its host still runs: not ours to touch
         }
         let age = entry

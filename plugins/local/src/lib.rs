@@ -206,8 +206,7 @@ impl Provider for LocalProvider {
         // as --older-than asks: a younger one is left, whole, with its processes.
         for name in containment::Cgroup::job_cgroup_names() {
             let id = name.trim_start_matches("host-");
-            let gone =
-                instance::host_pid_of(id).is_some_and(|pid| !containment::is_alive(pid as i32));
+            let gone = instance::host_pid_of(id).is_some_and(|pid| !instances::process_alive(pid));
             if !gone || reaped.contains(id) {
                 continue;
             }
