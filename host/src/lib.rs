@@ -67,6 +67,7 @@ pub mod policy;
 pub mod registry;
 pub mod text;
 pub mod trust;
+pub mod worker;
 
 pub use backend::{Instance, Provider};
 pub use error::{HostError, LoadError, Rejected};

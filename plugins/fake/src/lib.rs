@@ -47,6 +47,10 @@ impl Backend for Fake {
             "write the uploaded script into the log before LOG_OUTPUT (true/false)",
         ),
         (
+            "SCRIPT_EXIT",
+            "take the exit code from the script's last `exit N` line instead of EXIT_CODE (true/false): one provider, an outcome per job",
+        ),
+        (
             "REUPLOAD",
             "accept every upload instead of the stale-VM error (for benchmarks)",
         ),
@@ -67,6 +71,7 @@ impl Backend for Fake {
                 upload_sleep: config.duration("UPLOAD_SLEEP")?,
                 stop_sleep: config.duration("STOP_SLEEP")?,
                 echo_script: config.bool("ECHO_SCRIPT")?.unwrap_or(false),
+                script_exit: config.bool("SCRIPT_EXIT")?.unwrap_or(false),
                 reupload: config.bool("REUPLOAD")?.unwrap_or(false),
             }),
         })
@@ -86,6 +91,7 @@ struct Settings {
     upload_sleep: Option<Duration>,
     stop_sleep: Option<Duration>,
     echo_script: bool,
+    script_exit: bool,
     reupload: bool,
 }
 
@@ -145,7 +151,7 @@ impl Instance for FakeInstance {
         if self.uploaded.swap(true, Ordering::SeqCst) && !self.settings.reupload {
             return Err(BackendError::stale_vm());
         }
-        if self.settings.echo_script {
+        if self.settings.echo_script || self.settings.script_exit {
             if let Ok(mut s) = self.script.lock() {
                 s.extend_from_slice(script);
             }
@@ -180,7 +186,13 @@ impl Instance for FakeInstance {
             }
         }
         tracing::debug!(bytes = output.bytes_written(), "fake run finished");
-        Ok(RunResult::completed(s.exit_code))
+        let exit_code = if s.script_exit {
+            let script = self.script.lock().map(|s| s.clone()).unwrap_or_default();
+            script_exit_code(&script)
+        } else {
+            s.exit_code
+        };
+        Ok(RunResult::completed(exit_code))
     }
 
     async fn stop(&self) -> Result<(), BackendError> {
@@ -196,6 +208,15 @@ impl Instance for FakeInstance {
     fn startup_duration(&self) -> Duration {
         self.settings.startup_duration
     }
+}
+
+/// The N of the script's last `exit N` line (0 when there is none).
+fn script_exit_code(script: &[u8]) -> i32 {
+    String::from_utf8_lossy(script)
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("exit ")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// 256 KiB of printable log lines: `fake log line 000001\n`...

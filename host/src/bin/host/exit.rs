@@ -10,6 +10,8 @@ pub const SOME_REJECTED: u8 = 3;
 pub const NOT_LOADABLE: u8 = 4;
 /// Bad usage: an unknown backend or flag, a malformed value (EX_USAGE).
 pub const USAGE: u8 = 64;
+/// The input is not what it must be: a job that is not a payload (EX_DATAERR).
+pub const DATA_ERR: u8 = 65;
 /// The script cannot be read, or is larger than the limit (EX_NOINPUT).
 pub const NO_INPUT: u8 = 66;
 /// The backend does not support the operation (EX_UNAVAILABLE).
@@ -29,16 +31,17 @@ pub const OUT_OF_RANGE: u8 = 255;
 
 /// `(status, meaning)`, in the order `--help` and the README show them.
 pub const TABLE: &[(&str, &str)] = &[
-    ("0", "run: the job passed; other commands: success"),
+    ("0", "run: the job passed; worker: stopped after a drain or shutdown; other commands: success"),
     ("1", "run: the job failed (the script exited 1); reap, list-backends --write-lock: the operation failed"),
     ("2-255", "run: the script's own exit code when the run completed (the job errored)"),
     ("3", "list-backends: some plugin files were rejected (the ones that loaded are listed)"),
     ("4", "inspect: the file would not load"),
     ("64", "bad usage: unknown backend or flag, malformed value or duration"),
+    ("65", "enqueue: the job is not a JSON payload with a job id, or a field of it is invalid"),
     ("66", "run: the script cannot be read, or is larger than --max-script-bytes"),
     ("69", "reap: the backend does not support reaping"),
     ("73", "run: the --json-summary file cannot be created (nothing was run)"),
-    ("74", "run: the log's destination failed (its reader went away, a write error, standard output closed) or the summary could not be written"),
+    ("74", "run: the log's destination failed (its reader went away, a write error, standard output closed) or the summary could not be written; worker, enqueue: the queue or the HTTP address cannot be used"),
     ("75", "run: not completed: setup, start, upload or the run broke, or start/upload timed out (infrastructure; a worker would requeue the job)"),
     ("78", "bad backend config: config file, invalid or missing key, at any stage"),
     ("124", "run: hard timeout, log silence timeout or log size limit reached"),
@@ -64,6 +67,8 @@ pub fn help_table() -> String {
 pub enum CliError {
     /// Bad usage (64).
     Usage(String),
+    /// Bad input data (65).
+    DataErr(String),
     /// The input cannot be read (66).
     NoInput(String),
     /// Bad config (78).
@@ -87,6 +92,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => USAGE,
+            Self::DataErr(_) => DATA_ERR,
             Self::NoInput(_) => NO_INPUT,
             Self::Config(_) => CONFIG,
             Self::CantCreate(_) => CANT_CREATE,
@@ -103,6 +109,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(m)
+            | Self::DataErr(m)
             | Self::NoInput(m)
             | Self::Config(m)
             | Self::CantCreate(m)

@@ -9,6 +9,7 @@ mod logging;
 mod provider;
 mod reap;
 mod run;
+mod worker;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -83,6 +84,20 @@ enum Command {
     /// Exit status: 0 done, 1 failed, 69 the backend does not support reaping, 64/78 bad
     /// usage/config.
     Reap(reap::Args),
+
+    /// Run a long-lived CI worker: take jobs from a queue, run them on a pool of instances,
+    /// record their states and logs, requeue what broke
+    ///
+    /// Exit status: 0 after a drain (SIGINT) or shutdown (SIGTERM), 64/78 bad usage/config,
+    /// 74 the queue or the HTTP address cannot be used.
+    #[command(after_help = worker::WORKER_HELP)]
+    Worker(Box<worker::WorkerArgs>),
+
+    /// Put a job payload (JSON) on a queue
+    ///
+    /// Exit status: 0 queued, 65 not a job payload, 66 unreadable, 74 the queue cannot be
+    /// written.
+    Enqueue(worker::EnqueueArgs),
 }
 
 fn main() -> ExitCode {
@@ -114,6 +129,8 @@ fn dispatch(args: &[OsString], std_fds: &fds::StdFds) -> Result<u8, CliError> {
         Command::Run(a) => run::run(*a, &policy, cli.quiet, std_fds),
         Command::Reap(a) => reap::run(&a, &policy),
         Command::Inspect(a) => inspect::run(&a, &policy),
+        Command::Worker(a) => worker::run(*a, &policy),
+        Command::Enqueue(a) => worker::enqueue(&a),
     }
 }
 

@@ -1,0 +1,337 @@
+//! `host worker`: a long-running CI worker on a queue; `host enqueue`: put a job on one.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use host::job::JobOptions;
+use host::text::fmt_duration;
+use host::worker::build_api::BuildApi;
+use host::worker::dir::DirQueue;
+use host::worker::payload::Payload;
+use host::worker::{Control, Worker, WorkerEvent, WorkerObserver, WorkerSettings};
+use host::PluginPolicy;
+use plugin_api::config::{parse_byte_size, parse_duration};
+
+use crate::exit::CliError;
+
+pub const WORKER_HELP: &str = "\
+Queue: --queue file:///DIR (or HOST_QUEUE_URL) is a directory queue: DIR/new/*.json wait,
+a worker claims one by renaming it into DIR/claimed/<worker-id>/, writes DIR/log/<id>.log and
+DIR/state/<id>.jsonl, and moves it to DIR/done/ (or back to DIR/new/ when requeued; files
+that are not jobs go to DIR/rejected/ with a .reason). Any number of workers may share DIR;
+at start-up a worker requeues the claims of workers that are gone.
+
+Signals: SIGINT drains (takes nothing new, lets running jobs finish, exits 0; a second one
+cancels and requeues them); SIGTERM, SIGHUP and SIGQUIT cancel running jobs, requeue them and
+exit after cleanup (another one abandons stops still in progress); SIGUSR2 pauses or resumes
+intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.";
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    backend: crate::provider::BackendArgs,
+
+    /// The queue: file:///DIR for a directory queue
+    #[arg(long, value_name = "URL", env = "HOST_QUEUE_URL")]
+    queue: String,
+
+    /// Jobs at once (default: the number of CPUs)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pool_size: Option<u32>,
+
+    /// Serve /healthz, /ready, /worker, /pool/increment|decrement and /metrics here
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+
+    /// A travis-build compatible service to turn payloads without a script into scripts
+    #[arg(long, value_name = "URL")]
+    build_api: Option<String>,
+
+    /// The token for --build-api (sent as `Authorization: token T`)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HOST_BUILD_API_TOKEN",
+        hide_env_values = true
+    )]
+    build_api_token: Option<String>,
+
+    /// The longest a job may run, whatever its payload asks
+    #[arg(long, value_name = "DURATION", default_value = "50m", value_parser = parse_duration, help_heading = "Limits")]
+    max_hard_timeout: Duration,
+    /// The longest a job may go without output, whatever its payload asks
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "Limits")]
+    max_log_silence: Duration,
+    /// How long setup and start may take
+    #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = parse_duration, help_heading = "Limits")]
+    startup_timeout: Duration,
+    /// How long the upload may take
+    #[arg(long, value_name = "DURATION", default_value = "3m30s", value_parser = parse_duration, help_heading = "Limits")]
+    upload_timeout: Duration,
+    /// How long stopping an instance may take
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "Limits")]
+    stop_timeout: Duration,
+    /// End a job whose log reaches this size (errored)
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size, help_heading = "Limits")]
+    max_log_bytes: Option<u64>,
+    /// How often a job may be requeued before it is errored
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Limits")]
+    max_requeues: u32,
+
+    /// Stop (exit 0) once no job runs and none is waiting
+    #[arg(long)]
+    exit_when_idle: bool,
+
+    /// One line per job start and finish on stderr, as text or JSON (for log shippers)
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EnqueueArgs {
+    /// The queue: file:///DIR for a directory queue
+    #[arg(long, value_name = "URL", env = "HOST_QUEUE_URL")]
+    queue: String,
+
+    /// The job payload (JSON), or - to read it from standard input
+    #[arg(value_name = "JOB")]
+    job: PathBuf,
+}
+
+/// The directory of a `file://` queue URL (a plain path is taken as one too).
+fn queue_dir(url: &str) -> Result<PathBuf, CliError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--queue {url:?}: no directory after file://"
+            )));
+        }
+        return Ok(PathBuf::from(path));
+    }
+    match url.split_once("://") {
+        Some((scheme, _)) => Err(CliError::Usage(format!(
+            "--queue: {scheme}:// queues are not supported by this host; use file:///DIR"
+        ))),
+        None => Ok(PathBuf::from(url)),
+    }
+}
+
+/// Prints a line per job event, as text or JSON lines.
+struct Lines {
+    json: bool,
+}
+
+impl WorkerObserver for Lines {
+    fn event(&self, event: &WorkerEvent) {
+        let at = humantime_now();
+        if self.json {
+            let v = match event {
+                WorkerEvent::JobStarted {
+                    job_id,
+                    instance_id,
+                } => serde_json::json!({
+                    "at": at, "event": "job_started", "job_id": job_id, "instance_id": instance_id}),
+                WorkerEvent::JobFinished {
+                    job_id,
+                    state,
+                    exit_code,
+                    reason,
+                    duration,
+                } => serde_json::json!({
+                    "at": at, "event": "job_finished", "job_id": job_id, "state": state,
+                    "exit_code": exit_code, "reason": reason, "duration_secs": duration.as_secs_f64()}),
+                WorkerEvent::Rejected { reason } => serde_json::json!({
+                    "at": at, "event": "rejected", "reason": reason}),
+                WorkerEvent::Warning(text) => serde_json::json!({
+                    "at": at, "event": "warning", "message": text}),
+            };
+            eprintln!("{v}");
+            return;
+        }
+        match event {
+            WorkerEvent::JobStarted {
+                job_id,
+                instance_id,
+            } => {
+                eprintln!("host: job {job_id} started on instance {instance_id}")
+            }
+            WorkerEvent::JobFinished {
+                job_id,
+                state,
+                exit_code,
+                reason,
+                duration,
+            } => {
+                let code = exit_code
+                    .map(|c| format!(" (exit code {c})"))
+                    .unwrap_or_default();
+                let why = reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "host: job {job_id} {}{code} after {}{why}",
+                    state.name(),
+                    fmt_duration(*duration)
+                )
+            }
+            WorkerEvent::Rejected { reason } => eprintln!("host: rejected a queue entry: {reason}"),
+            WorkerEvent::Warning(text) => eprintln!("host: warning: {text}"),
+        }
+    }
+}
+
+fn humantime_now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
+    let dir = queue_dir(&args.queue)?;
+    let registry = policy.load();
+    let (backend, provider) = args.backend.provider(&registry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("host-worker")
+        .build()
+        .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
+    let alias = backend.alias.clone();
+    runtime.block_on(async move {
+        let queue = DirQueue::open(&dir)
+            .map_err(|e| CliError::Io(format!("cannot open the queue {}: {e}", dir.display())))?;
+        for line in queue.recover() {
+            eprintln!("host: requeued {line}");
+        }
+        let settings = WorkerSettings {
+            pool_size: args
+                .pool_size
+                .map_or_else(|| WorkerSettings::default().pool_size, |n| n as usize),
+            limits: JobOptions {
+                startup_timeout: args.startup_timeout,
+                upload_timeout: args.upload_timeout,
+                hard_timeout: args.max_hard_timeout,
+                log_silence_timeout: args.max_log_silence,
+                max_log_bytes: args.max_log_bytes,
+                stop_timeout: args.stop_timeout,
+            },
+            max_requeues: args.max_requeues,
+            build_api: args
+                .build_api
+                .map(|url| BuildApi::new(url, args.build_api_token.clone())),
+            exit_when_idle: args.exit_when_idle,
+        };
+        let pool = settings.pool_size;
+        let worker_id = queue.worker_id().to_owned();
+        let observer = Arc::new(Lines {
+            json: args.log_format == "json",
+        });
+        let worker = Worker::new(queue, provider, settings, worker_id.clone(), observer);
+        let control = worker.control();
+        if let Some(addr) = args.http {
+            let bound = host::worker::http::serve(addr, control.clone())
+                .await
+                .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
+            eprintln!("host: worker HTTP endpoints on http://{bound}");
+        }
+        signals(control)
+            .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
+        eprintln!(
+            "host: worker {worker_id} on {} with backend {alias}, {pool} job(s) at once",
+            dir.display()
+        );
+        worker.run().await;
+        eprintln!("host: worker {worker_id} stopped");
+        Ok::<_, CliError>(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(0)
+}
+
+/// The worker's signals, as the original's (see [`WORKER_HELP`]).
+fn signals(control: Control) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let ignored: Vec<_> = [
+        libc::SIGUSR1,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+    ]
+    .into_iter()
+    .map(|n| signal(SignalKind::from_raw(n)))
+    .collect::<Result<_, _>>()?;
+    tokio::spawn(async move {
+        let _ignored = ignored;
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                Some(()) = int.recv() => {
+                    interrupts += 1;
+                    if interrupts == 1 {
+                        eprintln!("host: SIGINT: draining (no new jobs; running jobs finish; send it again to requeue them)");
+                        control.drain();
+                    } else {
+                        eprintln!("host: SIGINT again: cancelling and requeueing the running jobs");
+                        control.shutdown();
+                    }
+                }
+                Some(()) = term.recv() => shutdown(&control, "SIGTERM"),
+                Some(()) = hup.recv() => shutdown(&control, "SIGHUP"),
+                Some(()) = quit.recv() => shutdown(&control, "SIGQUIT"),
+                Some(()) = usr2.recv() => {
+                    let paused = control.toggle_pause();
+                    eprintln!("host: SIGUSR2: intake {}", if paused { "paused" } else { "resumed" });
+                }
+                Some(()) = ttin.recv() => eprintln!("host: SIGTTIN: pool size {}", control.grow()),
+                Some(()) = ttou.recv() => eprintln!("host: SIGTTOU: pool size {}", control.shrink()),
+                else => break,
+            }
+        }
+    });
+    Ok(())
+}
+
+fn shutdown(control: &Control, name: &str) {
+    eprintln!("host: {name}: cancelling the running jobs, requeueing them, and stopping");
+    control.shutdown();
+}
+
+pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
+    let dir = queue_dir(&args.queue)?;
+    let limit = host::worker::dir::MAX_JOB_BYTES;
+    let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
+        if std::io::stdin().is_terminal() {
+            eprintln!("host: reading the job payload from standard input (end with Ctrl-D)");
+        }
+        (Box::new(std::io::stdin()), "standard input".into())
+    } else {
+        let f = std::fs::File::open(&args.job)
+            .map_err(|e| CliError::NoInput(format!("cannot read {}: {e}", args.job.display())))?;
+        (Box::new(f), args.job.display().to_string())
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::NoInput(format!("cannot read {name}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(CliError::DataErr(format!(
+            "{name} is larger than {limit} bytes"
+        )));
+    }
+    let payload = Payload::parse(&bytes).map_err(|e| CliError::DataErr(format!("{name}: {e}")))?;
+    let path = DirQueue::enqueue(Path::new(&dir), &bytes, payload.id)
+        .map_err(|e| CliError::Io(format!("cannot put the job on {}: {e}", dir.display())))?;
+    eprintln!("host: queued job {} as {}", payload.id, path.display());
+    Ok(0)
+}

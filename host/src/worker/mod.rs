@@ -1,0 +1,684 @@
+//! A long-running CI worker: takes jobs from a queue, runs each through [`crate::job`] on a
+//! pool, records every state change and the log, requeues what broke for infrastructure
+//! reasons and shuts down without losing a job. The original travis-ci/worker around its
+//! `backend` package, on this library.
+//!
+//! - [`queue`]: what a queue must do ([`JobQueue`], [`Delivery`]); [`dir`]: the directory
+//!   queue, the embedded default;
+//! - [`payload`]: the original's job payload; [`build_api`]: scripts from a travis-build
+//!   compatible service;
+//! - [`Worker`] runs the pool; a [`Control`] pauses it, resizes it, drains it or shuts it
+//!   down (signals, HTTP) and reports on it; [`http`] serves `/healthz`, `/ready`, `/worker`,
+//!   `/pool/*` and `/metrics` ([`metrics`]).
+//!
+//! Outcomes become states as in the original: a completed run is passed (0), failed (1) or
+//! errored (other); a limit reached is errored; a run that did not complete, a start that
+//! failed, a log that could not be written or a shutdown requeues the job, at most
+//! `max_requeues` times, after which it is errored; a config the backend refuses is errored
+//! (retrying cannot help); a cancel request is cancelled.
+
+pub mod build_api;
+pub mod dir;
+pub mod http;
+pub mod metrics;
+pub mod payload;
+pub mod queue;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::backend::Provider;
+use crate::job::{
+    run_job, CancelReason, Job, JobEvent, JobObserver, JobOptions, Limit, Outcome, TimeoutKind,
+};
+use crate::text::fmt_duration;
+use build_api::{BuildApi, ScriptError};
+use payload::{Payload, PayloadError};
+pub use queue::{Delivery, JobQueue, JobState, StateUpdate};
+
+/// How a worker runs jobs.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Jobs at once.
+    pub pool_size: usize,
+    /// Limits of each job; the payload's timeouts apply up to `hard_timeout` and
+    /// `log_silence_timeout`, which are the maxima.
+    pub limits: JobOptions,
+    /// How often a job may be requeued before it is errored.
+    pub max_requeues: u32,
+    /// Where scripts come from when a payload has none.
+    pub build_api: Option<BuildApi>,
+    /// Drain as soon as no job runs and none is waiting (batch use, tests, benchmarks).
+    pub exit_when_idle: bool,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            limits: JobOptions::default(),
+            max_requeues: 3,
+            build_api: None,
+            exit_when_idle: false,
+        }
+    }
+}
+
+/// What happens in a worker, for whoever shows it (the binary prints a line per job).
+#[derive(Clone, Debug)]
+pub enum WorkerEvent {
+    /// A job's instance started.
+    JobStarted {
+        /// The job.
+        job_id: u64,
+        /// The instance.
+        instance_id: String,
+    },
+    /// A job reached a final state (or was requeued).
+    JobFinished {
+        /// The job.
+        job_id: u64,
+        /// Its state.
+        state: JobState,
+        /// The script's exit code, if the run completed.
+        exit_code: Option<i32>,
+        /// Why, for errored, cancelled and requeued.
+        reason: Option<String>,
+        /// From claim to now.
+        duration: Duration,
+    },
+    /// A queue entry that is not a job was set aside.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// Something the operator should know (a state that could not be recorded, say).
+    Warning(String),
+}
+
+/// Whoever shows a worker's events. Called from job tasks: keep it quick.
+pub trait WorkerObserver: Send + Sync + 'static {
+    /// One event.
+    fn event(&self, event: &WorkerEvent);
+}
+
+struct Running {
+    job_id: u64,
+    backend: String,
+    instance_id: Option<String>,
+    started: Instant,
+    cancel: mpsc::Sender<CancelReason>,
+}
+
+struct Shared {
+    paused: AtomicBool,
+    draining: AtomicBool,
+    shutting_down: AtomicBool,
+    pool_size: AtomicUsize,
+    changed: Notify,
+    slots: Arc<Semaphore>,
+    running: Mutex<BTreeMap<u64, Running>>,
+    next_key: AtomicU64,
+    started_at: Instant,
+    worker_id: String,
+    backend: String,
+    metrics: metrics::Metrics,
+}
+
+/// A handle on a running worker: what signals and the HTTP endpoints act through.
+#[derive(Clone)]
+pub struct Control(Arc<Shared>);
+
+/// What `GET /worker` answers.
+#[derive(Debug, Serialize)]
+pub struct WorkerStatus {
+    /// The worker's id.
+    pub worker_id: String,
+    /// The backend it runs jobs on.
+    pub backend: String,
+    /// Jobs at once.
+    pub pool_size: usize,
+    /// Intake paused (SIGUSR2).
+    pub paused: bool,
+    /// Taking no new jobs, finishing (SIGINT) or requeueing (SIGTERM) the running ones.
+    pub draining: bool,
+    /// Seconds since the worker started.
+    pub uptime_secs: f64,
+    /// The running jobs.
+    pub running: Vec<RunningStatus>,
+}
+
+/// One running job in [`WorkerStatus`].
+#[derive(Debug, Serialize)]
+pub struct RunningStatus {
+    /// The job.
+    pub job_id: u64,
+    /// Its backend.
+    pub backend: String,
+    /// Its instance, once started.
+    pub instance_id: Option<String>,
+    /// Seconds since it was claimed.
+    pub elapsed_secs: f64,
+}
+
+impl Control {
+    /// Pauses or resumes intake (SIGUSR2); returns whether it is paused now.
+    pub fn toggle_pause(&self) -> bool {
+        let paused = !self.0.paused.fetch_xor(true, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+        paused
+    }
+
+    /// One more job at once (SIGTTIN, `POST /pool/increment`); returns the new size.
+    pub fn grow(&self) -> usize {
+        self.0.slots.add_permits(1);
+        self.0.pool_size.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// One job fewer at once, never below one (SIGTTOU, `POST /pool/decrement`): the slot
+    /// goes once a job frees it. Returns the new size.
+    pub fn shrink(&self) -> usize {
+        let shrunk = self
+            .0
+            .pool_size
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 1).then(|| n - 1)
+            });
+        match shrunk {
+            Ok(old) => {
+                let slots = Arc::clone(&self.0.slots);
+                tokio::spawn(async move {
+                    if let Ok(permit) = slots.acquire_owned().await {
+                        permit.forget();
+                    }
+                });
+                old - 1
+            }
+            Err(n) => n,
+        }
+    }
+
+    /// Takes no new jobs; running ones finish (SIGINT).
+    pub fn drain(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Takes no new jobs and cancels the running ones, which are requeued (SIGTERM, or a
+    /// second SIGINT). Called again, it abandons stops still in progress.
+    pub fn shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::SeqCst);
+        self.drain();
+        self.cancel_all(CancelReason::Shutdown);
+    }
+
+    /// Cancels job `job_id` if this worker runs it (state cancelled); false if it does not.
+    pub fn cancel(&self, job_id: u64) -> bool {
+        let running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        for r in running.values().filter(|r| r.job_id == job_id) {
+            found |= r.cancel.try_send(CancelReason::Requested).is_ok();
+        }
+        found
+    }
+
+    fn cancel_all(&self, reason: CancelReason) {
+        let running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        for r in running.values() {
+            let _ = r.cancel.try_send(reason);
+        }
+    }
+
+    /// Whether the worker takes jobs now (`GET /ready`).
+    pub fn ready(&self) -> bool {
+        !self.0.paused.load(Ordering::SeqCst) && !self.0.draining.load(Ordering::SeqCst)
+    }
+
+    /// The worker's state (`GET /worker`).
+    pub fn status(&self) -> WorkerStatus {
+        let running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        WorkerStatus {
+            worker_id: self.0.worker_id.clone(),
+            backend: self.0.backend.clone(),
+            pool_size: self.0.pool_size.load(Ordering::SeqCst),
+            paused: self.0.paused.load(Ordering::SeqCst),
+            draining: self.0.draining.load(Ordering::SeqCst),
+            uptime_secs: self.0.started_at.elapsed().as_secs_f64(),
+            running: running
+                .values()
+                .map(|r| RunningStatus {
+                    job_id: r.job_id,
+                    backend: r.backend.clone(),
+                    instance_id: r.instance_id.clone(),
+                    elapsed_secs: r.started.elapsed().as_secs_f64(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The metrics in the Prometheus text format (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+}
+
+/// A worker: a queue, a provider, and a pool.
+pub struct Worker<Q: JobQueue> {
+    queue: Arc<Q>,
+    provider: Arc<Provider>,
+    settings: WorkerSettings,
+    shared: Arc<Shared>,
+    observer: Arc<dyn WorkerObserver>,
+}
+
+impl<Q: JobQueue> Worker<Q> {
+    /// A worker taking jobs from `queue` and running them on `provider`.
+    pub fn new(
+        queue: Q,
+        provider: Provider,
+        settings: WorkerSettings,
+        worker_id: String,
+        observer: Arc<dyn WorkerObserver>,
+    ) -> Self {
+        let size = settings.pool_size.max(1);
+        let shared = Arc::new(Shared {
+            paused: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            pool_size: AtomicUsize::new(size),
+            changed: Notify::new(),
+            slots: Arc::new(Semaphore::new(size)),
+            running: Mutex::new(BTreeMap::new()),
+            next_key: AtomicU64::new(0),
+            started_at: Instant::now(),
+            worker_id,
+            backend: provider.alias().to_owned(),
+            metrics: metrics::Metrics::default(),
+        });
+        Self {
+            queue: Arc::new(queue),
+            provider: Arc::new(provider),
+            settings,
+            shared,
+            observer,
+        }
+    }
+
+    /// The handle for signals and HTTP.
+    pub fn control(&self) -> Control {
+        Control(Arc::clone(&self.shared))
+    }
+
+    /// Runs until drained or shut down, then waits for every running job to end.
+    pub async fn run(self) {
+        let ctx = Arc::new(Ctx {
+            provider: Arc::clone(&self.provider),
+            settings: self.settings.clone(),
+            shared: Arc::clone(&self.shared),
+            observer: Arc::clone(&self.observer),
+        });
+        let mut jobs = tokio::task::JoinSet::new();
+        loop {
+            // Registered before the checks, so that no change between them is missed.
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.shared.draining.load(Ordering::SeqCst) {
+                break;
+            }
+            while jobs.try_join_next().is_some() {}
+            if self.shared.paused.load(Ordering::SeqCst) {
+                changed.await;
+                continue;
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&self.shared.slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = &mut changed => continue,
+            };
+            let idle_check = async {
+                if self.settings.exit_when_idle {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let delivery = tokio::select! {
+                d = self.queue.next() => d,
+                () = &mut changed => continue,
+                () = idle_check => {
+                    if jobs.is_empty() && self.queue.is_idle() {
+                        self.control().drain();
+                    }
+                    continue;
+                }
+            };
+            let ctx = Arc::clone(&ctx);
+            jobs.spawn(async move {
+                ctx.process(delivery).await;
+                drop(permit);
+            });
+        }
+        while jobs.join_next().await.is_some() {}
+    }
+}
+
+struct Ctx {
+    provider: Arc<Provider>,
+    settings: WorkerSettings,
+    shared: Arc<Shared>,
+    observer: Arc<dyn WorkerObserver>,
+}
+
+/// How a job ends.
+enum End {
+    Final(StateUpdate),
+    Requeue(String),
+}
+
+/// Forwards job events to the task that records them.
+struct Forward(mpsc::UnboundedSender<JobEvent>);
+
+impl JobObserver for Forward {
+    fn event(&self, event: &JobEvent) {
+        let _ = self.0.send(event.clone());
+    }
+}
+
+fn limit_text(kind: TimeoutKind, limit: Limit) -> String {
+    let limit = match limit {
+        Limit::Time(d) => fmt_duration(d),
+        Limit::Bytes(b) => format!("{b} bytes"),
+    };
+    match kind {
+        TimeoutKind::Startup => format!("the instance did not start within {limit}"),
+        TimeoutKind::Upload => format!("the script was not uploaded within {limit}"),
+        TimeoutKind::Hard => format!("the job exceeded its time limit of {limit}"),
+        TimeoutKind::LogSilence => format!("no log output for {limit}"),
+        TimeoutKind::LogCap => format!("the log exceeded its limit of {limit}"),
+    }
+}
+
+impl Ctx {
+    fn warn(&self, text: String) {
+        self.observer.event(&WorkerEvent::Warning(text));
+    }
+
+    async fn process<D: Delivery>(&self, mut d: D) {
+        let claimed = Instant::now();
+        let payload = match Payload::parse(d.payload()) {
+            Ok(p) => p,
+            Err(PayloadError::Unreadable(reason)) => {
+                self.shared.metrics.rejected.inc();
+                self.observer.event(&WorkerEvent::Rejected {
+                    reason: reason.clone(),
+                });
+                if let Err(e) = d.reject(&reason).await {
+                    self.warn(format!(
+                        "cannot set aside a queue entry that is not a job: {e}"
+                    ));
+                }
+                return;
+            }
+            Err(PayloadError::Invalid { id, reason }) => {
+                let end = End::Final(StateUpdate::now(JobState::Errored).because(reason));
+                self.end(d, id, None, end, claimed).await;
+                return;
+            }
+        };
+        let id = payload.id;
+        if payload.requeue_count > 0 {
+            self.shared.metrics.redeliveries.inc();
+        }
+        if payload.requeue_count > self.settings.max_requeues {
+            let reason = format!(
+                "requeued {} times (the limit is {}); giving up",
+                payload.requeue_count, self.settings.max_requeues
+            );
+            let end = End::Final(StateUpdate::now(JobState::Errored).because(reason));
+            self.end(d, id, Some(&payload), end, claimed).await;
+            return;
+        }
+        let end = self.run(&mut d, &payload).await;
+        self.end(d, id, Some(&payload), end, claimed).await;
+    }
+
+    /// Runs a parsed job and says how it ends.
+    async fn run<D: Delivery>(&self, d: &mut D, payload: &Payload) -> End {
+        let id = payload.id;
+        if let Err(e) = d.update(id, &StateUpdate::now(JobState::Received)).await {
+            return End::Requeue(format!("cannot record the job's state: {e}"));
+        }
+        let script = match (&payload.script, &self.settings.build_api) {
+            (Some(s), _) => s.clone().into_bytes(),
+            (None, Some(api)) => match api.script(serde_json::to_vec(&payload.document).unwrap_or_default()).await {
+                Ok(s) => s.into_bytes(),
+                Err(ScriptError::Refused(reason)) => {
+                    if let Ok(mut log) = d.open_log(id).await {
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = log.write_all(format!("{reason}\n").as_bytes()).await;
+                    }
+                    return End::Final(StateUpdate::now(JobState::Errored).because(reason));
+                }
+                Err(e @ ScriptError::Unavailable(_)) => return End::Requeue(e.to_string()),
+            },
+            (None, None) => {
+                return End::Final(StateUpdate::now(JobState::Errored).because(
+                    "the payload has no script, and no build script service is configured (--build-api)",
+                ))
+            }
+        };
+        let log = match d.open_log(id).await {
+            Ok(l) => l,
+            Err(e) => return End::Requeue(format!("cannot open the job's log: {e}")),
+        };
+
+        let limits = &self.settings.limits;
+        let cap = |given: Option<Duration>, max: Duration| given.map_or(max, |g| g.min(max));
+        let mut attributes = payload.attributes.clone();
+        let hard = cap(payload.hard_limit, limits.hard_timeout);
+        attributes.hard_timeout = hard;
+        attributes.set_worker_defaults();
+        let job = Job {
+            script,
+            attributes,
+            options: JobOptions {
+                hard_timeout: hard,
+                log_silence_timeout: cap(payload.log_silence, limits.log_silence_timeout),
+                ..limits.clone()
+            },
+        };
+
+        let (cancel_tx, mut cancel) = mpsc::channel(4);
+        let cancel_tx_for_self = cancel_tx.clone();
+        // A key of its own: the same job may be queued twice and run twice at once.
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut running = self
+                .shared
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            running.insert(
+                key,
+                Running {
+                    job_id: id,
+                    backend: self.provider.alias().to_owned(),
+                    instance_id: None,
+                    started: Instant::now(),
+                    cancel: cancel_tx,
+                },
+            );
+        }
+        self.shared.metrics.running.inc();
+        // A shutdown that began while this job was being claimed reaches it too.
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            let _ = cancel_tx_for_self.try_send(CancelReason::Shutdown);
+        }
+
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let observer = Forward(events_tx);
+        let run = run_job(&self.provider, job, log, &mut cancel, &observer);
+        tokio::pin!(run);
+        let mut instance_id = None;
+        let report = loop {
+            tokio::select! {
+                report = &mut run => break report,
+                Some(event) = events.recv() => self.on_event(d, id, key, event, &mut instance_id).await,
+            }
+        };
+        while let Ok(event) = events.try_recv() {
+            self.on_event(d, id, key, event, &mut instance_id).await;
+        }
+        self.shared.metrics.running.dec();
+        self.shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.shared.metrics.log_bytes.inc_by(report.log_bytes);
+        if let Some(s) = report.startup_duration {
+            self.shared
+                .metrics
+                .startup_duration
+                .observe(s.as_secs_f64());
+        }
+
+        let with = |mut u: StateUpdate| {
+            u.instance_id = report.instance_id.clone();
+            u
+        };
+        match &report.outcome {
+            Outcome::Passed | Outcome::Failed | Outcome::Errored { .. } => {
+                let state = match report.outcome {
+                    Outcome::Passed => JobState::Passed,
+                    Outcome::Failed => JobState::Failed,
+                    _ => JobState::Errored,
+                };
+                let mut u = with(StateUpdate::now(state));
+                u.exit_code = report.script_exit_code;
+                End::Final(u)
+            }
+            Outcome::NotCompleted(f) if f.is_config_error() => End::Final(with(
+                StateUpdate::now(JobState::Errored).because(f.to_string()),
+            )),
+            Outcome::NotCompleted(f) => End::Requeue(f.to_string()),
+            Outcome::TimedOut(kind) => {
+                let limit = match kind {
+                    TimeoutKind::LogCap => Limit::Bytes(limits.max_log_bytes.unwrap_or(0)),
+                    TimeoutKind::LogSilence => {
+                        Limit::Time(cap(payload.log_silence, limits.log_silence_timeout))
+                    }
+                    _ => Limit::Time(hard),
+                };
+                End::Final(with(
+                    StateUpdate::now(JobState::Errored).because(limit_text(*kind, limit)),
+                ))
+            }
+            Outcome::Cancelled(CancelReason::Requested) => End::Final(with(
+                StateUpdate::now(JobState::Cancelled).because("cancelled on request"),
+            )),
+            Outcome::Cancelled(_) => End::Requeue("the worker shut down".into()),
+            Outcome::OutputClosed => End::Requeue("the job's log could not be written".into()),
+        }
+    }
+
+    async fn on_event<D: Delivery>(
+        &self,
+        d: &mut D,
+        id: u64,
+        key: u64,
+        event: JobEvent,
+        instance_id: &mut Option<String>,
+    ) {
+        if let JobEvent::Started { instance_id: i, .. } = event {
+            *instance_id = Some(i.clone());
+            if let Some(r) = self
+                .shared
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&key)
+            {
+                r.instance_id = Some(i.clone());
+            }
+            let mut u = StateUpdate::now(JobState::Started);
+            u.instance_id = Some(i.clone());
+            if let Err(e) = d.update(id, &u).await {
+                self.warn(format!("job {id}: cannot record the started state: {e}"));
+            }
+            self.observer.event(&WorkerEvent::JobStarted {
+                job_id: id,
+                instance_id: i,
+            });
+        }
+    }
+
+    /// Records how the job ends and takes it off (or puts it back on) the queue.
+    async fn end<D: Delivery>(
+        &self,
+        mut d: D,
+        id: u64,
+        payload: Option<&Payload>,
+        end: End,
+        claimed: Instant,
+    ) {
+        let end = match (end, payload) {
+            (End::Requeue(reason), Some(p)) if p.requeue_count >= self.settings.max_requeues => {
+                End::Final(StateUpdate::now(JobState::Errored).because(format!(
+                    "{reason}; requeued {} times already (the limit is {})",
+                    p.requeue_count, self.settings.max_requeues
+                )))
+            }
+            (End::Requeue(reason), None) => {
+                End::Final(StateUpdate::now(JobState::Errored).because(reason))
+            }
+            (end, _) => end,
+        };
+        let (update, requeue) = match end {
+            End::Final(u) => (u, None),
+            End::Requeue(reason) => (
+                StateUpdate::now(JobState::Requeued).because(reason),
+                payload.map(Payload::requeued_document),
+            ),
+        };
+        if let Err(e) = d.update(id, &update).await {
+            self.warn(format!(
+                "job {id}: cannot record its {} state: {e}",
+                update.state.name()
+            ));
+        }
+        let result = match requeue {
+            Some(doc) => {
+                self.shared.metrics.requeues.inc();
+                d.requeue(doc).await
+            }
+            None => {
+                self.shared.metrics.finished(update.state);
+                d.finish().await
+            }
+        };
+        if let Err(e) = result {
+            self.warn(format!("job {id}: cannot move it on the queue: {e}"));
+        }
+        let duration = claimed.elapsed();
+        self.shared
+            .metrics
+            .job_duration
+            .observe(duration.as_secs_f64());
+        self.observer.event(&WorkerEvent::JobFinished {
+            job_id: id,
+            state: update.state,
+            exit_code: update.exit_code,
+            reason: update.reason,
+            duration,
+        });
+    }
+}

@@ -1,0 +1,129 @@
+//! What a worker needs of a job queue: claim the next job, record its states and its log,
+//! and end it one way or another. The directory queue ([`crate::worker::dir`]) is the
+//! embedded default; a broker is another implementation of the same two traits.
+
+use std::future::Future;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::io::AsyncWrite;
+
+/// A job's state, as recorded on the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// The worker took the job.
+    Received,
+    /// An instance started; the script is about to run.
+    Started,
+    /// The script exited 0.
+    Passed,
+    /// The script exited 1.
+    Failed,
+    /// The script exited otherwise, a limit was reached, or the job cannot run as given.
+    Errored,
+    /// Cancelled on request.
+    Cancelled,
+    /// Back on the queue (infrastructure failure, shutdown): another attempt follows.
+    Requeued,
+}
+
+impl JobState {
+    /// Whether no further state follows for this attempt.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Received | Self::Started)
+    }
+
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Started => "started",
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Errored => "errored",
+            Self::Cancelled => "cancelled",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
+/// One state change of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateUpdate {
+    /// The new state.
+    pub state: JobState,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+    /// The instance, once one started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The script's exit code, for passed/failed/errored runs that completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why, for errored, cancelled and requeued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl StateUpdate {
+    /// A state change now.
+    pub fn now(state: JobState) -> Self {
+        Self {
+            state,
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            instance_id: None,
+            exit_code: None,
+            reason: None,
+        }
+    }
+
+    /// With a reason.
+    pub fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// A job queue a worker takes jobs from.
+pub trait JobQueue: Send + Sync + 'static {
+    /// A claimed job.
+    type Delivery: Delivery;
+
+    /// The next job, waiting while there is none. Cancel-safe: a job is claimed and returned
+    /// without an await in between, so dropping the future never strands one.
+    fn next(&self) -> impl Future<Output = Self::Delivery> + Send;
+
+    /// Whether no job is waiting, as far as this worker can tell (for
+    /// [`crate::worker::WorkerSettings::exit_when_idle`]).
+    fn is_idle(&self) -> bool;
+}
+
+/// A claimed job: its payload, and how its states, log and end are recorded. Exactly one of
+/// [`Delivery::finish`], [`Delivery::requeue`] and [`Delivery::reject`] ends it.
+pub trait Delivery: Send + 'static {
+    /// Where the job's log goes.
+    type Log: AsyncWrite + Unpin + Send + 'static;
+
+    /// The payload as queued.
+    fn payload(&self) -> &[u8];
+
+    /// Records a state change of job `job_id`.
+    fn update(
+        &mut self,
+        job_id: u64,
+        update: &StateUpdate,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// A fresh log for this attempt of job `job_id`.
+    fn open_log(&mut self, job_id: u64) -> impl Future<Output = std::io::Result<Self::Log>> + Send;
+
+    /// The job has its final state: it leaves the queue.
+    fn finish(self) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// The job goes back on the queue as `document` (its payload with the requeue counted).
+    fn requeue(self, document: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Not a job at all (not JSON, no id): set aside with `reason`.
+    fn reject(self, reason: &str) -> impl Future<Output = std::io::Result<()>> + Send;
+}
