@@ -27,6 +27,7 @@ struct Sizes {
     inflight_local: usize,
     plugin_counts: [usize; 3],
     memory_counts: [usize; 2],
+    worker_jobs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -40,6 +41,7 @@ const FULL: Sizes = Sizes {
     inflight_local: 500,
     plugin_counts: [1, 10, 100],
     memory_counts: [1, 100],
+    worker_jobs: 5_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -53,6 +55,7 @@ const QUICK: Sizes = Sizes {
     inflight_local: 10,
     plugin_counts: [1, 2, 3],
     memory_counts: [1, 2],
+    worker_jobs: 200,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -84,7 +87,7 @@ fn ns(secs: f64, n: usize) -> f64 {
     secs * 1e9 / n as f64
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub fn verdict(ok: bool) -> &'static str {
     if ok {
         "yes"
     } else {
@@ -105,7 +108,15 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.push(inflight(&a, "fake", s.inflight_fake, s));
     rows.push(inflight(&a, "local", s.inflight_local, s));
     rows.extend(memory(&a, s));
+    rows.extend(crate::worker::rows(&a, s.worker_jobs, s.runs.min(3)));
     rows
+}
+
+/// The worker figures alone (`bench worker`).
+pub fn worker(quick: bool) -> Vec<Row> {
+    let s = if quick { &QUICK } else { &FULL };
+    let a = artifacts::build();
+    crate::worker::rows(&a, s.worker_jobs, s.runs.min(3))
 }
 
 /// The call both sides are timed on: one upload of an owned 1 KiB buffer.

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p bench -- all           # the full table (minutes)
 //! cargo run --release -p bench -- all --quick   # tiny sizes: checks that it works, no timing
+//! cargo run --release -p bench -- worker        # the worker's figures alone
 //! ```
 //!
 //! Each timed figure is the median of several runs. The baselines run in the same process
@@ -12,6 +13,7 @@ mod artifacts;
 mod figures;
 mod measure;
 mod table;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -24,10 +26,14 @@ fn main() -> ExitCode {
             print!("{}", table::render(&rows));
             ExitCode::SUCCESS
         }
+        Some("worker") => {
+            print!("{}", table::render(&figures::worker(quick)));
+            ExitCode::SUCCESS
+        }
         // Helpers the figures run as separate processes, for a clean RSS and thread count.
         Some("child") => figures::child(&args[1..]),
         _ => {
-            eprintln!("usage: bench all [--quick]");
+            eprintln!("usage: bench all|worker [--quick]");
             ExitCode::from(64)
         }
     }

@@ -158,7 +158,9 @@ impl PluginFile {
     /// Opens the checked file as a library: header, plugin-api version and layout checks,
     /// root module initialisation; then hands the plugin the host's logger.
     pub fn load(self) -> Result<Backend, LoadError> {
-        self.load_traced(&mut Progress::default())
+        let backend = self.load_traced(&mut Progress::default())?;
+        backend.connect_logger();
+        Ok(backend)
     }
 
     pub(crate) fn load_traced(self, progress: &mut Progress) -> Result<Backend, LoadError> {

@@ -96,7 +96,10 @@ impl PluginPolicy {
         let (files, dir_errors) = candidate_files(&self.dirs);
         let mut registry = Registry::with_dir_errors(dir_errors);
         for (path, _) in files {
-            match self.check(&path).and_then(PluginFile::load) {
+            let loaded = self
+                .check(&path)
+                .and_then(|file| file.load_traced(&mut Progress::default()));
+            match loaded {
                 Ok(backend) => registry.insert(backend),
                 Err(reason) => {
                     tracing::debug!(path = %path.display(), %reason, "plugin rejected");

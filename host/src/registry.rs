@@ -48,10 +48,10 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Reads a loaded root module's description and hands it the host's logger.
+    /// Reads a loaded root module's description. The plugin gets the host's logger from
+    /// [`Backend::connect_logger`], once it is known to be used (a duplicate never is).
     pub(crate) fn new(path: PathBuf, module: Module, facts: FileFacts) -> Self {
         let d = module.describe();
-        module.set_logger(&d.alias);
         Self {
             alias: d.alias,
             human_readable_name: d.human_readable_name,
@@ -62,6 +62,13 @@ impl Backend {
             facts,
             module,
         }
+    }
+
+    /// Hands the plugin the host's logger: its `tracing` events and panics reach the host's
+    /// log from now on. (Setting up its logging is the plugin's first real work, so it is
+    /// not done for a file that is only inspected or refused as a duplicate.)
+    pub(crate) fn connect_logger(&self) {
+        self.module.set_logger(&self.alias);
     }
 
     /// Makes a provider of this backend from `config`.
@@ -128,6 +135,7 @@ impl Registry {
             return;
         }
         tracing::debug!(alias = %backend.alias, path = %backend.path.display(), "plugin loaded");
+        backend.connect_logger();
         self.backends.insert(backend.alias.clone(), backend);
     }
 

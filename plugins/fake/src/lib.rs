@@ -219,8 +219,14 @@ fn script_exit_code(script: &[u8]) -> i32 {
         .unwrap_or(0)
 }
 
-/// 256 KiB of printable log lines: `fake log line 000001\n`...
-fn log_pattern() -> Vec<u8> {
+/// 256 KiB of printable log lines: `fake log line 000001\n`..., made once per process (a
+/// job that asks for a kilobyte must not pay for formatting a quarter of a megabyte).
+fn log_pattern() -> &'static [u8] {
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATTERN.get_or_init(make_log_pattern)
+}
+
+fn make_log_pattern() -> Vec<u8> {
     let mut v = Vec::with_capacity(CHUNK + 32);
     let mut i = 0u32;
     while v.len() < CHUNK {
