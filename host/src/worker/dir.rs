@@ -232,12 +232,16 @@ impl DirQueue {
             match std::fs::rename(&from, &to) {
                 Ok(()) => {
                     drop(waiting);
-                    let payload = read_bounded(&to).unwrap_or_default();
+                    let (payload, unreadable) = match read_bounded(&to) {
+                        Ok(p) => (p, None),
+                        Err(e) => (Vec::new(), Some(e.to_string())),
+                    };
                     return Some(DirDelivery {
                         queue: Arc::clone(&self.inner),
                         name,
                         path: to,
                         payload,
+                        unreadable,
                         state: None,
                     });
                 }
@@ -274,11 +278,23 @@ impl Drop for Inner {
     }
 }
 
+/// Reads a job file, at most [`MAX_JOB_BYTES`] + 1. Only a regular file is read: it is
+/// opened without following a symlink (which could point anywhere) or waiting for a writer
+/// (a FIFO would block the worker's thread for ever).
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut bytes = Vec::new();
-    File::open(path)?
-        .take(MAX_JOB_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(MAX_JOB_BYTES + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -311,6 +327,8 @@ pub struct DirDelivery {
     name: OsString,
     path: PathBuf,
     payload: Vec<u8>,
+    /// Why the file could not be read (it is then rejected with this reason).
+    unreadable: Option<String>,
     state: Option<File>,
 }
 
@@ -389,7 +407,9 @@ impl Delivery for DirDelivery {
 
     async fn reject(self, reason: &str) -> std::io::Result<()> {
         let rejected = self.queue.root.join("rejected");
-        let reason = if self.payload.len() as u64 > MAX_JOB_BYTES {
+        let reason = if let Some(why) = &self.unreadable {
+            format!("cannot be read as a job: {why}")
+        } else if self.payload.len() as u64 > MAX_JOB_BYTES {
             format!("larger than {MAX_JOB_BYTES} bytes")
         } else {
             reason.to_owned()

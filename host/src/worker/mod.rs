@@ -17,6 +17,7 @@
 //! `max_requeues` times, after which it is errored; a config the backend refuses is errored
 //! (retrying cannot help); a cancel request is cancelled.
 
+pub mod amqp;
 pub mod build_api;
 pub mod dir;
 pub mod http;
@@ -434,7 +435,7 @@ impl Ctx {
             }
         };
         let id = payload.id;
-        if payload.requeue_count > 0 {
+        if payload.requeue_count > 0 || d.redelivered() {
             self.shared.metrics.redeliveries.inc();
         }
         if payload.requeue_count > self.settings.max_requeues {

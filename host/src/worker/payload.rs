@@ -118,7 +118,7 @@ pub struct Payload {
 }
 
 /// The job id of a document: `job.id`, a number or a string of digits.
-fn job_id(doc: &Value) -> Option<u64> {
+pub(crate) fn job_id(doc: &Value) -> Option<u64> {
     match doc.get("job")?.get("id")? {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),

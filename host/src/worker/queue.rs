@@ -108,6 +108,11 @@ pub trait Delivery: Send + 'static {
     /// The payload as queued.
     fn payload(&self) -> &[u8];
 
+    /// Whether the queue delivered this job before (a broker's redelivery).
+    fn redelivered(&self) -> bool {
+        false
+    }
+
     /// Records a state change of job `job_id`.
     fn update(
         &mut self,

@@ -146,14 +146,28 @@ pub async fn reap(
             format!("{LABEL_HOST}={host}"),
         ],
     )]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| error("listing containers", e))?;
+    // Podman shows a container that is being stopped as "stopped", a state the Docker API
+    // (and so bollard) does not have: the listing then fails to decode. The state passes in
+    // moments, so the listing is tried again a few times before it is an error.
+    let mut attempt = 0;
+    let containers = loop {
+        let listed = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await;
+        match listed {
+            Ok(c) => break c,
+            Err(e @ bollard::errors::Error::JsonSerdeError { .. }) if attempt < 20 => {
+                tracing::debug!("listing containers: {e}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(error("listing containers", e)),
+        }
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

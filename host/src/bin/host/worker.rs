@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use host::job::JobOptions;
 use host::text::fmt_duration;
+use host::worker::amqp::{masked_url, AmqpQueue, AmqpSettings};
 use host::worker::build_api::BuildApi;
 use host::worker::dir::DirQueue;
 use host::worker::payload::Payload;
@@ -34,9 +35,18 @@ pub struct WorkerArgs {
     #[command(flatten)]
     backend: crate::provider::BackendArgs,
 
-    /// The queue: file:///DIR for a directory queue
-    #[arg(long, value_name = "URL", env = "HOST_QUEUE_URL")]
+    /// The queue: file:///DIR for a directory queue, amqp://USER:PASS@HOST:PORT/VHOST for
+    /// RabbitMQ
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOST_QUEUE_URL",
+        hide_env_values = true
+    )]
     queue: String,
+
+    #[command(flatten)]
+    amqp: AmqpArgs,
 
     /// Jobs at once (default: the number of CPUs)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -90,33 +100,76 @@ pub struct WorkerArgs {
     log_format: String,
 }
 
+/// Names on a RabbitMQ broker.
+#[derive(clap::Args, Debug)]
+pub struct AmqpArgs {
+    /// With an amqp:// queue: the durable queue jobs are taken from (e.g. builds.linux)
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "HOST_QUEUE_NAME",
+        help_heading = "RabbitMQ"
+    )]
+    queue_name: Option<String>,
+    /// With an amqp:// queue: where state updates go (the original's name by default)
+    #[arg(long, value_name = "NAME", default_value = host::worker::amqp::STATE_QUEUE, help_heading = "RabbitMQ")]
+    state_queue: String,
+    /// With an amqp:// queue: the routing key and queue of log parts on the `reporting`
+    /// exchange (the original's name by default)
+    #[arg(long, value_name = "NAME", default_value = host::worker::amqp::LOG_QUEUE, help_heading = "RabbitMQ")]
+    log_queue: String,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct EnqueueArgs {
-    /// The queue: file:///DIR for a directory queue
-    #[arg(long, value_name = "URL", env = "HOST_QUEUE_URL")]
+    /// The queue: file:///DIR for a directory queue, amqp://... for RabbitMQ
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOST_QUEUE_URL",
+        hide_env_values = true
+    )]
     queue: String,
+
+    /// With an amqp:// queue: the durable queue to put the job on
+    #[arg(long, value_name = "NAME", env = "HOST_QUEUE_NAME")]
+    queue_name: Option<String>,
 
     /// The job payload (JSON), or - to read it from standard input
     #[arg(value_name = "JOB")]
     job: PathBuf,
 }
 
-/// The directory of a `file://` queue URL (a plain path is taken as one too).
-fn queue_dir(url: &str) -> Result<PathBuf, CliError> {
+/// A queue as `--queue` names it.
+enum QueueUrl {
+    Dir(PathBuf),
+    Amqp(String),
+}
+
+fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() {
             return Err(CliError::Usage(format!(
                 "--queue {url:?}: no directory after file://"
             )));
         }
-        return Ok(PathBuf::from(path));
+        return Ok(QueueUrl::Dir(PathBuf::from(path)));
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        return Ok(QueueUrl::Amqp(url.to_owned()));
     }
     match url.split_once("://") {
         Some((scheme, _)) => Err(CliError::Usage(format!(
-            "--queue: {scheme}:// queues are not supported by this host; use file:///DIR"
+            "--queue: {scheme}:// queues are not supported; use file:///DIR or amqp://USER:PASS@HOST:PORT/VHOST"
         ))),
-        None => Ok(PathBuf::from(url)),
+        None => Ok(QueueUrl::Dir(PathBuf::from(url))),
     }
+}
+
+fn queue_name(name: &Option<String>) -> Result<String, CliError> {
+    name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+        CliError::Usage("an amqp:// queue needs --queue-name (e.g. builds.linux)".into())
+    })
 }
 
 /// Prints a line per job event, as text or JSON lines.
@@ -189,7 +242,10 @@ fn humantime_now() -> String {
 }
 
 pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
-    let dir = queue_dir(&args.queue)?;
+    let url = queue_url(&args.queue)?;
+    if let QueueUrl::Amqp(_) = url {
+        queue_name(&args.amqp.queue_name)?;
+    }
     let registry = policy.load();
     let (backend, provider) = args.backend.provider(&registry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -199,11 +255,6 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
     let alias = backend.alias.clone();
     runtime.block_on(async move {
-        let queue = DirQueue::open(&dir)
-            .map_err(|e| CliError::Io(format!("cannot open the queue {}: {e}", dir.display())))?;
-        for line in queue.recover() {
-            eprintln!("host: requeued {line}");
-        }
         let settings = WorkerSettings {
             pool_size: args
                 .pool_size
@@ -222,14 +273,76 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                 .map(|url| BuildApi::new(url, args.build_api_token.clone())),
             exit_when_idle: args.exit_when_idle,
         };
-        let pool = settings.pool_size;
-        let worker_id = queue.worker_id().to_owned();
-        let observer = Arc::new(Lines {
+        let observer: Arc<dyn WorkerObserver> = Arc::new(Lines {
             json: args.log_format == "json",
         });
-        let worker = Worker::new(queue, provider, settings, worker_id.clone(), observer);
+        let at = Serve {
+            http: args.http,
+            alias,
+        };
+        match url {
+            QueueUrl::Dir(dir) => {
+                let queue = DirQueue::open(&dir).map_err(|e| {
+                    CliError::Io(format!("cannot open the queue {}: {e}", dir.display()))
+                })?;
+                for line in queue.recover() {
+                    eprintln!("host: requeued {line}");
+                }
+                let id = queue.worker_id().to_owned();
+                let place = dir.display().to_string();
+                let worker = Worker::new(queue, provider, settings, id.clone(), observer);
+                at.run(worker, &id, &place, None).await
+            }
+            QueueUrl::Amqp(url) => {
+                let amqp = AmqpSettings {
+                    url: url.clone(),
+                    queue_name: queue_name(&args.amqp.queue_name)?,
+                    prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
+                    state_queue: args.amqp.state_queue.clone(),
+                    log_queue: args.amqp.log_queue.clone(),
+                };
+                let place = format!("{} queue {}", masked_url(&url), amqp.queue_name);
+                let (queue, cancels) = AmqpQueue::open(amqp)
+                    .await
+                    .map_err(|e| CliError::Io(format!("cannot use the queue: {e}")))?;
+                let id = host::worker::dir::worker_id();
+                let worker = Worker::new(queue, provider, settings, id.clone(), observer);
+                at.run(worker, &id, &place, Some(cancels)).await
+            }
+        }
+    })?;
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(0)
+}
+
+/// What a worker serves beside its queue.
+struct Serve {
+    http: Option<SocketAddr>,
+    alias: String,
+}
+
+impl Serve {
+    /// Serves HTTP and signals for `worker`, routes cancel commands to it, and runs it.
+    async fn run<Q: host::worker::JobQueue>(
+        self,
+        worker: Worker<Q>,
+        worker_id: &str,
+        place: &str,
+        cancels: Option<tokio::sync::mpsc::Receiver<u64>>,
+    ) -> Result<(), CliError> {
         let control = worker.control();
-        if let Some(addr) = args.http {
+        let pool = control.status().pool_size;
+        if let Some(mut cancels) = cancels {
+            let control = control.clone();
+            tokio::spawn(async move {
+                while let Some(id) = cancels.recv().await {
+                    if control.cancel(id) {
+                        eprintln!("host: cancel_job {id}: cancelling it");
+                    }
+                }
+            });
+        }
+        if let Some(addr) = self.http {
             let bound = host::worker::http::serve(addr, control.clone())
                 .await
                 .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
@@ -238,15 +351,13 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         signals(control)
             .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
         eprintln!(
-            "host: worker {worker_id} on {} with backend {alias}, {pool} job(s) at once",
-            dir.display()
+            "host: worker {worker_id} on {place} with backend {}, {pool} job(s) at once",
+            self.alias
         );
         worker.run().await;
         eprintln!("host: worker {worker_id} stopped");
-        Ok::<_, CliError>(())
-    })?;
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    Ok(0)
+        Ok(())
+    }
 }
 
 /// The worker's signals, as the original's (see [`WORKER_HELP`]).
@@ -307,7 +418,7 @@ fn shutdown(control: &Control, name: &str) {
 }
 
 pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
-    let dir = queue_dir(&args.queue)?;
+    let url = queue_url(&args.queue)?;
     let limit = host::worker::dir::MAX_JOB_BYTES;
     let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
@@ -330,8 +441,28 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
         )));
     }
     let payload = Payload::parse(&bytes).map_err(|e| CliError::DataErr(format!("{name}: {e}")))?;
-    let path = DirQueue::enqueue(Path::new(&dir), &bytes, payload.id)
-        .map_err(|e| CliError::Io(format!("cannot put the job on {}: {e}", dir.display())))?;
-    eprintln!("host: queued job {} as {}", payload.id, path.display());
+    match url {
+        QueueUrl::Dir(dir) => {
+            let path = DirQueue::enqueue(Path::new(&dir), &bytes, payload.id).map_err(|e| {
+                CliError::Io(format!("cannot put the job on {}: {e}", dir.display()))
+            })?;
+            eprintln!("host: queued job {} as {}", payload.id, path.display());
+        }
+        QueueUrl::Amqp(url) => {
+            let name = queue_name(&args.queue_name)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
+            runtime
+                .block_on(host::worker::amqp::enqueue(&url, &name, &bytes))
+                .map_err(|e| CliError::Io(format!("cannot put the job on {name}: {e}")))?;
+            eprintln!(
+                "host: queued job {} on {} queue {name}",
+                payload.id,
+                masked_url(&url)
+            );
+        }
+    }
     Ok(0)
 }

@@ -1,0 +1,887 @@
+//! The RabbitMQ queue (AMQP 0.9.1), wire-compatible with the original worker
+//! (`amqp_job_queue.go`, `amqp_job.go`, `amqp_log_writer.go`, `amqp_canceller.go`):
+//!
+//! - jobs from a durable queue (`--queue-name`), prefetch = pool size, manual ack;
+//! - state updates: persistent, default exchange, routing key `reporting.jobs.builds` (a
+//!   durable queue), message type `job:test:receive|start|finish|reset`, body `{id, state,
+//!   meta {state_update_count, instance_id, uuid}, queued_at, received_at, started_at,
+//!   finished_at}` with the original's states (`canceled`, and `reset` for a requeue);
+//! - log parts: topic exchange `reporting`, routing key `reporting.jobs.logs`, type
+//!   `job:test:log`, body `{id, log, number, uuid, final}`, numbers from 0, flushed every
+//!   500 ms or at [`LOG_PART_BYTES`], the last one empty and `final`;
+//! - cancel commands: fanout exchange `worker.commands`, `{type: "cancel_job", job_id, ...}`.
+//!
+//! Every publish waits for the broker's confirm, and a delivery is acked only after its final
+//! state (or, for a requeue, its reset and the job republished with its requeue count) is
+//! confirmed: a worker that dies leaves its deliveries unacked and the broker hands them to
+//! another. Delivery is **at least once**: after a lost connection the broker redelivers what
+//! was unacked, and a job may run again (a worker that still runs it, or ran it, answers the
+//! redelivery without running it twice itself). The connection is re-established with
+//! backoff; publishes wait for it (each job has at most one publish in flight and a bounded
+//! log buffer), in order.
+//!
+//! Log text that is not UTF-8 becomes U+FFFD as the original's JSON encoding makes it (each
+//! invalid byte one replacement character); a character split across two parts is kept whole.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
+
+/// Where state updates go (a queue on the default exchange), as the original.
+pub const STATE_QUEUE: &str = "reporting.jobs.builds";
+/// The topic exchange log parts go to.
+pub const LOG_EXCHANGE: &str = "reporting";
+/// The routing key (and the queue bound to it) of log parts.
+pub const LOG_QUEUE: &str = "reporting.jobs.logs";
+/// The fanout exchange of worker commands.
+pub const COMMANDS_EXCHANGE: &str = "worker.commands";
+/// The largest log part, in bytes of log.
+pub const LOG_PART_BYTES: usize = 9 * 1024;
+/// How often buffered log is flushed into a part.
+pub const LOG_FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a worker's AMQP traffic goes.
+#[derive(Clone, Debug)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// The jobs queue.
+    pub queue_name: String,
+    /// Deliveries held at once (the pool size).
+    pub prefetch: u16,
+    /// The state updates queue ([`STATE_QUEUE`] unless a test keeps its own).
+    pub state_queue: String,
+    /// The log parts routing key and queue ([`LOG_QUEUE`] unless a test keeps its own).
+    pub log_queue: String,
+}
+
+/// `url` with its password, if any, replaced by `***`, for printing.
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn check_url(url: &str) -> std::io::Result<()> {
+    if url.starts_with("amqps://") {
+        return Err(std::io::Error::other(
+            "amqps:// (TLS) is not supported by this build; use amqp:// (on a trusted network or through a TLS tunnel)",
+        ));
+    }
+    if !url.starts_with("amqp://") {
+        return Err(std::io::Error::other(format!(
+            "{} is not an amqp:// URL",
+            masked_url(url)
+        )));
+    }
+    Ok(())
+}
+
+fn io(what: &str, e: lapin::Error) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+async fn connect(url: &str) -> std::io::Result<Connection> {
+    check_url(url)?;
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("host-worker".into()),
+    )
+    .await
+    .map_err(|e| io(&format!("cannot connect to {}", masked_url(url)), e))
+}
+
+fn persistent(kind: &str) -> BasicProperties {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(now)
+        .with_type(kind.into())
+}
+
+/// Publishes one message and waits for the broker's confirm.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    kind: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            persistent(kind),
+        )
+        .await
+        .map_err(|e| io("publish", e))?
+        .await
+        .map_err(|e| io("publish confirm", e))?;
+    match confirm {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => Err(std::io::Error::other(
+            "the broker refused the message (nack)",
+        )),
+    }
+}
+
+/// Declares what the original declares: the jobs queue, the reporting exchange and queues.
+async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(s.queue_name.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(
+            LOG_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            s.state_queue.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(s.log_queue.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            s.log_queue.as_str().into(),
+            LOG_EXCHANGE.into(),
+            s.log_queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Puts a job on the queue `queue_name` at `url`: persistent, confirmed.
+pub async fn enqueue(url: &str, queue_name: &str, body: &[u8]) -> std::io::Result<()> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| io("confirm mode", e))?;
+    channel
+        .queue_declare(
+            queue_name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io(&format!("declare queue {queue_name}"), e))?;
+    publish_confirmed(&channel, "", queue_name, "job", body).await?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// One connection's worth of channels, shared by the jobs while it lives.
+#[derive(Clone)]
+struct Link {
+    publish: Channel,
+}
+
+struct Shared {
+    settings: AmqpSettings,
+    /// The current link; `None` while reconnecting.
+    link: watch::Receiver<Option<Link>>,
+    /// Deliveries from the current consumer.
+    deliveries: tokio::sync::Mutex<mpsc::Receiver<lapin::message::Delivery>>,
+    /// Jobs this worker runs now or finished lately, by id: a redelivery of one is answered
+    /// here instead of running it twice.
+    seen: Mutex<Seen>,
+    /// Messages waiting in the jobs queue at the last look (for `--exit-when-idle`).
+    waiting: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Seen {
+    running: HashMap<u64, Vec<lapin::Acker>>,
+    finished: VecDeque<u64>,
+}
+
+/// A connected RabbitMQ queue.
+#[derive(Clone)]
+pub struct AmqpQueue {
+    shared: Arc<Shared>,
+}
+
+impl AmqpQueue {
+    /// Connects (the first connection must succeed: a wrong URL or password is an error at
+    /// once), declares the topology and starts consuming; later losses of the connection are
+    /// repaired in the background. Cancel commands arrive on the returned receiver.
+    pub async fn open(settings: AmqpSettings) -> std::io::Result<(Self, mpsc::Receiver<u64>)> {
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(usize::from(settings.prefetch.max(1)));
+        let (cancel_tx, cancel_rx) = mpsc::channel(64);
+        let (link_tx, link_rx) = watch::channel(None);
+        let conn = connect(&settings.url).await?;
+        let queue = Self {
+            shared: Arc::new(Shared {
+                settings: settings.clone(),
+                link: link_rx,
+                deliveries: tokio::sync::Mutex::new(deliveries_rx),
+                seen: Mutex::new(Seen::default()),
+                waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
+            }),
+        };
+        let first = session(&conn, &settings, &deliveries_tx, &cancel_tx, &queue.shared).await?;
+        link_tx.send_replace(Some(first));
+        let shared = Arc::clone(&queue.shared);
+        tokio::spawn(supervise(
+            conn,
+            settings,
+            link_tx,
+            deliveries_tx,
+            cancel_tx,
+            shared,
+        ));
+        Ok((queue, cancel_rx))
+    }
+
+    /// Publishes `body`, waiting for a live connection and retrying across reconnects.
+    async fn publish(
+        &self,
+        exchange: &str,
+        key: &str,
+        kind: &str,
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let mut link = self.shared.link.clone();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let current = link.borrow_and_update().clone();
+            if let Some(l) = current {
+                match publish_confirmed(&l.publish, exchange, key, kind, body).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::debug!("publish failed, retrying after a reconnect: {e}"),
+                }
+            }
+            // A new link, or a pause before the same one is tried again.
+            let _ = tokio::time::timeout(wait, link.changed()).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Opens the channels of one connection: declares, starts the jobs consumer and the command
+/// consumer, whose messages go to `deliveries` and `cancels`.
+async fn session(
+    conn: &Connection,
+    s: &AmqpSettings,
+    deliveries: &mpsc::Sender<lapin::message::Delivery>,
+    cancels: &mpsc::Sender<u64>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Link> {
+    let publish = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    declare(&publish, s)
+        .await
+        .map_err(|e| io("declare the queues", e))?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| io("confirm mode", e))?;
+
+    let jobs = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    jobs.basic_qos(s.prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(|e| io("prefetch", e))?;
+    let mut consumer = jobs
+        .basic_consume(
+            s.queue_name.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io(&format!("consume {}", s.queue_name), e))?;
+    let to_worker = deliveries.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if to_worker.send(d).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let commands = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    commands
+        .exchange_declare(
+            COMMANDS_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io("declare worker.commands", e))?;
+    let own = commands
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io("declare a command queue", e))?;
+    commands
+        .queue_bind(
+            own.name().clone(),
+            COMMANDS_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io("bind the command queue", e))?;
+    let mut command_consumer = commands
+        .basic_consume(
+            own.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| io("consume commands", e))?;
+    let cancels = cancels.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = command_consumer.next().await {
+            let Ok(command) = serde_json::from_slice::<Value>(&d.data) else {
+                tracing::warn!("a worker command that is not JSON: ignored");
+                continue;
+            };
+            match (command["type"].as_str(), command["job_id"].as_u64()) {
+                (Some("cancel_job"), Some(id)) => {
+                    let _ = cancels.send(id).await;
+                }
+                _ => tracing::warn!("an unknown worker command: {command}"),
+            }
+        }
+    });
+
+    // How much is waiting, refreshed while the connection lives.
+    let peek = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    let shared = Arc::clone(shared);
+    let name = s.queue_name.clone();
+    tokio::spawn(async move {
+        loop {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match peek
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => shared.waiting.store(
+                    u64::from(q.message_count()),
+                    std::sync::atomic::Ordering::SeqCst,
+                ),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Ok(Link { publish })
+}
+
+/// Waits for the connection to fail, then reconnects with backoff, for as long as the worker
+/// runs.
+async fn supervise(
+    mut conn: Connection,
+    s: AmqpSettings,
+    link: watch::Sender<Option<Link>>,
+    deliveries: mpsc::Sender<lapin::message::Delivery>,
+    cancels: mpsc::Sender<u64>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        while conn.status().connected() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if deliveries.is_closed() {
+                let _ = conn.close(200, "worker stopped".into()).await;
+                return;
+            }
+        }
+        link.send_replace(None);
+        tracing::warn!(
+            "lost the connection to {}; reconnecting",
+            masked_url(&s.url)
+        );
+        let mut wait = Duration::from_millis(100);
+        conn = loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            let Ok(c) = connect(&s.url).await else {
+                continue;
+            };
+            match session(&c, &s, &deliveries, &cancels, &shared).await {
+                Ok(l) => {
+                    link.send_replace(Some(l));
+                    tracing::warn!("reconnected to {}", masked_url(&s.url));
+                    break c;
+                }
+                Err(e) => tracing::warn!("reconnecting: {e}"),
+            }
+        };
+    }
+}
+
+impl JobQueue for AmqpQueue {
+    type Delivery = AmqpDelivery;
+
+    async fn next(&self) -> AmqpDelivery {
+        loop {
+            let d = {
+                let mut rx = self.shared.deliveries.lock().await;
+                match rx.recv().await {
+                    Some(d) => d,
+                    None => std::future::pending().await,
+                }
+            };
+            let id = serde_json::from_slice::<Value>(&d.data)
+                .ok()
+                .and_then(|v| super::payload::job_id(&v));
+            // A redelivery of a job this worker runs or ran: answered here, not run twice.
+            if let Some(id) = id {
+                let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(ackers) = seen.running.get_mut(&id) {
+                    ackers.push(d.acker.clone());
+                    continue;
+                }
+                if seen.finished.contains(&id) && d.redelivered {
+                    let acker = d.acker.clone();
+                    tokio::spawn(async move {
+                        let _ = acker.ack(BasicAckOptions::default()).await;
+                    });
+                    continue;
+                }
+                seen.running.insert(id, Vec::new());
+            }
+            return AmqpDelivery {
+                queue: self.clone(),
+                redelivered: d.redelivered,
+                data: d.data,
+                acker: d.acker,
+                job_id: id,
+                count: 0,
+                times: Times::default(),
+                instance_id: None,
+                log: None,
+            };
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.shared
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+    }
+}
+
+#[derive(Default)]
+struct Times {
+    received: Option<String>,
+    started: Option<String>,
+    finished: Option<String>,
+}
+
+/// A job delivered by the broker.
+pub struct AmqpDelivery {
+    queue: AmqpQueue,
+    redelivered: bool,
+    data: Vec<u8>,
+    acker: lapin::Acker,
+    job_id: Option<u64>,
+    count: u64,
+    times: Times,
+    instance_id: Option<String>,
+    log: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl AmqpDelivery {
+    fn field(&self, f: impl Fn(&Value) -> Option<&Value>) -> Option<Value> {
+        serde_json::from_slice::<Value>(&self.data)
+            .ok()
+            .and_then(|v| f(&v).cloned())
+    }
+
+    /// Acks this delivery and any redelivery of the same job that arrived meanwhile, and
+    /// remembers the job as finished. An ack on a channel that died is lost; the broker
+    /// then delivers the job again, and this worker answers that redelivery.
+    async fn ack_all(&mut self) {
+        let extra = match self.job_id {
+            Some(id) => {
+                let mut seen = self
+                    .queue
+                    .shared
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let extra = seen.running.remove(&id).unwrap_or_default();
+                seen.finished.push_back(id);
+                if seen.finished.len() > 10_000 {
+                    seen.finished.pop_front();
+                }
+                extra
+            }
+            None => Vec::new(),
+        };
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(
+                "ack of job {:?} lost ({e}); the broker will deliver it again",
+                self.job_id
+            );
+        }
+        for a in extra {
+            let _ = a.ack(BasicAckOptions::default()).await;
+        }
+    }
+
+    async fn log_done(&mut self) {
+        if let Some(task) = self.log.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Delivery for AmqpDelivery {
+    type Log = AmqpLog;
+
+    fn payload(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    async fn update(&mut self, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
+        if update.state.is_final() {
+            // Every log part goes before the final state.
+            self.log_done().await;
+        }
+        let (kind, state) = match update.state {
+            JobState::Received => ("job:test:receive", "received"),
+            JobState::Started => ("job:test:start", "started"),
+            JobState::Passed => ("job:test:finish", "passed"),
+            JobState::Failed => ("job:test:finish", "failed"),
+            JobState::Errored => ("job:test:finish", "errored"),
+            JobState::Cancelled => ("job:test:finish", "canceled"),
+            JobState::Requeued => ("job:test:reset", "reset"),
+        };
+        match update.state {
+            JobState::Received => self.times.received = Some(now()),
+            JobState::Started => self.times.started = Some(now()),
+            _ => self.times.finished = Some(now()),
+        }
+        if let Some(i) = &update.instance_id {
+            self.instance_id = Some(i.clone());
+        }
+        self.count += 1;
+        let mut meta = json!({ "state_update_count": self.count });
+        if let Some(i) = &self.instance_id {
+            meta["instance_id"] = json!(i);
+        }
+        if let Some(u) = self.field(|v| v.get("uuid")) {
+            meta["uuid"] = u;
+        }
+        let mut body = json!({ "id": job_id, "state": state, "meta": meta });
+        if let Some(q) = self.field(|v| v.get("job")?.get("queued_at")) {
+            body["queued_at"] = q;
+        }
+        for (k, v) in [
+            ("received_at", &self.times.received),
+            ("started_at", &self.times.started),
+            ("finished_at", &self.times.finished),
+        ] {
+            if let Some(v) = v {
+                body[k] = json!(v);
+            }
+        }
+        if let Some(reason) = &update.reason {
+            body["meta"]["reason"] = json!(reason);
+        }
+        let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
+        let key = self.queue.shared.settings.state_queue.clone();
+        self.queue.publish("", &key, kind, &bytes).await
+    }
+
+    async fn open_log(&mut self, job_id: u64) -> std::io::Result<AmqpLog> {
+        // A second attempt's log (after a refused script) follows the first's parts.
+        self.log_done().await;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+        let uuid = self.field(|v| v.get("uuid")).unwrap_or(Value::Null);
+        let queue = self.queue.clone();
+        self.log = Some(tokio::spawn(log_parts(queue, job_id, uuid, rx)));
+        Ok(AmqpLog {
+            tx: tokio_util::sync::PollSender::new(tx),
+        })
+    }
+
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.log_done().await;
+        self.ack_all().await;
+        Ok(())
+    }
+
+    async fn requeue(mut self, document: Vec<u8>) -> std::io::Result<()> {
+        self.log_done().await;
+        let name = self.queue.shared.settings.queue_name.clone();
+        self.queue.publish("", &name, "job", &document).await?;
+        self.ack_all().await;
+        Ok(())
+    }
+
+    async fn reject(self, reason: &str) -> std::io::Result<()> {
+        tracing::warn!("rejecting a message that is not a job ({reason}); dead-lettered if the queue has a DLX");
+        if let Some(id) = self.job_id {
+            self.queue
+                .shared
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .running
+                .remove(&id);
+        }
+        self.acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map(drop)
+            .map_err(|e| io("reject", e))
+    }
+}
+
+/// The writing end of a job's log: bytes go to the task that cuts them into parts.
+pub struct AmqpLog {
+    tx: tokio_util::sync::PollSender<Vec<u8>>,
+}
+
+impl tokio::io::AsyncWrite for AmqpLog {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match self.tx.poll_reserve(cx) {
+            Poll::Ready(Ok(())) => match self.tx.send_item(buf.to_vec()) {
+                Ok(()) => Poll::Ready(Ok(buf.len())),
+                Err(_) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            },
+            Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.tx.close();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The text of the first `n` bytes of `buf` as the original's JSON encoding makes it, where
+/// `n` stops before a character cut short at the end (it waits for the next part).
+pub(crate) fn take_text(buf: &mut Vec<u8>, flush_all: bool) -> String {
+    let mut end = buf.len();
+    if !flush_all {
+        // Up to 3 trailing bytes may be the start of a character still being written.
+        let tail = buf.len().saturating_sub(3);
+        if let Some(start) = (tail..buf.len()).rev().find(|&i| buf[i] & 0xC0 != 0x80) {
+            let need = match buf[start] {
+                b if b >= 0xF0 => 4,
+                b if b >= 0xE0 => 3,
+                b if b >= 0xC0 => 2,
+                _ => 1,
+            };
+            if buf.len() - start < need {
+                end = start;
+            }
+        }
+    }
+    let rest = buf.split_off(end);
+    let text = std::mem::replace(buf, rest);
+    let mut out = String::with_capacity(text.len());
+    let mut bytes = &text[..];
+    while !bytes.is_empty() {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                break;
+            }
+            Err(e) => {
+                let good = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&bytes[..good]).unwrap_or_default());
+                // As Go's encoding/json: each invalid byte is one U+FFFD.
+                let bad = e.error_len().unwrap_or(bytes.len() - good);
+                for _ in 0..bad {
+                    out.push('\u{FFFD}');
+                }
+                bytes = &bytes[good + bad..];
+            }
+        }
+    }
+    out
+}
+
+/// Cuts a job's log into parts: every [`LOG_FLUSH_EVERY`] or [`LOG_PART_BYTES`], numbered
+/// from 0, then an empty final part when the writer is gone.
+async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let key = queue.shared.settings.log_queue.clone();
+    let publish = |number: u64, text: String, last: bool| {
+        let body =
+            json!({"id": job_id, "log": text, "number": number, "uuid": uuid, "final": last});
+        serde_json::to_vec(&body).unwrap_or_default()
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut number = 0u64;
+    let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    loop {
+        if open {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(c) => {
+                        buf.extend_from_slice(&c);
+                        if buf.len() < LOG_PART_BYTES {
+                            continue;
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = tick.tick() => {}
+            }
+        }
+        // Whole parts while more than a part is buffered; then, on a tick or at the end, the
+        // rest (but for a character cut short, while more may come).
+        while !buf.is_empty() {
+            let take = buf.len().min(LOG_PART_BYTES);
+            let mut part: Vec<u8> = buf.drain(..take).collect();
+            let text = take_text(&mut part, !open && buf.is_empty());
+            if !part.is_empty() {
+                part.append(&mut buf);
+                buf = part;
+            }
+            if text.is_empty() {
+                break;
+            }
+            if let Err(e) = queue
+                .publish(
+                    LOG_EXCHANGE,
+                    &key,
+                    "job:test:log",
+                    &publish(number, text, false),
+                )
+                .await
+            {
+                tracing::warn!("job {job_id}: a log part was lost: {e}");
+            }
+            number += 1;
+            if open && buf.len() < LOG_PART_BYTES {
+                break;
+            }
+        }
+        if !open && buf.is_empty() {
+            break;
+        }
+    }
+    if let Err(e) = queue
+        .publish(
+            LOG_EXCHANGE,
+            &key,
+            "job:test:log",
+            &publish(number, String::new(), true),
+        )
+        .await
+    {
+        tracing::warn!("job {job_id}: the final log part was lost: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_masked() {
+        assert_eq!(
+            masked_url("amqp://guest:secret@h:5672/v"),
+            "amqp://guest:***@h:5672/v"
+        );
+        assert_eq!(masked_url("amqp://h:5672/"), "amqp://h:5672/");
+    }
+
+    #[test]
+    fn log_text_keeps_characters_whole_and_replaces_invalid_bytes() {
+        let mut buf = "aé".as_bytes().to_vec();
+        buf.push(0xE2); // the start of a 3-byte character
+        assert_eq!(take_text(&mut buf, false), "aé");
+        assert_eq!(buf, [0xE2]);
+        buf.extend_from_slice(&[0x82, 0xAC]); // €
+        assert_eq!(take_text(&mut buf, false), "€");
+        let mut bad = vec![b'x', 0xFF, 0xFE, b'y'];
+        assert_eq!(take_text(&mut bad, true), "x\u{FFFD}\u{FFFD}y");
+    }
+}
