@@ -473,3 +473,24 @@ pub fn spawn_until_first_line(mut cmd: Command) -> (Guard, String) {
         .expect("read the first line");
     (child, line)
 }
+
+/// The broker for the worker's AMQP tests: `AMQP_URL` when set, else the local RabbitMQ,
+/// else one that `tests/engine/rabbitmq.sh` installs and starts. Panics when none can be had:
+/// a test that needs a broker never passes without one.
+pub fn amqp_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let state = artifacts().target.join("rabbitmq");
+        let out = Command::new("bash")
+            .arg(workspace().join("tests/engine/rabbitmq.sh"))
+            .arg(&state)
+            .output()
+            .expect("run tests/engine/rabbitmq.sh");
+        assert!(
+            out.status.success(),
+            "no RabbitMQ broker for the AMQP tests (set AMQP_URL, or let tests/engine/rabbitmq.sh start one):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}

@@ -560,6 +560,32 @@ fn an_unwritable_log_requeues_the_job_until_its_limit_and_the_worker_keeps_servi
 }
 
 #[test]
+fn a_stderr_nobody_reads_does_not_stop_the_jobs() {
+    let q = Queue::new();
+    for id in 1..=3000u64 {
+        q.put_raw(
+            &format!("{id:06}.json"),
+            format!(r#"{{"job": {{"id": {id}}}, "script": "x"}}"#).as_bytes(),
+        );
+    }
+    // Two lines per job fill a 64 KiB pipe, and then the printer's queue, long before the
+    // last job.
+    let mut cmd = q.worker("fake", &["--pool-size", "8", "--exit-when-idle"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut g = Guard(cmd.spawn().unwrap());
+    q.wait_for(120, "every job to be done", |q| q.count("done") == 3000);
+    let mut err = std::io::BufReader::new(g.0.stderr.take().unwrap());
+    let mut text = String::new();
+    err.read_to_string(&mut text).unwrap();
+    assert_eq!(g.wait().code(), Some(0));
+    assert!(
+        text.contains("dropped while stderr was blocked"),
+        "{}",
+        &text[text.len().saturating_sub(500)..]
+    );
+}
+
+#[test]
 fn the_readme_worker_example_runs() {
     let q = Queue::new();
     let jobs = blackbox::workspace().join("examples/jobs");

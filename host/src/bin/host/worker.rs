@@ -172,9 +172,57 @@ fn queue_name(name: &Option<String>) -> Result<String, CliError> {
     })
 }
 
-/// Prints a line per job event, as text or JSON lines.
+/// Prints a line per job event, as text or JSON lines. The lines go to stderr from a thread
+/// of their own through a bounded queue: a stderr that blocks (a stalled pipe, a full
+/// terminal buffer) must never stop the jobs, so when the queue is full lines are dropped
+/// and counted, and the count is printed once stderr moves again.
 struct Lines {
     json: bool,
+    out: std::sync::mpsc::SyncSender<String>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Lines {
+    /// The observer, and the printing thread to join once every observer is gone.
+    fn new(json: bool) -> (Self, Option<std::thread::JoinHandle<()>>) {
+        let (out, rx) = std::sync::mpsc::sync_channel::<String>(4096);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = Arc::clone(&dropped);
+        let spawned = std::thread::Builder::new()
+            .name("host-lines".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                let mut reported = 0;
+                for line in rx {
+                    let mut err = std::io::stderr().lock();
+                    let lost = seen.load(std::sync::atomic::Ordering::Relaxed);
+                    if lost > reported {
+                        let _ = writeln!(
+                            err,
+                            "host: {} line(s) dropped while stderr was blocked",
+                            lost - reported
+                        );
+                        reported = lost;
+                    }
+                    let _ = writeln!(err, "{line}");
+                }
+            });
+        let printer = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("host: cannot start the thread that prints job lines: {e}");
+                None
+            }
+        };
+        (Self { json, out, dropped }, printer)
+    }
+
+    fn emit(&self, line: String) {
+        if self.out.try_send(line).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl WorkerObserver for Lines {
@@ -201,16 +249,16 @@ impl WorkerObserver for Lines {
                 WorkerEvent::Warning(text) => serde_json::json!({
                     "at": at, "event": "warning", "message": text}),
             };
-            eprintln!("{v}");
+            self.emit(v.to_string());
             return;
         }
         match event {
             WorkerEvent::JobStarted {
                 job_id,
                 instance_id,
-            } => {
-                eprintln!("host: job {job_id} started on instance {instance_id}")
-            }
+            } => self.emit(format!(
+                "host: job {job_id} started on instance {instance_id}"
+            )),
             WorkerEvent::JobFinished {
                 job_id,
                 state,
@@ -225,14 +273,16 @@ impl WorkerObserver for Lines {
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
-                eprintln!(
+                self.emit(format!(
                     "host: job {job_id} {}{code} after {}{why}",
                     state.name(),
                     fmt_duration(*duration)
-                )
+                ))
             }
-            WorkerEvent::Rejected { reason } => eprintln!("host: rejected a queue entry: {reason}"),
-            WorkerEvent::Warning(text) => eprintln!("host: warning: {text}"),
+            WorkerEvent::Rejected { reason } => {
+                self.emit(format!("host: rejected a queue entry: {reason}"))
+            }
+            WorkerEvent::Warning(text) => self.emit(format!("host: warning: {text}")),
         }
     }
 }
@@ -254,7 +304,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         .build()
         .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
     let alias = backend.alias.clone();
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let settings = WorkerSettings {
             pool_size: args
                 .pool_size
@@ -273,9 +323,8 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                 .map(|url| BuildApi::new(url, args.build_api_token.clone())),
             exit_when_idle: args.exit_when_idle,
         };
-        let observer: Arc<dyn WorkerObserver> = Arc::new(Lines {
-            json: args.log_format == "json",
-        });
+        let (lines, printer) = Lines::new(args.log_format == "json");
+        let observer: Arc<dyn WorkerObserver> = Arc::new(lines);
         let at = Serve {
             http: args.http,
             alias,
@@ -291,7 +340,9 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                 let id = queue.worker_id().to_owned();
                 let place = dir.display().to_string();
                 let worker = Worker::new(queue, provider, settings, id.clone(), observer);
-                at.run(worker, &id, &place, None).await
+                at.run(worker, &id, &place, None)
+                    .await
+                    .map(|()| (id, printer))
             }
             QueueUrl::Amqp(url) => {
                 let amqp = AmqpSettings {
@@ -307,10 +358,25 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     .map_err(|e| CliError::Io(format!("cannot use the queue: {e}")))?;
                 let id = host::worker::dir::worker_id();
                 let worker = Worker::new(queue, provider, settings, id.clone(), observer);
-                at.run(worker, &id, &place, Some(cancels)).await
+                at.run(worker, &id, &place, Some(cancels))
+                    .await
+                    .map(|()| (id, printer))
             }
         }
-    })?;
+    });
+    let (id, printer) = outcome?;
+    // The worker and its observer are gone: the printer writes what is left, then ends.
+    if let Some(p) = printer {
+        // Bounded: a stderr that stays blocked must not keep the worker from exiting.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !p.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if p.is_finished() {
+            let _ = p.join();
+        }
+    }
+    eprintln!("host: worker {id} stopped");
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(0)
 }
@@ -355,7 +421,6 @@ impl Serve {
             self.alias
         );
         worker.run().await;
-        eprintln!("host: worker {worker_id} stopped");
         Ok(())
     }
 }

@@ -1,0 +1,601 @@
+//! `host worker` on RabbitMQ, as operators scale out: many workers on one broker, the
+//! original's messages on the wire, a worker killed, the connection cut, cancel commands,
+//! poison messages, a large log. Each test has queues of its own and deletes them.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use blackbox::{amqp_url, artifacts, host, plugin_dir, run, signal, Guard};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Value};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A message seen on a reporting queue: its AMQP type and JSON body.
+#[derive(Clone, Debug)]
+struct Seen {
+    kind: String,
+    body: Value,
+}
+
+/// Cutting every connection to the broker cuts the other tests' too: that test runs alone.
+static BROKER_SHARED: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Queues of one test on the broker, and a connection to read and write them.
+struct Broker {
+    _turn: BrokerTurn,
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    jobs: String,
+    states: String,
+    logs: String,
+    plugins: tempfile::TempDir,
+    scripts: tempfile::TempDir,
+}
+
+impl Broker {
+    fn new() -> Self {
+        Self::new_with(BrokerTurn::Shared(
+            BROKER_SHARED.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+
+    fn new_with(turn: BrokerTurn) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = format!(
+            "hosttest-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let rt = runtime();
+        let conn = rt
+            .block_on(Connection::connect(
+                amqp_url(),
+                ConnectionProperties::default(),
+            ))
+            .expect("connect to the test broker");
+        Self {
+            _turn: turn,
+            rt,
+            conn,
+            jobs: base.clone(),
+            states: format!("{base}.states"),
+            logs: format!("{base}.logs"),
+            plugins: plugin_dir(&[
+                ("libfake.so", &artifacts().fake),
+                ("liblocal.so", &artifacts().local),
+            ]),
+            scripts: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn reconnect(&mut self) {
+        self.conn = self
+            .rt
+            .block_on(Connection::connect(
+                amqp_url(),
+                ConnectionProperties::default(),
+            ))
+            .expect("connect to the test broker again");
+    }
+
+    fn worker(&self, backend: &str, extra: &[&str]) -> Command {
+        let mut cmd = host(self.plugins.path());
+        cmd.args([
+            "worker",
+            "-b",
+            backend,
+            "--queue",
+            amqp_url(),
+            "--queue-name",
+            &self.jobs,
+        ])
+        .args(["--state-queue", &self.states, "--log-queue", &self.logs]);
+        if backend == "local" {
+            cmd.arg("-c")
+                .arg(format!("SCRIPTS_DIR={}", self.scripts.path().display()));
+        }
+        cmd.args(extra);
+        cmd
+    }
+
+    fn spawn_worker(&self, backend: &str, extra: &[&str]) -> Guard {
+        let mut cmd = self.worker(backend, extra);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Guard(cmd.spawn().unwrap())
+    }
+
+    /// Publishes job payloads straight to the jobs queue (faster than `host enqueue` each).
+    fn publish_jobs(&self, docs: &[Value]) {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
+                .await
+                .unwrap();
+            for d in docs {
+                ch.basic_publish(
+                    "".into(),
+                    self.jobs.as_str().into(),
+                    BasicPublishOptions::default(),
+                    d.to_string().as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            }
+        })
+    }
+
+    fn publish_raw(&self, body: &[u8]) {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
+                .await
+                .unwrap();
+            ch.basic_publish(
+                "".into(),
+                self.jobs.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        })
+    }
+
+    /// Reads the state and log queues until `done` holds for what was read, for at most
+    /// `secs`.
+    fn collect(&self, secs: u64, done: impl Fn(&Reports) -> bool) -> Reports {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let opts = BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            };
+            let mut consumers = Vec::new();
+            for q in [&self.states, &self.logs] {
+                ch.queue_declare(q.as_str().into(), durable, FieldTable::default())
+                    .await
+                    .unwrap();
+                consumers.push(
+                    ch.basic_consume(q.as_str().into(), "".into(), opts, FieldTable::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut logs = consumers.pop().unwrap();
+            let mut states = consumers.pop().unwrap();
+            let mut r = Reports::default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+            while !done(&r) {
+                let d = tokio::select! {
+                    Some(Ok(d)) = states.next() => d,
+                    Some(Ok(d)) = logs.next() => d,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                };
+                let seen = Seen {
+                    kind: d
+                        .properties
+                        .kind()
+                        .as_ref()
+                        .map(|k| k.to_string())
+                        .unwrap_or_default(),
+                    body: serde_json::from_slice(&d.data).unwrap(),
+                };
+                let id = seen.body["id"].as_u64().unwrap();
+                if seen.kind == "job:test:log" {
+                    r.logs.entry(id).or_default().push(seen);
+                } else {
+                    r.states.entry(id).or_default().push(seen);
+                }
+            }
+            r
+        })
+    }
+
+    fn cancel(&self, job_id: u64) {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            ch.exchange_declare("worker.commands".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+            let body = json!({"type": "cancel_job", "job_id": job_id, "source": "test", "reason": "a test asked"});
+            ch.basic_publish("worker.commands".into(), "".into(), BasicPublishOptions::default(), body.to_string().as_bytes(), BasicProperties::default())
+                .await
+                .unwrap();
+        })
+    }
+
+    fn waiting(&self) -> u32 {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.queue_declare(self.jobs.as_str().into(), passive, FieldTable::default())
+                .await
+                .unwrap()
+                .message_count()
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let names = [self.jobs.clone(), self.states.clone(), self.logs.clone()];
+        let conn = &self.conn;
+        self.rt.block_on(async {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in names {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+enum BrokerTurn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+#[derive(Default, Debug)]
+struct Reports {
+    states: BTreeMap<u64, Vec<Seen>>,
+    logs: BTreeMap<u64, Vec<Seen>>,
+}
+
+impl Reports {
+    fn finished(&self, id: u64) -> Vec<&str> {
+        self.states
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.kind == "job:test:finish")
+            .filter_map(|s| s.body["state"].as_str())
+            .collect()
+    }
+
+    fn all_finished(&self, ids: impl Iterator<Item = u64>) -> bool {
+        ids.into_iter()
+            .all(|id| !self.finished(id).is_empty() && self.final_part(id))
+    }
+
+    fn final_part(&self, id: u64) -> bool {
+        self.logs
+            .get(&id)
+            .is_some_and(|p| p.iter().any(|s| s.body["final"] == true))
+    }
+
+    /// The log parts of job `id` in number order: each number once, from 0 with no gap, one
+    /// final part and it the last (a number seen twice must be the same part twice); returns
+    /// the log's text.
+    fn log_text(&self, id: u64) -> String {
+        let mut by_number: BTreeMap<u64, &Value> = BTreeMap::new();
+        for p in self.logs.get(&id).into_iter().flatten() {
+            let n = p.body["number"].as_u64().unwrap();
+            if let Some(before) = by_number.insert(n, &p.body) {
+                assert_eq!(
+                    before, &p.body,
+                    "job {id}: part {n} came twice with different contents"
+                );
+            }
+        }
+        let numbers: Vec<u64> = by_number.keys().copied().collect();
+        assert_eq!(
+            numbers,
+            (0..numbers.len() as u64).collect::<Vec<_>>(),
+            "job {id}: part numbers have a gap"
+        );
+        let finals: Vec<u64> = by_number
+            .iter()
+            .filter(|(_, b)| b["final"] == true)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(
+            finals,
+            [numbers.len() as u64 - 1],
+            "job {id}: one final part, the last"
+        );
+        by_number
+            .values()
+            .map(|b| b["log"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn job(id: u64, script: &str) -> Value {
+    json!({"job": {"id": id, "number": format!("{id}.1"), "queued_at": "2026-11-26T00:00:00Z"},
+           "uuid": format!("uuid-{id}"), "repository": {"slug": "test/repo"}, "script": script})
+}
+
+#[test]
+fn three_workers_run_300_jobs_with_the_originals_messages() {
+    let b = Broker::new();
+    let docs: Vec<Value> = (1..=300u64)
+        .map(|id| job(id, &format!("job {id}\nexit {}\n", id % 3)))
+        .collect();
+    b.publish_jobs(&docs);
+    let workers: Vec<Guard> = (0..3)
+        .map(|_| {
+            b.spawn_worker(
+                "fake",
+                &[
+                    "--pool-size",
+                    "8",
+                    "-c",
+                    "ECHO_SCRIPT=true",
+                    "-c",
+                    "SCRIPT_EXIT=true",
+                ],
+            )
+        })
+        .collect();
+    let r = b.collect(120, |r| r.all_finished(1..=300));
+    drop(workers);
+    for id in 1..=300u64 {
+        let expected = ["passed", "failed", "errored"][(id % 3) as usize];
+        assert_eq!(
+            r.finished(id),
+            [expected],
+            "job {id}: exactly one finish state"
+        );
+        let states = &r.states[&id];
+        let kinds: Vec<&str> = states.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["job:test:receive", "job:test:start", "job:test:finish"],
+            "job {id}"
+        );
+        let last = &states[2].body;
+        assert_eq!(last["meta"]["state_update_count"], 3, "{last}");
+        assert_eq!(last["meta"]["uuid"], format!("uuid-{id}"), "{last}");
+        assert_eq!(last["meta"]["instance_id"], "fake", "{last}");
+        for field in ["queued_at", "received_at", "started_at", "finished_at"] {
+            assert!(last[field].is_string(), "job {id}: {field} in {last}");
+        }
+        assert_eq!(
+            r.log_text(id),
+            format!("job {id}\nexit {}\n", id % 3),
+            "job {id}"
+        );
+    }
+    assert_eq!(b.waiting(), 0);
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_no_job_and_redeliveries_are_counted() {
+    let b = Broker::new();
+    let docs: Vec<Value> = (1..=300u64).map(|id| job(id, "x\n")).collect();
+    b.publish_jobs(&docs);
+    let args = [
+        "--pool-size",
+        "16",
+        "-c",
+        "RUN_SLEEP=1s",
+        "-c",
+        "ECHO_SCRIPT=true",
+    ];
+    let mut doomed = b.spawn_worker("fake", &args);
+    let survivors: Vec<(Guard, String)> = (0..2)
+        .map(|_| {
+            let mut cmd = b.worker("fake", &args);
+            cmd.args(["--http", "127.0.0.1:0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut g = Guard(cmd.spawn().unwrap());
+            let mut err = std::io::BufReader::new(g.0.stderr.take().unwrap());
+            let url = loop {
+                let mut line = String::new();
+                assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+                if let Some(u) = line.trim().strip_prefix("host: worker HTTP endpoints on ") {
+                    break u.to_owned();
+                }
+            };
+            // Keep reading: a test must not be what blocks the worker's stderr.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            (g, url)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    doomed.0.kill().unwrap(); // SIGKILL, mid-run: its deliveries are unacked
+    doomed.wait();
+    let r = b.collect(120, |r| r.all_finished(1..=300));
+    for id in 1..=300u64 {
+        assert!(!r.finished(id).is_empty(), "job {id} never finished");
+        assert!(
+            r.finished(id).iter().all(|s| *s == "passed"),
+            "job {id}: {:?}",
+            r.finished(id)
+        );
+    }
+    let redeliveries: u64 = survivors
+        .iter()
+        .map(|(_, url)| {
+            let out = Command::new("curl")
+                .args(["-s", &format!("{url}/metrics")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.starts_with("host_worker_redeliveries_total"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        redeliveries > 0,
+        "the killed worker's jobs came back as redeliveries"
+    );
+    drop(survivors);
+    assert_eq!(b.waiting(), 0);
+}
+
+#[test]
+fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
+    let alone = BROKER_SHARED.write().unwrap_or_else(|e| e.into_inner());
+    let mut b = Broker::new_with(BrokerTurn::Alone(alone));
+    let docs: Vec<Value> = (1..=40u64)
+        .map(|id| {
+            job(
+                id,
+                &format!("echo job {id} begins\nsleep 1\necho job {id} ends\n"),
+            )
+        })
+        .collect();
+    b.publish_jobs(&docs);
+    let w = b.spawn_worker("local", &["--pool-size", "8"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = Command::new("rabbitmqctl")
+        .arg("close_all_connections")
+        .arg("a test cuts the connection")
+        .output()
+        .expect("rabbitmqctl (the connection-cut test needs the broker's own tool)");
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    // The test's own connection went too: it connects again to read the reports.
+    b.reconnect();
+    let r = b.collect(120, |r| r.all_finished(1..=40));
+    drop(w);
+    for id in 1..=40u64 {
+        assert!(
+            !r.finished(id).is_empty(),
+            "job {id} never finished: {:?}",
+            r.states.get(&id)
+        );
+        // A job whose run straddled the cut may have run twice (at least once, as
+        // documented); each run's log is whole.
+        let text = r.log_text(id);
+        assert!(
+            text.starts_with(&format!("job {id} begins\n")),
+            "job {id}: {text:?}"
+        );
+        assert!(
+            text.ends_with(&format!("job {id} ends\n")),
+            "job {id}: {text:?}"
+        );
+    }
+}
+
+/// Pids of live processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(marker)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn cancel_job_cancels_a_running_local_job_within_two_seconds() {
+    let b = Broker::new();
+    let marker = format!("sleep{}", std::process::id());
+    b.publish_jobs(&[job(77, &format!("echo up\nexec -a {marker} sleep 300\n"))]);
+    let w = b.spawn_worker("local", &["--pool-size", "1"]);
+    let started = b.collect(30, |r| r.states.get(&77).is_some_and(|s| s.len() >= 2));
+    assert_eq!(started.states[&77].len(), 2, "the job started");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    b.cancel(77);
+    let r = b.collect(10, |r| !r.finished(77).is_empty());
+    assert_eq!(r.finished(77), ["canceled"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "cancelled in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(processes_with(&marker), 0, "no process of the job is left");
+    drop(w);
+}
+
+#[test]
+fn poison_messages_are_rejected_without_a_crash_loop_and_a_large_log_arrives_whole() {
+    let b = Broker::new();
+    b.publish_raw(b"{this is not json");
+    b.publish_raw(br#"{"job": {"number": "1"}}"#);
+    let big = "yes abcdefghijklmnopqrstuvwxyz | head -c 4194304\n";
+    b.publish_jobs(&[job(5, big)]);
+    let mut cmd = b.worker("local", &["--pool-size", "2"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut w = Guard(cmd.spawn().unwrap());
+    let r = b.collect(60, |r| r.all_finished(5..=5));
+    assert_eq!(r.finished(5), ["passed"]);
+    let text = r.log_text(5);
+    assert_eq!(text.len(), 4 << 20);
+    assert!(text.starts_with("abcdefghijklmnopqrstuvwxyz\nabc"));
+    assert!(r.logs[&5].len() > 100, "many parts: {}", r.logs[&5].len());
+    assert_eq!(b.waiting(), 0, "the poison messages are not requeued");
+    signal("-TERM", w.0.id());
+    assert_eq!(w.wait().code(), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.matches("rejected a queue entry").count(), 2, "{err}");
+}
+
+#[test]
+fn host_enqueue_round_trips_through_the_broker() {
+    let b = Broker::new();
+    let f = blackbox::script(&job(9, "echo round trip\n").to_string());
+    let mut cmd = host(b.plugins.path());
+    cmd.args(["enqueue", "--queue", amqp_url(), "--queue-name", &b.jobs])
+        .arg(f.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains(":guest@"),
+        "the password is masked: {}",
+        out.stderr
+    );
+    let out = run(b.worker("fake", &["--exit-when-idle", "-c", "ECHO_SCRIPT=true"]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let r = b.collect(30, |r| r.all_finished(9..=9));
+    assert_eq!(r.finished(9), ["passed"]);
+    assert_eq!(r.log_text(9), "echo round trip\n");
+}
