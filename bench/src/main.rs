@@ -4,11 +4,13 @@
 //! cargo run --release -p bench -- all           # the full table (minutes)
 //! cargo run --release -p bench -- all --quick   # tiny sizes: checks that it works, no timing
 //! cargo run --release -p bench -- worker        # the worker's figures alone
+//! cargo run --release -p bench -- amqp          # the worker on RabbitMQ alone
 //! ```
 //!
 //! Each timed figure is the median of several runs. The baselines run in the same process
 //! (or, for whole-process figures, the same way as ours) right after ours.
 
+mod amqp;
 mod artifacts;
 mod figures;
 mod measure;
@@ -30,10 +32,14 @@ fn main() -> ExitCode {
             print!("{}", table::render(&figures::worker(quick)));
             ExitCode::SUCCESS
         }
+        Some("amqp") => {
+            print!("{}", table::render(&figures::amqp(quick)));
+            ExitCode::SUCCESS
+        }
         // Helpers the figures run as separate processes, for a clean RSS and thread count.
         Some("child") => figures::child(&args[1..]),
         _ => {
-            eprintln!("usage: bench all|worker [--quick]");
+            eprintln!("usage: bench all|worker|amqp [--quick]");
             ExitCode::from(64)
         }
     }

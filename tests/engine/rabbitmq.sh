@@ -38,13 +38,18 @@ if ! answers "$port"; then
     export RABBITMQ_MNESIA_BASE="$state/mnesia"
     export RABBITMQ_LOG_BASE="$state/log"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$state/enabled_plugins"
-    export RABBITMQ_CONFIG_FILE="$state/rabbitmq"
     echo "[]." > "$state/enabled_plugins"
-    # guest may connect over loopback only, which is all the tests do.
-    : > "$state/rabbitmq.conf"
+    # A config of its own: the machine's /etc/rabbitmq/rabbitmq.conf may pin the listener to
+    # 5672. (guest may connect over loopback only, which is all the tests do.)
+    echo "listeners.tcp.default = $port" > "$state/rabbitmq.conf"
+    export RABBITMQ_CONFIG_FILE="$state/rabbitmq.conf"
+    # Debian's wrapper runs the node as the rabbitmq user: its files must be that user's.
+    if id rabbitmq >/dev/null 2>&1; then
+        chown -R rabbitmq: "$state"
+    fi
     echo "starting rabbitmq-server on port $port" >&2
     rabbitmq-server -detached >&2
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 240); do
         answers "$port" && break
         sleep 0.5
     done
