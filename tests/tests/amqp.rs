@@ -121,6 +121,12 @@ impl Broker {
 
     /// Publishes job payloads straight to the jobs queue (faster than `host enqueue` each).
     fn publish_jobs(&self, docs: &[Value]) {
+        let bodies: Vec<Vec<u8>> = docs.iter().map(|d| d.to_string().into_bytes()).collect();
+        self.publish(&bodies);
+    }
+
+    /// Publishes raw bodies to the jobs queue, persistent, each confirmed.
+    fn publish(&self, bodies: &[Vec<u8>]) {
         self.rt.block_on(async {
             let ch = self.conn.create_channel().await.unwrap();
             ch.confirm_select(ConfirmSelectOptions::default())
@@ -133,12 +139,12 @@ impl Broker {
             ch.queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
                 .await
                 .unwrap();
-            for d in docs {
+            for body in bodies {
                 ch.basic_publish(
                     "".into(),
                     self.jobs.as_str().into(),
                     BasicPublishOptions::default(),
-                    d.to_string().as_bytes(),
+                    body,
                     BasicProperties::default().with_delivery_mode(2),
                 )
                 .await
@@ -146,28 +152,6 @@ impl Broker {
                 .await
                 .unwrap();
             }
-        })
-    }
-
-    fn publish_raw(&self, body: &[u8]) {
-        self.rt.block_on(async {
-            let ch = self.conn.create_channel().await.unwrap();
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            ch.queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
-                .await
-                .unwrap();
-            ch.basic_publish(
-                "".into(),
-                self.jobs.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
         })
     }
 
@@ -558,8 +542,10 @@ fn cancel_job_cancels_a_running_local_job_within_two_seconds() {
 #[test]
 fn poison_messages_are_rejected_without_a_crash_loop_and_a_large_log_arrives_whole() {
     let b = Broker::new();
-    b.publish_raw(b"{this is not json");
-    b.publish_raw(br#"{"job": {"number": "1"}}"#);
+    b.publish(&[
+        b"{this is not json".to_vec(),
+        br#"{"job": {"number": "1"}}"#.to_vec(),
+    ]);
     let big = "yes abcdefghijklmnopqrstuvwxyz | head -c 4194304\n";
     b.publish_jobs(&[job(5, big)]);
     let mut cmd = b.worker("local", &["--pool-size", "2"]);

@@ -332,35 +332,8 @@ pub struct DirDelivery {
     state: Option<File>,
 }
 
-/// A job's log file, written as the job produces it.
-pub struct FileLog(File);
-
-impl tokio::io::AsyncWrite for FileLog {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::Poll::Ready(self.0.write(buf))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 impl Delivery for DirDelivery {
-    type Log = FileLog;
+    type Log = crate::output::BlockingFile;
 
     fn payload(&self) -> &[u8] {
         if self.payload.len() as u64 > MAX_JOB_BYTES {
@@ -387,9 +360,9 @@ impl Delivery for DirDelivery {
         }
     }
 
-    async fn open_log(&mut self, job_id: u64) -> std::io::Result<FileLog> {
+    async fn open_log(&mut self, job_id: u64) -> std::io::Result<crate::output::BlockingFile> {
         let path = self.queue.root.join("log").join(format!("{job_id}.log"));
-        File::create(path).map(FileLog)
+        File::create(path).map(crate::output::BlockingFile::new)
     }
 
     async fn finish(self) -> std::io::Result<()> {

@@ -9,6 +9,7 @@ use host::job::{
     run_job, CancelReason, Job, JobEvent, JobObserver, JobOptions, JobReport, Limit, Outcome,
     TimeoutKind,
 };
+use host::output::BlockingFile;
 use host::text::fmt_duration;
 use host::PluginPolicy;
 use plugin_api::config::{parse_byte_size, parse_duration};
@@ -148,7 +149,7 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
     let report = runtime.block_on(async {
         let mut cancel = signals()
             .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
-        let log = BlockingStdout::new()
+        let log = log_stdout()
             .map_err(|e| CliError::Io(format!("cannot write to standard output: {e}")))?;
         Ok::<_, CliError>(run_job(&provider, job, log, &mut cancel, &observer).await)
     })?;
@@ -419,51 +420,19 @@ impl JobObserver for Reporter {
     }
 }
 
-/// Standard output for the job's log, written straight to the file descriptor.
-///
-/// tokio's own stdout hands every write to its blocking pool (a thread hop per chunk) and
-/// std's is line-buffered (a partial line would wait for its newline). `host run` runs one
-/// job, so blocking the worker thread that writes while the pipe is full stops nothing else:
-/// the other worker keeps the timers and signals going.
-struct BlockingStdout(std::fs::File);
-
-impl BlockingStdout {
-    fn new() -> std::io::Result<Self> {
-        use std::os::fd::AsFd as _;
-        let file = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-        // When stdout is a pipe, a larger kernel buffer (Linux's default is 64 KiB) means
-        // fewer blocked writes while the reader catches up. Best effort.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: fcntl on a descriptor we own; it fails harmlessly on a non-pipe.
-            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-        }
-        Ok(Self(file))
+/// Standard output for the job's log, written straight to the file descriptor (see
+/// [`BlockingFile`]): `host run` runs one job, so a write that blocks while the pipe is full
+/// stops nothing else.
+fn log_stdout() -> std::io::Result<BlockingFile> {
+    use std::os::fd::AsFd as _;
+    let file = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    // When stdout is a pipe, a larger kernel buffer (Linux's default is 64 KiB) means fewer
+    // blocked writes while the reader catches up. Best effort.
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: fcntl on a descriptor we own; it fails harmlessly on a non-pipe.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     }
-}
-
-impl tokio::io::AsyncWrite for BlockingStdout {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::io::Write as _;
-        std::task::Poll::Ready(self.0.write(buf))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    Ok(BlockingFile::new(file))
 }

@@ -35,15 +35,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     backend: crate::provider::BackendArgs,
 
-    /// The queue: file:///DIR for a directory queue, amqp://USER:PASS@HOST:PORT/VHOST for
-    /// RabbitMQ
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "HOST_QUEUE_URL",
-        hide_env_values = true
-    )]
-    queue: String,
+    #[command(flatten)]
+    target: QueueArgs,
 
     #[command(flatten)]
     amqp: AmqpArgs,
@@ -100,17 +93,27 @@ pub struct WorkerArgs {
     log_format: String,
 }
 
-/// Names on a RabbitMQ broker.
+/// Which queue: `worker` takes jobs from it, `enqueue` puts one on it.
 #[derive(clap::Args, Debug)]
-pub struct AmqpArgs {
-    /// With an amqp:// queue: the durable queue jobs are taken from (e.g. builds.linux)
+pub struct QueueArgs {
+    /// The queue: file:///DIR for a directory queue, amqp://USER:PASS@HOST:PORT/VHOST for
+    /// RabbitMQ
     #[arg(
         long,
-        value_name = "NAME",
-        env = "HOST_QUEUE_NAME",
-        help_heading = "RabbitMQ"
+        value_name = "URL",
+        env = "HOST_QUEUE_URL",
+        hide_env_values = true
     )]
+    queue: String,
+
+    /// With an amqp:// queue: the durable queue of jobs (e.g. builds.linux)
+    #[arg(long, value_name = "NAME", env = "HOST_QUEUE_NAME")]
     queue_name: Option<String>,
+}
+
+/// The reporting names on a RabbitMQ broker.
+#[derive(clap::Args, Debug)]
+pub struct AmqpArgs {
     /// With an amqp:// queue: where state updates go (the original's name by default)
     #[arg(long, value_name = "NAME", default_value = host::worker::amqp::STATE_QUEUE, help_heading = "RabbitMQ")]
     state_queue: String,
@@ -122,18 +125,8 @@ pub struct AmqpArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct EnqueueArgs {
-    /// The queue: file:///DIR for a directory queue, amqp://... for RabbitMQ
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "HOST_QUEUE_URL",
-        hide_env_values = true
-    )]
-    queue: String,
-
-    /// With an amqp:// queue: the durable queue to put the job on
-    #[arg(long, value_name = "NAME", env = "HOST_QUEUE_NAME")]
-    queue_name: Option<String>,
+    #[command(flatten)]
+    target: QueueArgs,
 
     /// The job payload (JSON), or - to read it from standard input
     #[arg(value_name = "JOB")]
@@ -292,9 +285,9 @@ fn humantime_now() -> String {
 }
 
 pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
-    let url = queue_url(&args.queue)?;
+    let url = queue_url(&args.target.queue)?;
     if let QueueUrl::Amqp(_) = url {
-        queue_name(&args.amqp.queue_name)?;
+        queue_name(&args.target.queue_name)?;
     }
     let registry = policy.load();
     let (backend, provider) = args.backend.provider(&registry)?;
@@ -347,7 +340,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
             QueueUrl::Amqp(url) => {
                 let amqp = AmqpSettings {
                     url: url.clone(),
-                    queue_name: queue_name(&args.amqp.queue_name)?,
+                    queue_name: queue_name(&args.target.queue_name)?,
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),
                     log_queue: args.amqp.log_queue.clone(),
@@ -483,7 +476,7 @@ fn shutdown(control: &Control, name: &str) {
 }
 
 pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
-    let url = queue_url(&args.queue)?;
+    let url = queue_url(&args.target.queue)?;
     let limit = host::worker::dir::MAX_JOB_BYTES;
     let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
@@ -514,7 +507,7 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
             eprintln!("host: queued job {} as {}", payload.id, path.display());
         }
         QueueUrl::Amqp(url) => {
-            let name = queue_name(&args.queue_name)?;
+            let name = queue_name(&args.target.queue_name)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
