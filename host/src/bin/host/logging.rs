@@ -6,9 +6,11 @@ use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(verbose: u8, quiet: bool) {
+    // lapin reports connection trouble at error level on its own; the host says it once, in
+    // its own words, so lapin's lines appear only from -v on.
     let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
+        (true, _) => "error,lapin=off",
+        (false, 0) => "warn,lapin=off",
         (false, 1) => "info",
         (false, 2) => "debug",
         _ => "trace",
