@@ -789,10 +789,19 @@ pub(crate) fn take_text(buf: &mut Vec<u8>, flush_all: bool) -> String {
 /// from 0, then an empty final part when the writer is gone.
 async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Receiver<Vec<u8>>) {
     let key = queue.shared.settings.log_queue.clone();
-    let publish = |number: u64, text: String, last: bool| {
+    let send = |number: u64, text: String, last: bool| {
         let body =
             json!({"id": job_id, "log": text, "number": number, "uuid": uuid, "final": last});
-        serde_json::to_vec(&body).unwrap_or_default()
+        let (queue, key) = (&queue, &key);
+        async move {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            if let Err(e) = queue
+                .publish(LOG_EXCHANGE, key, "job:test:log", &bytes)
+                .await
+            {
+                tracing::warn!("job {job_id}: log part {number} was lost: {e}");
+            }
+        }
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut number = 0u64;
@@ -827,17 +836,7 @@ async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Rec
             if text.is_empty() {
                 break;
             }
-            if let Err(e) = queue
-                .publish(
-                    LOG_EXCHANGE,
-                    &key,
-                    "job:test:log",
-                    &publish(number, text, false),
-                )
-                .await
-            {
-                tracing::warn!("job {job_id}: a log part was lost: {e}");
-            }
+            send(number, text, false).await;
             number += 1;
             if open && buf.len() < LOG_PART_BYTES {
                 break;
@@ -847,17 +846,7 @@ async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Rec
             break;
         }
     }
-    if let Err(e) = queue
-        .publish(
-            LOG_EXCHANGE,
-            &key,
-            "job:test:log",
-            &publish(number, String::new(), true),
-        )
-        .await
-    {
-        tracing::warn!("job {job_id}: the final log part was lost: {e}");
-    }
+    send(number, String::new(), true).await;
 }
 
 #[cfg(test)]

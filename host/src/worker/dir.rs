@@ -185,10 +185,7 @@ impl DirQueue {
         let bytes = read_bounded(path)?;
         let new = self.inner.root.join("new");
         match super::payload::bump_requeue_count(&bytes) {
-            Some((doc, count)) => {
-                let id = super::payload::Payload::parse(&doc)
-                    .map(|p| p.id)
-                    .unwrap_or(0);
+            Some((doc, count, id)) => {
                 let update = StateUpdate::now(JobState::Requeued)
                     .because(format!("worker {gone} went away while running it"));
                 let _ = append_state(&self.inner.root, id, &update);
@@ -344,20 +341,22 @@ impl Delivery for DirDelivery {
     }
 
     async fn update(&mut self, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
-        if self.state.is_none() {
-            let path = self
-                .queue
-                .root
-                .join("state")
-                .join(format!("{job_id}.jsonl"));
-            self.state = Some(OpenOptions::new().create(true).append(true).open(path)?);
-        }
         let mut line = serde_json::to_vec(update).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        match &mut self.state {
-            Some(f) => f.write_all(&line),
-            None => append_state(&self.queue.root, job_id, update),
-        }
+        let file = match &mut self.state {
+            Some(f) => f,
+            None => {
+                let path = self
+                    .queue
+                    .root
+                    .join("state")
+                    .join(format!("{job_id}.jsonl"));
+                self.state
+                    .insert(OpenOptions::new().create(true).append(true).open(path)?)
+            }
+        };
+        // One write: lines of concurrent writers never interleave (O_APPEND).
+        file.write_all(&line)
     }
 
     async fn open_log(&mut self, job_id: u64) -> std::io::Result<crate::output::BlockingFile> {

@@ -220,11 +220,11 @@ impl Payload {
     }
 }
 
-/// The document of a payload that could not be parsed, with `meta.requeue_count` raised:
-/// for a crashed worker's claims, requeued without being understood.
-pub fn bump_requeue_count(bytes: &[u8]) -> Option<(Vec<u8>, u32)> {
+/// A job file's document with `meta.requeue_count` raised, the new count and the job's id:
+/// for a crashed worker's claims. `None` when it is not a job.
+pub fn bump_requeue_count(bytes: &[u8]) -> Option<(Vec<u8>, u32, u64)> {
     let p = Payload::parse(bytes).ok()?;
-    Some((p.requeued_document(), p.requeue_count + 1))
+    Some((p.requeued_document(), p.requeue_count + 1, p.id))
 }
 
 #[cfg(test)]
