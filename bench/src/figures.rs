@@ -109,14 +109,16 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.push(inflight(&a, "local", s.inflight_local, s));
     rows.extend(memory(&a, s));
     rows.extend(crate::worker::rows(&a, s.worker_jobs, s.runs.min(3)));
-    rows.extend(crate::amqp::rows(&a, if s.runs == 1 { 50 } else { 2_000 }));
+    let (jobs, rounds) = if s.runs == 1 { (50, 1) } else { (2_000, 3) };
+    rows.extend(crate::amqp::rows(&a, jobs, rounds));
     rows
 }
 
 /// The worker-on-RabbitMQ figures alone (`bench amqp`).
 pub fn amqp(quick: bool) -> Vec<Row> {
     let a = artifacts::build();
-    crate::amqp::rows(&a, if quick { 50 } else { 2_000 })
+    let (jobs, rounds) = if quick { (50, 1) } else { (2_000, 3) };
+    crate::amqp::rows(&a, jobs, rounds)
 }
 
 /// The worker figures alone (`bench worker`).

@@ -494,3 +494,23 @@ pub fn amqp_url() -> &'static str {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
 }
+
+/// `rabbitmqctl` aimed at the tests' broker: the private node `tests/engine/rabbitmq.sh`
+/// starts (port 25677) when the machine has none, else the machine's own. A broker behind an
+/// `AMQP_URL` elsewhere cannot be reached this way; the tests that need it say so.
+pub fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("rabbitmqctl");
+    if amqp_url().contains(":25677/") {
+        cmd.args(["-n", "hosttests@localhost"]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("rabbitmqctl (a test that restarts or cuts the broker needs its own tool)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

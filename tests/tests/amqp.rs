@@ -7,13 +7,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use blackbox::{amqp_url, artifacts, host, plugin_dir, run, signal, Guard};
+use blackbox::{amqp_url, artifacts, host, plugin_dir, rabbitmqctl, run, signal, Guard};
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{json, Value};
 
@@ -128,15 +129,18 @@ impl Broker {
     /// Publishes raw bodies to the jobs queue, persistent, each confirmed.
     fn publish(&self, bodies: &[Vec<u8>]) {
         self.rt.block_on(async {
-            let ch = self.conn.create_channel().await.unwrap();
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .unwrap();
+            // As the worker declares it; a queue a test declared with arguments of its own
+            // refuses this (and closes that channel) and stays as it is.
+            let declare = self.conn.create_channel().await.unwrap();
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
-            ch.queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
+            let _ = declare
+                .queue_declare(self.jobs.as_str().into(), durable, FieldTable::default())
+                .await;
+            let ch = self.conn.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .unwrap();
             for body in bodies {
@@ -222,6 +226,79 @@ impl Broker {
         })
     }
 
+    /// The dead-letter exchange of [`Self::with_dead_letters`] and its queue.
+    fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.jobs)
+    }
+
+    fn dead_letters(&self) -> String {
+        format!("{}.dead", self.jobs)
+    }
+
+    /// Declares the jobs queue with a dead-letter exchange (as an operator does for
+    /// rejected messages), and a queue that collects what it receives.
+    fn with_dead_letters(&self) {
+        let (dlx, dead) = (self.dead_letter_exchange(), self.dead_letters());
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            ch.exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare(dead.as_str().into(), durable, FieldTable::default())
+                .await
+                .unwrap();
+            ch.queue_bind(
+                dead.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
+            ch.queue_declare(self.jobs.as_str().into(), durable, args)
+                .await
+                .unwrap();
+        })
+    }
+
+    /// The bodies that reached the dead-letter queue, waiting up to 10 s for `n` of them.
+    fn dead_lettered(&self, n: usize) -> Vec<Vec<u8>> {
+        self.rt.block_on(async {
+            let ch = self.conn.create_channel().await.unwrap();
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.len() < n && Instant::now() < deadline {
+                match ch
+                    .basic_get(
+                        self.dead_letters().as_str().into(),
+                        BasicGetOptions { no_ack: true },
+                    )
+                    .await
+                    .unwrap()
+                {
+                    Some(m) => got.push(m.delivery.data),
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            got
+        })
+    }
+
     fn waiting(&self) -> u32 {
         self.rt.block_on(async {
             let ch = self.conn.create_channel().await.unwrap();
@@ -239,7 +316,13 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let names = [self.jobs.clone(), self.states.clone(), self.logs.clone()];
+        let names = [
+            self.jobs.clone(),
+            self.states.clone(),
+            self.logs.clone(),
+            self.dead_letters(),
+        ];
+        let dlx = self.dead_letter_exchange();
         let conn = &self.conn;
         self.rt.block_on(async {
             if let Ok(ch) = conn.create_channel().await {
@@ -248,6 +331,9 @@ impl Drop for Broker {
                         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                         .await;
                 }
+                let _ = ch
+                    .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
             }
         });
     }
@@ -451,8 +537,9 @@ fn a_worker_killed_mid_run_loses_no_job_and_redeliveries_are_counted() {
     assert_eq!(b.waiting(), 0);
 }
 
-#[test]
-fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
+/// Runs 40 local jobs of a second each on one worker, disrupts the broker 1.5 s in, and
+/// checks that every job finishes with each run's log whole and its part numbers without gap.
+fn jobs_survive(disrupt: impl FnOnce()) {
     let alone = BROKER_SHARED.write().unwrap_or_else(|e| e.into_inner());
     let mut b = Broker::new_with(BrokerTurn::Alone(alone));
     let docs: Vec<Value> = (1..=40u64)
@@ -466,16 +553,7 @@ fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
     b.publish_jobs(&docs);
     let w = b.spawn_worker("local", &["--pool-size", "8"]);
     std::thread::sleep(Duration::from_millis(1500));
-    let cut = Command::new("rabbitmqctl")
-        .arg("close_all_connections")
-        .arg("a test cuts the connection")
-        .output()
-        .expect("rabbitmqctl (the connection-cut test needs the broker's own tool)");
-    assert!(
-        cut.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
+    disrupt();
     // The test's own connection went too: it connects again to read the reports.
     b.reconnect();
     let r = b.collect(120, |r| r.all_finished(1..=40));
@@ -486,7 +564,7 @@ fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
             "job {id} never finished: {:?}",
             r.states.get(&id)
         );
-        // A job whose run straddled the cut may have run twice (at least once, as
+        // A job whose run straddled the disruption may have run twice (at least once, as
         // documented); each run's log is whole.
         let text = r.log_text(id);
         assert!(
@@ -498,6 +576,53 @@ fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
             "job {id}: {text:?}"
         );
     }
+    // Deliveries the disruption left unacked come back; the worker answers them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.waiting() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(b.waiting(), 0, "every redelivery answered");
+}
+
+#[test]
+fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
+    jobs_survive(|| {
+        rabbitmqctl(&["close_all_connections", "a test cuts the connection"]);
+    });
+}
+
+/// Starts the broker's application again when dropped: a failing test must not leave the
+/// machine's broker stopped.
+struct StartApp;
+
+impl Drop for StartApp {
+    fn drop(&mut self) {
+        rabbitmqctl(&["start_app"]);
+        // Until it takes connections again.
+        for _ in 0..120 {
+            if std::net::TcpStream::connect(broker_addr()).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// host:port of the tests' broker.
+fn broker_addr() -> String {
+    let rest = amqp_url().split_once('@').map_or(amqp_url(), |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_no_job_and_no_log_part() {
+    jobs_survive(|| {
+        let restart = StartApp;
+        rabbitmqctl(&["stop_app"]);
+        // Down long enough for the worker to try, and fail, to reconnect.
+        std::thread::sleep(Duration::from_secs(3));
+        drop(restart);
+    });
 }
 
 /// Pids of live processes whose command line contains `marker`.
@@ -584,4 +709,33 @@ fn host_enqueue_round_trips_through_the_broker() {
     let r = b.collect(30, |r| r.all_finished(9..=9));
     assert_eq!(r.finished(9), ["passed"]);
     assert_eq!(r.log_text(9), "echo round trip\n");
+}
+
+#[test]
+fn poison_messages_are_dead_lettered_when_the_jobs_queue_has_a_dlx() {
+    let b = Broker::new();
+    b.with_dead_letters();
+    let poison = [b"not json at all".to_vec(), br#"{"job": {}}"#.to_vec()];
+    b.publish(&poison);
+    // host enqueue, like the worker, uses the queue as the operator declared it.
+    let f = blackbox::script(&job(9, "echo fine\n").to_string());
+    let mut cmd = host(b.plugins.path());
+    cmd.args(["enqueue", "--queue", amqp_url(), "--queue-name", &b.jobs])
+        .arg(f.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let w = b.spawn_worker("local", &["--pool-size", "2"]);
+    let r = b.collect(60, |r| r.all_finished(9..=9));
+    assert_eq!(r.finished(9), ["passed"]);
+    assert_eq!(r.log_text(9), "fine\n");
+    let mut dead = b.dead_lettered(2);
+    dead.sort();
+    let mut expected = poison.to_vec();
+    expected.sort();
+    assert_eq!(
+        dead, expected,
+        "the rejected messages, dead-lettered as they were"
+    );
+    assert_eq!(b.waiting(), 0);
+    drop(w);
 }

@@ -186,18 +186,27 @@ impl Lines {
             .spawn(move || {
                 use std::io::Write as _;
                 let mut reported = 0;
-                for line in rx {
-                    let mut err = std::io::stderr().lock();
+                let mut text = String::new();
+                // One write for every line waiting: a busy worker's lines cost a wake-up and
+                // a write per batch, not per line.
+                while let Ok(first) = rx.recv() {
+                    text.clear();
                     let lost = seen.load(std::sync::atomic::Ordering::Relaxed);
                     if lost > reported {
-                        let _ = writeln!(
-                            err,
-                            "host: {} line(s) dropped while stderr was blocked",
+                        text.push_str(&format!(
+                            "host: {} line(s) dropped while stderr was blocked\n",
                             lost - reported
-                        );
+                        ));
                         reported = lost;
                     }
-                    let _ = writeln!(err, "{line}");
+                    text.push_str(&first);
+                    text.push('\n');
+                    while text.len() < 64 * 1024 {
+                        let Ok(line) = rx.try_recv() else { break };
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                    let _ = std::io::stderr().lock().write_all(text.as_bytes());
                 }
             });
         let printer = match spawned {

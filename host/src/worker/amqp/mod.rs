@@ -11,14 +11,16 @@
 //!   500 ms or at [`LOG_PART_BYTES`], the last one empty and `final`;
 //! - cancel commands: fanout exchange `worker.commands`, `{type: "cancel_job", job_id, ...}`.
 //!
-//! Every publish waits for the broker's confirm, and a delivery is acked only after its final
-//! state (or, for a requeue, its reset and the job republished with its requeue count) is
-//! confirmed: a worker that dies leaves its deliveries unacked and the broker hands them to
-//! another. Delivery is **at least once**: after a lost connection the broker redelivers what
-//! was unacked, and a job may run again (a worker that still runs it, or ran it, answers the
-//! redelivery without running it twice itself). The connection is re-established with
-//! backoff; publishes wait for it (each job has at most one publish in flight and a bounded
-//! log buffer), in order.
+//! Publishing is confirmed (publisher confirms) but pipelined: a job's messages go out without
+//! waiting for one another's confirm, and its delivery is acked only after every one of them
+//! (the final state, or for a requeue the reset and the job republished with its requeue
+//! count) is confirmed: a worker that dies leaves its deliveries unacked and the broker hands
+//! them to another. Delivery is **at least once**: after a lost connection the broker
+//! redelivers what was unacked, and a job may run again (a worker that still runs it, or ran
+//! it, answers the redelivery without running it twice itself). The connection is
+//! re-established with backoff; a job's unconfirmed messages go out again on the new one, in
+//! their order (a message whose confirm alone was lost arrives twice, the same both times),
+//! and new ones wait for it (at most 64 unconfirmed per job, then the log's bounded buffer).
 //!
 //! Log text that is not UTF-8 becomes U+FFFD as the original's JSON encoding makes it (each
 //! invalid byte one replacement character); a character split across two parts is kept whole.
@@ -40,6 +42,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
+
+mod outbox;
+use outbox::Outbox;
 
 /// Where state updates go (a queue on the default exchange), as the original.
 pub const STATE_QUEUE: &str = "reporting.jobs.builds";
@@ -152,15 +157,49 @@ async fn publish_confirmed(
     }
 }
 
-/// Declares what the original declares: the jobs queue, the reporting exchange and queues.
+/// Declares the jobs queue durable, as the original does. A queue that exists already with
+/// arguments of its own (a dead-letter exchange, a length limit, the quorum type) is used as
+/// it is: the broker refuses a declare that differs from it (406, which also closes the
+/// channel), and the worker then only checks that it exists.
+async fn declare_jobs_queue(conn: &Connection, name: &str) -> std::io::Result<()> {
+    let channel = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let what = || format!("declare the jobs queue {name}");
+    match channel
+        .queue_declare(name.into(), durable, FieldTable::default())
+        .await
+    {
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 406) => {
+            let channel = conn.create_channel().await.map_err(|e| io("channel", e))?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(name.into(), passive, FieldTable::default())
+                .await
+                .map_err(|e| io(&what(), e))?;
+            let _ = channel.close(200, "declared".into()).await;
+            tracing::info!("the jobs queue {name} has arguments of its own; used as it is");
+        }
+        Err(e) => return Err(io(&what(), e)),
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+    }
+    Ok(())
+}
+
+/// Declares what the original declares beside the jobs queue: the reporting exchange and
+/// queues.
 async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    channel
-        .queue_declare(s.queue_name.as_str().into(), durable, FieldTable::default())
-        .await?;
     channel
         .exchange_declare(
             LOG_EXCHANGE.into(),
@@ -201,17 +240,7 @@ pub async fn enqueue(url: &str, queue_name: &str, body: &[u8]) -> std::io::Resul
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| io("confirm mode", e))?;
-    channel
-        .queue_declare(
-            queue_name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| io(&format!("declare queue {queue_name}"), e))?;
+    declare_jobs_queue(&conn, queue_name).await?;
     publish_confirmed(&channel, "", queue_name, "job", body).await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(())
@@ -221,6 +250,8 @@ pub async fn enqueue(url: &str, queue_name: &str, body: &[u8]) -> std::io::Resul
 #[derive(Clone)]
 struct Link {
     publish: Channel,
+    /// Counts connections: a message that went out on an older one may have been lost.
+    generation: u64,
 }
 
 struct Shared {
@@ -266,7 +297,15 @@ impl AmqpQueue {
                 waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         };
-        let first = session(&conn, &settings, &deliveries_tx, &cancel_tx, &queue.shared).await?;
+        let first = session(
+            &conn,
+            &settings,
+            &deliveries_tx,
+            &cancel_tx,
+            &queue.shared,
+            0,
+        )
+        .await?;
         link_tx.send_replace(Some(first));
         let shared = Arc::clone(&queue.shared);
         tokio::spawn(supervise(
@@ -279,30 +318,6 @@ impl AmqpQueue {
         ));
         Ok((queue, cancel_rx))
     }
-
-    /// Publishes `body`, waiting for a live connection and retrying across reconnects.
-    async fn publish(
-        &self,
-        exchange: &str,
-        key: &str,
-        kind: &str,
-        body: &[u8],
-    ) -> std::io::Result<()> {
-        let mut link = self.shared.link.clone();
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let current = link.borrow_and_update().clone();
-            if let Some(l) = current {
-                match publish_confirmed(&l.publish, exchange, key, kind, body).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => tracing::debug!("publish failed, retrying after a reconnect: {e}"),
-                }
-            }
-            // A new link, or a pause before the same one is tried again.
-            let _ = tokio::time::timeout(wait, link.changed()).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
-    }
 }
 
 /// Opens the channels of one connection: declares, starts the jobs consumer and the command
@@ -313,7 +328,9 @@ async fn session(
     deliveries: &mpsc::Sender<lapin::message::Delivery>,
     cancels: &mpsc::Sender<u64>,
     shared: &Arc<Shared>,
+    generation: u64,
 ) -> std::io::Result<Link> {
+    declare_jobs_queue(conn, &s.queue_name).await?;
     let publish = conn.create_channel().await.map_err(|e| io("channel", e))?;
     declare(&publish, s)
         .await
@@ -428,7 +445,10 @@ async fn session(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    Ok(Link { publish })
+    Ok(Link {
+        publish,
+        generation,
+    })
 }
 
 /// Waits for the connection to fail, then reconnects with backoff, for as long as the worker
@@ -441,6 +461,7 @@ async fn supervise(
     cancels: mpsc::Sender<u64>,
     shared: Arc<Shared>,
 ) {
+    let mut generation = 0;
     loop {
         while conn.status().connected() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -461,7 +482,8 @@ async fn supervise(
             let Ok(c) = connect(&s.url).await else {
                 continue;
             };
-            match session(&c, &s, &deliveries, &cancels, &shared).await {
+            generation += 1;
+            match session(&c, &s, &deliveries, &cancels, &shared, generation).await {
                 Ok(l) => {
                     link.send_replace(Some(l));
                     tracing::warn!("reconnected to {}", masked_url(&s.url));
@@ -485,9 +507,13 @@ impl JobQueue for AmqpQueue {
                     None => std::future::pending().await,
                 }
             };
-            let id = serde_json::from_slice::<Value>(&d.data)
-                .ok()
-                .and_then(|v| super::payload::job_id(&v));
+            let doc = serde_json::from_slice::<Value>(&d.data).ok();
+            let id = doc.as_ref().and_then(super::payload::job_id);
+            let uuid = doc.as_ref().and_then(|v| v.get("uuid")).cloned();
+            let queued_at = doc
+                .as_ref()
+                .and_then(|v| v.get("job")?.get("queued_at"))
+                .cloned();
             // A redelivery of a job this worker runs or ran: answered here, not run twice.
             if let Some(id) = id {
                 let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,10 +536,13 @@ impl JobQueue for AmqpQueue {
                 data: d.data,
                 acker: d.acker,
                 job_id: id,
+                uuid,
+                queued_at,
                 count: 0,
                 times: Times::default(),
                 instance_id: None,
                 log: None,
+                outbox: Outbox::new(self.shared.link.clone()),
             };
         }
     }
@@ -540,10 +569,16 @@ pub struct AmqpDelivery {
     data: Vec<u8>,
     acker: lapin::Acker,
     job_id: Option<u64>,
+    /// The payload's `uuid` and `job.queued_at`, echoed in every state update.
+    uuid: Option<Value>,
+    queued_at: Option<Value>,
     count: u64,
     times: Times,
     instance_id: Option<String>,
-    log: Option<tokio::task::JoinHandle<()>>,
+    /// The task cutting the log into parts; it hands back its unconfirmed parts.
+    log: Option<tokio::task::JoinHandle<Outbox>>,
+    /// State updates (and, once the log is done, its parts) not yet confirmed.
+    outbox: Outbox,
 }
 
 fn now() -> String {
@@ -551,12 +586,6 @@ fn now() -> String {
 }
 
 impl AmqpDelivery {
-    fn field(&self, f: impl Fn(&Value) -> Option<&Value>) -> Option<Value> {
-        serde_json::from_slice::<Value>(&self.data)
-            .ok()
-            .and_then(|v| f(&v).cloned())
-    }
-
     /// Acks this delivery and any redelivery of the same job that arrived meanwhile, and
     /// remembers the job as finished. An ack on a channel that died is lost; the broker
     /// then delivers the job again, and this worker answers that redelivery.
@@ -589,9 +618,14 @@ impl AmqpDelivery {
         }
     }
 
+    /// Waits for the log's last part to go out; its parts are then confirmed with the
+    /// job's state updates.
     async fn log_done(&mut self) {
         if let Some(task) = self.log.take() {
-            let _ = task.await;
+            match task.await {
+                Ok(parts) => self.outbox.absorb(parts),
+                Err(e) => tracing::error!("job {:?}: the log task failed: {e}", self.job_id),
+            }
         }
     }
 }
@@ -634,12 +668,12 @@ impl Delivery for AmqpDelivery {
         if let Some(i) = &self.instance_id {
             meta["instance_id"] = json!(i);
         }
-        if let Some(u) = self.field(|v| v.get("uuid")) {
-            meta["uuid"] = u;
+        if let Some(u) = &self.uuid {
+            meta["uuid"] = u.clone();
         }
         let mut body = json!({ "id": job_id, "state": state, "meta": meta });
-        if let Some(q) = self.field(|v| v.get("job")?.get("queued_at")) {
-            body["queued_at"] = q;
+        if let Some(q) = &self.queued_at {
+            body["queued_at"] = q.clone();
         }
         for (k, v) in [
             ("received_at", &self.times.received),
@@ -654,17 +688,19 @@ impl Delivery for AmqpDelivery {
             body["meta"]["reason"] = json!(reason);
         }
         let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
-        let key = self.queue.shared.settings.state_queue.clone();
-        self.queue.publish("", &key, kind, &bytes).await
+        let key = &self.queue.shared.settings.state_queue;
+        self.outbox.send("", key, kind, bytes).await;
+        Ok(())
     }
 
     async fn open_log(&mut self, job_id: u64) -> std::io::Result<AmqpLog> {
         // A second attempt's log (after a refused script) follows the first's parts.
         self.log_done().await;
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
-        let uuid = self.field(|v| v.get("uuid")).unwrap_or(Value::Null);
-        let queue = self.queue.clone();
-        self.log = Some(tokio::spawn(log_parts(queue, job_id, uuid, rx)));
+        let uuid = self.uuid.clone().unwrap_or(Value::Null);
+        let key = self.queue.shared.settings.log_queue.clone();
+        let outbox = Outbox::new(self.queue.shared.link.clone());
+        self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, rx)));
         Ok(AmqpLog {
             tx: tokio_util::sync::PollSender::new(tx),
         })
@@ -672,14 +708,16 @@ impl Delivery for AmqpDelivery {
 
     async fn finish(mut self) -> std::io::Result<()> {
         self.log_done().await;
+        self.outbox.flush().await;
         self.ack_all().await;
         Ok(())
     }
 
     async fn requeue(mut self, document: Vec<u8>) -> std::io::Result<()> {
         self.log_done().await;
-        let name = self.queue.shared.settings.queue_name.clone();
-        self.queue.publish("", &name, "job", &document).await?;
+        let name = &self.queue.shared.settings.queue_name;
+        self.outbox.send("", name, "job", document).await;
+        self.outbox.flush().await;
         self.ack_all().await;
         Ok(())
     }
@@ -786,22 +824,19 @@ pub(crate) fn take_text(buf: &mut Vec<u8>, flush_all: bool) -> String {
 }
 
 /// Cuts a job's log into parts: every [`LOG_FLUSH_EVERY`] or [`LOG_PART_BYTES`], numbered
-/// from 0, then an empty final part when the writer is gone.
-async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let key = queue.shared.settings.log_queue.clone();
-    let send = |number: u64, text: String, last: bool| {
+/// from 0, then an empty final part when the writer is gone. Returns the parts not yet
+/// confirmed.
+async fn log_parts(
+    mut outbox: Outbox,
+    key: String,
+    job_id: u64,
+    uuid: Value,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> Outbox {
+    let body_of = |number: u64, text: String, last: bool| {
         let body =
             json!({"id": job_id, "log": text, "number": number, "uuid": uuid, "final": last});
-        let (queue, key) = (&queue, &key);
-        async move {
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            if let Err(e) = queue
-                .publish(LOG_EXCHANGE, key, "job:test:log", &bytes)
-                .await
-            {
-                tracing::warn!("job {job_id}: log part {number} was lost: {e}");
-            }
-        }
+        serde_json::to_vec(&body).unwrap_or_default()
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut number = 0u64;
@@ -836,7 +871,14 @@ async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Rec
             if text.is_empty() {
                 break;
             }
-            send(number, text, false).await;
+            outbox
+                .send(
+                    LOG_EXCHANGE,
+                    &key,
+                    "job:test:log",
+                    body_of(number, text, false),
+                )
+                .await;
             number += 1;
             if open && buf.len() < LOG_PART_BYTES {
                 break;
@@ -846,7 +888,15 @@ async fn log_parts(queue: AmqpQueue, job_id: u64, uuid: Value, mut rx: mpsc::Rec
             break;
         }
     }
-    send(number, String::new(), true).await;
+    outbox
+        .send(
+            LOG_EXCHANGE,
+            &key,
+            "job:test:log",
+            body_of(number, String::new(), true),
+        )
+        .await;
+    outbox
 }
 
 #[cfg(test)]

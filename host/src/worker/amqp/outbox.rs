@@ -1,0 +1,179 @@
+//! A job's messages to the broker, in the order they were sent, each kept until the broker
+//! confirms it.
+//!
+//! A message goes out without waiting for the confirm of the one before (the channel keeps
+//! their order on the wire and in the queues); the job's delivery is acked only once
+//! [`Outbox::flush`] has seen every confirm. A connection lost on the way takes the
+//! unconfirmed messages with it: they go out again on the next connection, in their order.
+//! A message the broker had taken in before the loss but whose confirm was lost with it goes
+//! out twice (same contents); nothing is left out.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::Confirmation;
+use lapin::PublisherConfirm;
+use tokio::sync::watch;
+
+use super::{persistent, Link};
+
+/// Messages out but not yet confirmed, at most, before a send waits for the oldest confirm:
+/// with the job's log channel, this bounds what a job holds while the broker is away.
+const MAX_UNCONFIRMED: usize = 64;
+
+struct Message {
+    exchange: &'static str,
+    key: String,
+    kind: &'static str,
+    body: Vec<u8>,
+    /// The connection it went out on and its confirm; `None` until it has gone out (again).
+    sent: Option<(u64, PublisherConfirm)>,
+}
+
+/// See the module's doc.
+pub(super) struct Outbox {
+    link: watch::Receiver<Option<Link>>,
+    pending: VecDeque<Message>,
+}
+
+/// Whether the broker took the message in.
+async fn confirmed(confirm: PublisherConfirm) -> bool {
+    match confirm.await {
+        Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => true,
+        Ok(Confirmation::Nack(_)) => {
+            tracing::warn!("the broker refused a message (nack); it goes out again");
+            false
+        }
+        // The channel or the connection went away: lapin rejects what it still waited for.
+        Err(e) => {
+            tracing::debug!("a confirm was lost ({e}); the message goes out again");
+            false
+        }
+    }
+}
+
+impl Outbox {
+    pub(super) fn new(link: watch::Receiver<Option<Link>>) -> Self {
+        Self {
+            link,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Sends a persistent message after every earlier one, without waiting for its confirm
+    /// (but for the oldest ones, when [`MAX_UNCONFIRMED`] are out). Waits while there is no
+    /// connection.
+    pub(super) async fn send(
+        &mut self,
+        exchange: &'static str,
+        key: &str,
+        kind: &'static str,
+        body: Vec<u8>,
+    ) {
+        self.pending.push_back(Message {
+            exchange,
+            key: key.to_owned(),
+            kind,
+            body,
+            sent: None,
+        });
+        self.go_out().await;
+        while self.pending.len() > MAX_UNCONFIRMED {
+            self.settle_front().await;
+        }
+    }
+
+    /// Takes over `other`'s messages (another task's of the same job), to be confirmed with
+    /// these.
+    pub(super) fn absorb(&mut self, mut other: Outbox) {
+        self.pending.append(&mut other.pending);
+    }
+
+    /// Returns once the broker has confirmed every message, sending again, in order, those
+    /// a lost connection took.
+    pub(super) async fn flush(&mut self) {
+        loop {
+            self.settle_sent().await;
+            if self.pending.is_empty() {
+                return;
+            }
+            self.go_out().await;
+        }
+    }
+
+    /// Waits for the oldest message's confirm; if it does not come, for every confirm, and
+    /// sends the unconfirmed again.
+    async fn settle_front(&mut self) {
+        if let Some(m) = self.pending.front_mut() {
+            if let Some((_, confirm)) = m.sent.take() {
+                if confirmed(confirm).await {
+                    self.pending.pop_front();
+                    return;
+                }
+            }
+        }
+        // Those after it went out on the same channel: they go again after it, not before.
+        self.settle_sent().await;
+        self.go_out().await;
+    }
+
+    /// Waits for the confirm of every message out: the confirmed ones are done, the others
+    /// are marked to go out again.
+    async fn settle_sent(&mut self) {
+        let mut left = VecDeque::with_capacity(self.pending.len());
+        for mut m in self.pending.drain(..) {
+            if let Some((_, confirm)) = m.sent.take() {
+                if confirmed(confirm).await {
+                    continue;
+                }
+            }
+            left.push_back(m);
+        }
+        self.pending = left;
+    }
+
+    /// Sends, in order, every message that has not gone out on the current connection,
+    /// waiting for one (with backoff) while there is none.
+    async fn go_out(&mut self) {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let current = self.link.borrow_and_update().clone();
+            if let Some(link) = current {
+                // Messages out on a lost connection are settled first, so that those to go
+                // again keep their place before the newer ones.
+                if self
+                    .pending
+                    .iter()
+                    .any(|m| matches!(&m.sent, Some((g, _)) if *g != link.generation))
+                {
+                    self.settle_sent().await;
+                }
+                match self.publish_unsent(&link).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!("publish failed, retrying after a reconnect: {e}"),
+                }
+            }
+            // A new connection, or a pause before the same one is tried again.
+            let _ = tokio::time::timeout(wait, self.link.changed()).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn publish_unsent(&mut self, link: &Link) -> Result<(), lapin::Error> {
+        for m in self.pending.iter_mut().filter(|m| m.sent.is_none()) {
+            let confirm = link
+                .publish
+                .basic_publish(
+                    m.exchange.into(),
+                    m.key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    persistent(m.kind),
+                )
+                .await?;
+            m.sent = Some((link.generation, confirm));
+        }
+        Ok(())
+    }
+}
