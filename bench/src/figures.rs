@@ -2,10 +2,10 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use host::output::{log_channel, DEFAULT_CAPACITY};
 use host::Registry;
@@ -104,6 +104,7 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.push(sync_call(&a, s));
     rows.push(fake_throughput(&a, s));
     rows.push(local_throughput(&a, s));
+    rows.push(flood(&a, s));
     rows.extend(startup(&a, s));
     rows.push(inflight(&a, "fake", s.inflight_fake, s));
     rows.push(inflight(&a, "local", s.inflight_local, s));
@@ -119,6 +120,19 @@ pub fn amqp(quick: bool) -> Vec<Row> {
     let a = artifacts::build();
     let (jobs, rounds) = if quick { (50, 1) } else { (2_000, 3) };
     crate::amqp::rows(&a, jobs, rounds)
+}
+
+/// The log path's figures alone (`bench log`): throughput on fake and local, and start-up.
+pub fn log(quick: bool) -> Vec<Row> {
+    let s = if quick { &QUICK } else { &FULL };
+    let a = artifacts::build();
+    let mut rows = vec![
+        fake_throughput(&a, s),
+        local_throughput(&a, s),
+        flood(&a, s),
+    ];
+    rows.extend(startup(&a, s));
+    rows
 }
 
 /// The worker figures alone (`bench worker`).
@@ -426,6 +440,68 @@ fn throughput_row(
     row.ratio = format!("{speed:.2}x");
     row.target = format!(">= {target}x");
     row.verdict = verdict(speed >= target);
+    row
+}
+
+/// Peak RSS of a writer whose reader stalls for 2 s, then reads everything: `host run` on
+/// fake flooding its log, beside `head -c` from /dev/zero doing the same.
+fn flood(a: &Artifacts, s: &Sizes) -> Row {
+    let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
+    let script = write_script(&dir, "job.sh", "true\n");
+    let (bytes, label) = if s.runs == 1 {
+        (64u64 << 20, "64MiB")
+    } else {
+        (10u64 << 30, "10GiB")
+    };
+    let peak_kb = |cmd: &mut Command| -> u64 {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the flooding writer");
+        let pid = child.id();
+        let mut out = child.stdout.take().expect("piped");
+        let status = format!("/proc/{pid}/status");
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = std::sync::Arc::clone(&peak);
+        let sampler = std::thread::spawn(move || {
+            while let Ok(text) = std::fs::read_to_string(&status) {
+                if let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    seen.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let read = std::io::copy(&mut out, &mut std::io::sink()).expect("read the flood");
+        assert_eq!(read, bytes, "every byte of the flood arrived");
+        let _ = child.wait();
+        let _ = sampler.join();
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let ours = peak_kb(
+        Command::new(&a.host)
+            .arg("-q")
+            .arg("--plugin-dir")
+            .arg(&dir)
+            .args(["run", "-b", "fake", "-c", &format!("LOG_BYTES={label}")])
+            .arg(&script),
+    );
+    let base = peak_kb(Command::new("head").args(["-c", &bytes.to_string(), "/dev/zero"]));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let mut row = Row::new(format!(
+        "peak RSS: host run on fake, LOG_BYTES={label} into a reader that stalls 2 s"
+    ));
+    row.ours = format!("{:.1} MB", mb(ours));
+    row.baseline = format!("{:.1} MB (head -c from /dev/zero)", mb(base));
+    row.ratio = format!("+{:.1} MB", mb(ours.saturating_sub(base)));
+    row.target = "<= 16 MB".into();
+    row.verdict = verdict(mb(ours) <= 16.0);
     row
 }
 

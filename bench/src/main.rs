@@ -5,6 +5,7 @@
 //! cargo run --release -p bench -- all --quick   # tiny sizes: checks that it works, no timing
 //! cargo run --release -p bench -- worker        # the worker's figures alone
 //! cargo run --release -p bench -- amqp          # the worker on RabbitMQ alone
+//! cargo run --release -p bench -- log           # the log path alone (throughput, start-up)
 //! ```
 //!
 //! Each timed figure is the median of several runs. The baselines run in the same process
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
             print!("{}", table::render(&figures::worker(quick)));
             ExitCode::SUCCESS
         }
+        Some("log") => {
+            print!("{}", table::render(&figures::log(quick)));
+            ExitCode::SUCCESS
+        }
         Some("amqp") => {
             print!("{}", table::render(&figures::amqp(quick)));
             ExitCode::SUCCESS
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
         // Helpers the figures run as separate processes, for a clean RSS and thread count.
         Some("child") => figures::child(&args[1..]),
         _ => {
-            eprintln!("usage: bench all|worker|amqp [--quick]");
+            eprintln!("usage: bench all|worker|amqp|log [--quick]");
             ExitCode::from(64)
         }
     }

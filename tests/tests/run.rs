@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blackbox::{artifacts, host, plugin_dir, run, script, Ran};
+use blackbox::{artifacts, host, plugin_dir, run, script, signal, Ran};
 
 fn fake_dir() -> tempfile::TempDir {
     plugin_dir(&[("libfake.so", &artifacts().fake)])
@@ -457,4 +457,122 @@ fn a_spinner_shows_while_starting_on_a_terminal_and_never_elsewhere() {
         text.contains("starting an instance on backend fake..."),
         "{text}"
     );
+}
+
+/// The status flags of our descriptor `fd` (from /proc/self/fdinfo).
+fn fd_flags(fd: i32) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .expect("a flags line");
+    u32::from_str_radix(flags.trim(), 8).unwrap()
+}
+
+/// Waits up to `secs` for `child` to exit.
+fn exit_within(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reader_that_stalls_then_resumes_gets_every_byte_and_the_pipe_keeps_its_flags() {
+    use std::os::fd::AsRawFd as _;
+    const O_NONBLOCK: u32 = 0o4000;
+    let dir = fake_dir();
+    let s = script("");
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let ours = writer.try_clone().unwrap();
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-c", "LOG_BYTES=64MiB"])
+        .arg(s.path())
+        .stdout(writer)
+        .stderr(Stdio::null());
+    let mut child = blackbox::Guard(cmd.spawn().unwrap());
+    drop(cmd);
+    // Nobody reads for a while: the pipe fills and the plugin's write waits.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        fd_flags(ours.as_raw_fd()) & O_NONBLOCK,
+        0,
+        "the host set O_NONBLOCK on the pipe it shares with its parent"
+    );
+    let reading = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
+        all
+    });
+    let status = exit_within(&mut child.0, 60);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(fd_flags(ours.as_raw_fd()) & O_NONBLOCK, 0, "and after it");
+    drop(ours);
+    let all = reading.join().unwrap();
+    assert_eq!(all.len(), 64 << 20);
+    assert!(all.starts_with(b"fake log line 000000\nfake log line 000001\n"));
+}
+
+#[test]
+fn a_signal_ends_a_run_whose_reader_stalls() {
+    let dir = fake_dir();
+    let s = script("");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-c", "LOG_BYTES=1GiB"])
+        .arg(s.path())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let mut child = blackbox::Guard(cmd.spawn().unwrap());
+    drop(cmd);
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    signal("-INT", child.0.id());
+    let status = exit_within(&mut child.0, 10);
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(reader);
+}
+
+/// `host run` with standard output on a regular file (the plugin writes into it directly).
+fn run_fake_into_file(args: &[&str]) -> (Ran, Vec<u8>, serde_json::Value) {
+    let dir = fake_dir();
+    let s = script("");
+    let out_path = dir.path().join("log.out");
+    let summary = dir.path().join("summary.json");
+    let mut cmd = host(dir.path());
+    cmd.arg("run")
+        .args(args)
+        .arg("--json-summary")
+        .arg(&summary)
+        .arg(s.path())
+        .stdout(std::fs::File::create(&out_path).unwrap());
+    let out = run(cmd);
+    let log = std::fs::read(&out_path).unwrap();
+    (out, log, blackbox::read_json(&summary))
+}
+
+#[test]
+fn a_log_written_straight_into_a_file_is_exact_and_capped_to_the_byte() {
+    let (out, log, summary) = run_fake_into_file(&["-c", "LOG_BYTES=3000001"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(log.len(), 3_000_001);
+    assert!(log.starts_with(b"fake log line 000000\nfake log line 000001\n"));
+    assert_eq!(summary["log_bytes"], 3_000_001);
+
+    let (out, log, summary) =
+        run_fake_into_file(&["-c", "LOG_BYTES=1MiB", "--max-log-bytes", "300000"]);
+    assert_eq!(out.code, Some(124), "{}", out.stderr);
+    assert_eq!(log.len(), 300_000, "cut at the cap, inside a chunk");
+    assert_eq!(summary["timeout"], "log_cap");
+    assert_eq!(summary["log_bytes"], 300_000);
+    assert_eq!(summary["stopped"], true);
 }
