@@ -13,18 +13,20 @@
 //! the embedder's business (`host run` maps outcomes to exit statuses, a worker to job
 //! states).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugin_api::{RunResult, StartAttributes};
 use serde::ser::SerializeStruct as _;
 use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::backend::{Instance, Provider};
 use crate::error::HostError;
-use crate::log_path::{LogEnd, LogPath};
-use crate::output::LogOutput;
+use crate::output::{log_channel, LogReceiver, DEFAULT_CAPACITY};
 
 /// Limits of one job. [`Default`] gives the original worker's.
 #[derive(Clone, Debug)]
@@ -485,14 +487,16 @@ fn step_outcome<T>(
 
 /// Runs `job` on `provider`, writing the log into `log`. Never skips stop once an instance
 /// has started. See the module docs.
-pub async fn run_job(
+pub async fn run_job<W>(
     provider: &Provider,
     job: Job,
-    log: impl Into<LogOutput>,
+    log: W,
     cancel: &mut CancelReceiver,
     observer: &dyn JobObserver,
-) -> JobReport {
-    let log = log.into();
+) -> JobReport
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let opts = job.options;
     let mut report = JobReport::new(provider.alias());
 
@@ -546,16 +550,20 @@ pub async fn run_job(
 
 /// Runs the uploaded script with its log pumped into `log`, until it finishes and its log
 /// is drained, or a limit, a cancel or the log's destination ends it.
-async fn run_script(
+async fn run_script<W>(
     instance: &Instance,
-    log: LogOutput,
+    log: W,
     opts: &JobOptions,
     cancel: &mut CancelReceiver,
     observer: &dyn JobObserver,
     report: &mut JobReport,
-) -> Outcome {
+) -> Outcome
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let began = Instant::now();
-    let (path, sink) = LogPath::start(log, opts.max_log_bytes, began);
+    let (sink, receiver) = log_channel(DEFAULT_CAPACITY);
+    let mut pump = LogPump::spawn(receiver, log, opts.max_log_bytes, began);
     let run = instance.run_script(sink);
     tokio::pin!(run);
     let hard = tokio::time::sleep(opts.hard_timeout);
@@ -563,30 +571,28 @@ async fn run_script(
     let silence = tokio::time::sleep(opts.log_silence_timeout);
     tokio::pin!(silence);
     let mut result: Option<Result<RunResult, HostError>> = None;
+    let mut drained = false;
 
     let limit = |kind: TimeoutKind, limit: Limit| {
         observer.event(&JobEvent::LimitReached { kind, limit });
         Err(Outcome::TimedOut(kind))
     };
     let ended: Result<Result<RunResult, HostError>, Outcome> = loop {
-        // The log's end first: a run that ended because its log refused more (the cap, a
-        // reader gone) is judged by that.
-        match path.end() {
-            Some(LogEnd::Failed) => break Err(Outcome::OutputClosed),
-            Some(LogEnd::CapReached(cap)) => break limit(TimeoutKind::LogCap, Limit::Bytes(cap)),
-            Some(LogEnd::Drained) => {
-                if let Some(r) = result.take() {
-                    break Ok(r);
-                }
+        if drained {
+            if let Some(r) = result.take() {
+                break Ok(r);
             }
-            None => {}
         }
         tokio::select! {
             r = &mut run, if result.is_none() => result = Some(r),
-            () = path.changed() => {}
+            end = &mut pump.task, if !drained => match end.unwrap_or(PumpEnd::Failed) {
+                PumpEnd::Drained => drained = true,
+                PumpEnd::Failed => break Err(Outcome::OutputClosed),
+                PumpEnd::CapReached(cap) => break limit(TimeoutKind::LogCap, Limit::Bytes(cap)),
+            },
             () = &mut hard => break limit(TimeoutKind::Hard, Limit::Time(opts.hard_timeout)),
             () = &mut silence, if result.is_none() => {
-                let deadline = began + path.last_output() + opts.log_silence_timeout;
+                let deadline = began + pump.last_output() + opts.log_silence_timeout;
                 if deadline <= Instant::now() {
                     break limit(TimeoutKind::LogSilence, Limit::Time(opts.log_silence_timeout));
                 }
@@ -599,10 +605,9 @@ async fn run_script(
         }
     };
     report.run_duration = Some(began.elapsed());
-    report.log_bytes = path.bytes();
-    // Dropping `run` (at return) cancels the run in the plugin; dropping `path` stops the
-    // channel's task, or makes the direct writer refuse what comes.
-    drop(path);
+    report.log_bytes = pump.bytes();
+    // Dropping `run` (at return) cancels the run in the plugin; the pump goes with it.
+    pump.task.abort();
     match ended {
         Err(outcome) => outcome,
         Ok(Ok(r)) if r.completed => {
@@ -674,6 +679,91 @@ async fn stop(
             }
         }
     };
+}
+
+/// How the log pump ended.
+enum PumpEnd {
+    /// The plugin dropped its sink and every chunk was written.
+    Drained,
+    /// Writing to the destination failed (its reader went away, a write error).
+    Failed,
+    /// The byte cap (given) was reached; the rest was refused.
+    CapReached(u64),
+}
+
+/// Moves log chunks from the plugin's sink to the destination on a task of its own,
+/// counting bytes and the time of the last output.
+struct LogPump {
+    task: JoinHandle<PumpEnd>,
+    stats: Arc<PumpStats>,
+}
+
+#[derive(Default)]
+struct PumpStats {
+    bytes: AtomicU64,
+    /// Milliseconds since the run began.
+    last_output_ms: AtomicU64,
+}
+
+impl LogPump {
+    fn spawn<W>(rx: LogReceiver, out: W, cap: Option<u64>, began: Instant) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let stats = Arc::new(PumpStats::default());
+        let task = tokio::spawn(pump(rx, out, cap, began, Arc::clone(&stats)));
+        Self { task, stats }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the last output arrived, as time since the run began.
+    fn last_output(&self) -> Duration {
+        Duration::from_millis(self.stats.last_output_ms.load(Ordering::Relaxed))
+    }
+}
+
+async fn pump<W: AsyncWrite + Unpin>(
+    mut rx: LogReceiver,
+    mut out: W,
+    cap: Option<u64>,
+    began: Instant,
+    stats: Arc<PumpStats>,
+) -> PumpEnd {
+    let mut bytes = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        stats
+            .last_output_ms
+            .store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut data: &[u8] = &chunk;
+        let mut capped = None;
+        if let Some(cap) = cap {
+            let room = cap.saturating_sub(bytes);
+            if (data.len() as u64) > room {
+                data = &data[..room as usize];
+                capped = Some(cap);
+            }
+        }
+        if out.write_all(data).await.is_err() {
+            rx.close();
+            return PumpEnd::Failed;
+        }
+        bytes += data.len() as u64;
+        stats.bytes.store(bytes, Ordering::Relaxed);
+        if let Some(cap) = capped {
+            rx.close();
+            return match out.flush().await {
+                Ok(()) => PumpEnd::CapReached(cap),
+                Err(_) => PumpEnd::Failed,
+            };
+        }
+    }
+    match out.flush().await {
+        Ok(()) => PumpEnd::Drained,
+        Err(_) => PumpEnd::Failed,
+    }
 }
 
 #[cfg(test)]

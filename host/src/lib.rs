@@ -16,8 +16,7 @@
 //! - [`Provider`] and [`Instance`]: async handles on a plugin's objects, whose errors name
 //!   the backend and the call ([`HostError`]);
 //! - [`job`]: one job end to end, with typed [`job::JobEvent`]s and a typed
-//!   [`job::Outcome`]; [`output`]: where a running script's log goes ([`output::LogOutput`]:
-//!   a file descriptor written directly, or any writer through a bounded channel);
+//!   [`job::Outcome`]; [`output`]: the bounded log channel a running script writes into;
 //! - [`inspect`]: everything known about one plugin file; [`text`]: text from outside made
 //!   safe to print.
 //!
@@ -26,7 +25,6 @@
 //! ```no_run
 //! use host::config::ConfigSources;
 //! use host::job::{run_job, Job, JobOptions, Outcome, Silent};
-//! use host::output::LogOutput;
 //! use host::PluginPolicy;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,10 +43,7 @@
 //! let mut job = Job { script: b"echo hi\n".to_vec(), options: JobOptions::default(), ..Job::default() };
 //! job.attributes.set_worker_defaults();
 //! let (_cancel_tx, mut cancel) = tokio::sync::mpsc::channel(4);
-//! // A file descriptor is written straight from the plugin's writes; any AsyncWrite goes
-//! // through the log channel.
-//! let log = LogOutput::stream(tokio::io::stdout());
-//! let report = run_job(&provider, job, log, &mut cancel, &Silent).await;
+//! let report = run_job(&provider, job, tokio::io::stdout(), &mut cancel, &Silent).await;
 //! match report.outcome() {
 //!     Outcome::Passed => println!("passed on instance {:?}", report.instance_id),
 //!     Outcome::NotCompleted(failure) => println!("requeue: {failure}"),
@@ -67,7 +62,6 @@ pub mod error;
 pub mod inspect;
 pub mod job;
 pub mod loader;
-mod log_path;
 pub mod output;
 pub mod policy;
 pub mod registry;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use blackbox::{artifacts, host, plugin_dir, run, script, Ran};
 use host::job::{run_job, Job, JobOptions, Outcome, Silent};
-use host::output::LogOutput;
 use plugin_api::{ErrorKind, ProviderConfig};
 
 /// A plugin dir with the local backend and a SCRIPTS_DIR of the test's own, which must be
@@ -361,14 +360,7 @@ async fn two_hundred_jobs_at_once_all_finish_correctly() {
                 options: JobOptions::default(),
                 ..Job::default()
             };
-            let report = run_job(
-                &provider,
-                job,
-                LogOutput::stream(log.clone()),
-                &mut cancel,
-                &Silent,
-            )
-            .await;
+            let report = run_job(&provider, job, log.clone(), &mut cancel, &Silent).await;
             let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
             (n, report, text)
         }));

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use blackbox::{fixture, host, plugin_dir, run, script};
 use host::job::{run_job, Job, JobOptions, Outcome, Silent};
-use host::output::LogOutput;
 use plugin_api::{ErrorKind, ProviderConfig};
 
 const CASES: &[(&str, &str)] = &[
@@ -58,14 +57,7 @@ async fn job_on(registry: &host::Registry, panic_in: &str) -> host::job::JobRepo
         },
         ..Job::default()
     };
-    run_job(
-        &provider,
-        job,
-        LogOutput::stream(tokio::io::sink()),
-        &mut cancel,
-        &Silent,
-    )
-    .await
+    run_job(&provider, job, tokio::io::sink(), &mut cancel, &Silent).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,32 +17,16 @@ use plugin_api::ffi::{FfiOutputSink, FfiOutputSink_TO, FfiResultFuture, OutputSi
 
 use plugin_api::{BackendError, ErrorKind};
 
-use crate::log_path::Direct;
-
 /// Chunks in flight between a plugin and the host's reader by default.
 pub const DEFAULT_CAPACITY: usize = 16;
 
-/// The writing end of a log: hand it to [`crate::Instance::run_script`]. Made by
-/// [`log_channel`], or by the job runner for a destination written directly.
-pub struct LogSink(Kind);
-
-enum Kind {
-    Channel(ChannelSink),
-    Direct(DirectSink),
-}
+/// The writing end of a log channel: hand it to [`crate::Instance::run_script`].
+pub struct LogSink(ChannelSink);
 
 impl LogSink {
-    /// A sink whose writes go into `direct` on the writer's task.
-    pub(crate) fn direct(direct: Arc<Direct>) -> Self {
-        Self(Kind::Direct(DirectSink(direct)))
-    }
-
     /// The sink as the plugin receives it.
     pub(crate) fn into_ffi(self) -> OutputSinkBox {
-        match self.0 {
-            Kind::Channel(c) => FfiOutputSink_TO::from_value(c, TD_Opaque),
-            Kind::Direct(d) => FfiOutputSink_TO::from_value(d, TD_Opaque),
-        }
+        FfiOutputSink_TO::from_value(self.0, TD_Opaque)
     }
 
     /// The sink as the SDK's [`plugin_api::Output`], for code that calls a backend's Rust
@@ -54,11 +38,7 @@ impl LogSink {
     /// Writes `chunk`, waiting while the channel is full; an error once the receiver is
     /// gone. For embedders that feed a channel themselves (tests, benchmarks).
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BackendError> {
-        let chunk = RVec::from(chunk);
-        match &mut self.0 {
-            Kind::Channel(c) => c.write(chunk).await.into_result(),
-            Kind::Direct(d) => d.write(chunk).await.into_result(),
-        }
+        self.0.write(RVec::from(chunk)).await.into_result()
     }
 }
 
@@ -77,9 +57,9 @@ pub fn log_channel(capacity: usize) -> (LogSink, LogReceiver) {
         sender_waker: None,
     }));
     (
-        LogSink(Kind::Channel(ChannelSink {
+        LogSink(ChannelSink {
             shared: Arc::clone(&shared),
-        })),
+        }),
         LogReceiver { shared },
     )
 }
@@ -225,20 +205,6 @@ impl FfiOutputSink for ChannelSink {
             }
         })
         .into_ffi()
-    }
-}
-
-/// The direct way's sink: each write goes into the destination on the task that polls it.
-struct DirectSink(Arc<Direct>);
-
-impl FfiOutputSink for DirectSink {
-    fn write(&mut self, chunk: RVec<u8>) -> FfiResultFuture<()> {
-        let r = if self.0.write(&chunk) {
-            RResult::ROk(())
-        } else {
-            RResult::RErr(closed())
-        };
-        std::future::ready(r).into_ffi()
     }
 }
 

@@ -102,9 +102,8 @@ pub trait JobQueue: Send + Sync + 'static {
 /// A claimed job: its payload, and how its states, log and end are recorded. Exactly one of
 /// [`Delivery::finish`], [`Delivery::requeue`] and [`Delivery::reject`] ends it.
 pub trait Delivery: Send + 'static {
-    /// Where the job's log goes: written to before the run (a note on a refused job), then
-    /// handed to the job runner.
-    type Log: AsyncWrite + Unpin + Send + Into<crate::output::LogOutput> + 'static;
+    /// Where the job's log goes.
+    type Log: AsyncWrite + Unpin + Send + 'static;
 
     /// The payload as queued.
     fn payload(&self) -> &[u8];

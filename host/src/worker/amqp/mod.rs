@@ -779,13 +779,6 @@ impl tokio::io::AsyncWrite for AmqpLog {
     }
 }
 
-impl From<AmqpLog> for crate::output::LogOutput {
-    /// Parts are cut by a task of their own: the log goes through the channel.
-    fn from(log: AmqpLog) -> Self {
-        Self::stream(log)
-    }
-}
-
 /// The text of the first `n` bytes of `buf` as the original's JSON encoding makes it, where
 /// `n` stops before a character cut short at the end (it waits for the next part).
 pub(crate) fn take_text(buf: &mut Vec<u8>, flush_all: bool) -> String {
