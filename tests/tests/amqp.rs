@@ -557,7 +557,6 @@ fn jobs_survive(disrupt: impl FnOnce()) {
     // The test's own connection went too: it connects again to read the reports.
     b.reconnect();
     let r = b.collect(120, |r| r.all_finished(1..=40));
-    drop(w);
     for id in 1..=40u64 {
         assert!(
             !r.finished(id).is_empty(),
@@ -582,6 +581,7 @@ fn jobs_survive(disrupt: impl FnOnce()) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(b.waiting(), 0, "every redelivery answered");
+    drop(w);
 }
 
 #[test]
