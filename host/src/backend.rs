@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use plugin_api::{BackendError, RunResult, StartAttributes};
+use plugin_api::{BackendError, ProgressEntry, RunResult, StartAttributes};
 
-use crate::abi::calls::{InstanceObj, ProviderObj};
+use crate::abi::calls::{InstanceObj, ProgressFn, ProviderObj};
 use crate::error::HostError;
 use crate::output::LogSink;
 
@@ -62,10 +62,35 @@ impl Provider {
 
     /// Starts an instance with `attributes`.
     pub async fn start(&self, attributes: &StartAttributes) -> Result<Instance, HostError> {
+        self.start_inner(attributes, None).await
+    }
+
+    /// Whether the backend reports the steps of a start (plugin-api 1.2; `false` for a
+    /// plugin built before it).
+    pub fn supports_progress(&self) -> bool {
+        self.inner.supports_progress()
+    }
+
+    /// Starts an instance with `attributes`, handing each step the backend reports to
+    /// `progress` as it happens (on the thread that polls the start; keep it short). A
+    /// backend without progress, or built before plugin-api 1.2, reports none.
+    pub async fn start_with_progress(
+        &self,
+        attributes: &StartAttributes,
+        progress: impl Fn(ProgressEntry) + Send + Sync + 'static,
+    ) -> Result<Instance, HostError> {
+        self.start_inner(attributes, Some(Box::new(progress))).await
+    }
+
+    async fn start_inner(
+        &self,
+        attributes: &StartAttributes,
+        progress: Option<ProgressFn>,
+    ) -> Result<Instance, HostError> {
         let alias = &self.alias;
         let inner = self
             .inner
-            .start(alias, attributes)
+            .start(alias, attributes, progress)
             .await
             .map_err(named(alias, "start"))?;
         Ok(Instance {
@@ -119,6 +144,32 @@ impl Instance {
     /// How long the instance took to start.
     pub fn startup_duration(&self) -> Duration {
         self.inner.startup_duration()
+    }
+
+    /// The image the instance runs; empty when the backend names none (or was built before
+    /// plugin-api 1.2).
+    pub fn image_name(&self) -> &str {
+        self.inner.image_name()
+    }
+
+    /// Whether the instance came from a pool of warmed ones.
+    pub fn warmed(&self) -> bool {
+        self.inner.warmed()
+    }
+
+    /// Whether the instance reports progress.
+    pub fn supports_progress(&self) -> bool {
+        self.inner.supports_progress()
+    }
+
+    /// The instance's trace; an [`ErrorKind::UNSUPPORTED`](plugin_api::ErrorKind::UNSUPPORTED)
+    /// error from a backend that keeps none.
+    pub async fn download_trace(&self) -> Result<Vec<u8>, HostError> {
+        let alias = &self.alias;
+        self.inner
+            .download_trace(alias)
+            .await
+            .map_err(named(alias, "download_trace"))
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugin_api::{RunResult, StartAttributes};
+use plugin_api::{ProgressEntry, RunResult, StartAttributes};
 use serde::ser::SerializeStruct as _;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -269,6 +269,16 @@ pub struct JobReport {
     pub stop: StopStatus,
     /// Cancel requests that arrived while the instance was being stopped.
     pub signals_during_stop: Vec<CancelReason>,
+    /// The image the instance ran (plugin-api 1.2; empty when the backend names none).
+    pub image_name: Option<String>,
+    /// Whether the instance came from a pool of warmed ones.
+    pub warmed: Option<bool>,
+    /// The steps the backend reported while the instance started, with when (since the
+    /// job began).
+    pub steps: Vec<(Duration, ProgressEntry)>,
+    /// The instance's trace, when [`Job::trace`] asked for it: the bytes, or why there are
+    /// none (the backend keeps none, the call failed).
+    pub trace: Option<Result<Vec<u8>, String>>,
 }
 
 impl JobReport {
@@ -283,6 +293,10 @@ impl JobReport {
             log_bytes: 0,
             stop: StopStatus::NoInstance,
             signals_during_stop: Vec::new(),
+            image_name: None,
+            warmed: None,
+            steps: Vec::new(),
+            trace: None,
         }
     }
 
@@ -330,7 +344,7 @@ impl Serialize for JobReport {
                 self.backend
             )),
         };
-        let mut st = s.serialize_struct("JobReport", 13)?;
+        let mut st = s.serialize_struct("JobReport", 17)?;
         st.serialize_field("backend", &self.backend)?;
         st.serialize_field("outcome", self.outcome.name())?;
         st.serialize_field("script_exit_code", &self.script_exit_code)?;
@@ -351,6 +365,20 @@ impl Serialize for JobReport {
         st.serialize_field("stopped", &self.stopped())?;
         st.serialize_field("stop_error", &stop_error)?;
         st.serialize_field("signals_during_stop", &self.signals_during_stop)?;
+        st.serialize_field("image_name", &self.image_name)?;
+        st.serialize_field("warmed", &self.warmed)?;
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|(at, e)| {
+                serde_json::json!({
+                    "message": e.message,
+                    "state": e.state.name(),
+                    "at_secs": at.as_secs_f64(),
+                })
+            })
+            .collect();
+        st.serialize_field("steps", &steps)?;
         st.end()
     }
 }
@@ -360,12 +388,18 @@ impl Serialize for JobReport {
 pub enum JobEvent {
     /// Setup and start are about to begin.
     Starting,
+    /// The backend reported a step of the start (plugin-api 1.2).
+    Progress(ProgressEntry),
     /// An instance started.
     Started {
         /// Its id.
         instance_id: String,
         /// What it reported as its startup duration.
         startup: Duration,
+        /// The image it runs (empty when the backend names none).
+        image_name: String,
+        /// Whether it came from a pool of warmed ones.
+        warmed: bool,
     },
     /// The script was uploaded and is about to run.
     Running,
@@ -429,6 +463,8 @@ pub struct Job {
     pub attributes: StartAttributes,
     /// Limits.
     pub options: JobOptions,
+    /// Download the instance's trace after the run (into [`JobReport::trace`]).
+    pub trace: bool,
 }
 
 /// Cancel requests: the first one cancels the job (or, during the stop, is noted and the
@@ -439,6 +475,27 @@ enum Step<T> {
     Done(T),
     TimedOut,
     Cancelled(CancelReason),
+}
+
+/// Where the steps of a start go as they come: the observer, the report, and with the
+/// original's "text" progress type the job's log (a log that cannot take them loses only
+/// them; the run's own log then fails on its own).
+struct Steps<'a, W> {
+    observer: &'a dyn JobObserver,
+    seen: &'a mut Vec<(Duration, ProgressEntry)>,
+    began: Instant,
+    into_log: bool,
+    log: &'a mut W,
+}
+
+impl<W: AsyncWrite + Unpin> Steps<'_, W> {
+    async fn record(&mut self, e: ProgressEntry) {
+        self.observer.event(&JobEvent::Progress(e.clone()));
+        if self.into_log {
+            let _ = self.log.write_all(e.text().as_bytes()).await;
+        }
+        self.seen.push((self.began.elapsed(), e));
+    }
 }
 
 /// Runs `fut` unless `limit` passes or a cancel arrives first.
@@ -499,12 +556,41 @@ where
 {
     let opts = job.options;
     let mut report = JobReport::new(provider.alias());
+    let mut log = log;
 
     tracing::info!(backend = provider.alias(), "starting an instance");
     observer.event(&JobEvent::Starting);
+    let began = Instant::now();
+    let (progress_tx, mut progress) = mpsc::unbounded_channel();
     let start = async {
         provider.setup().await?;
-        provider.start(&job.attributes).await
+        provider
+            .start_with_progress(&job.attributes, move |e| {
+                let _ = progress_tx.send(e);
+            })
+            .await
+    };
+    let mut steps = Steps {
+        observer,
+        seen: &mut report.steps,
+        began,
+        into_log: job.attributes.progress_type == "text",
+        log: &mut log,
+    };
+    let start = async {
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                biased;
+                Some(e) = progress.recv() => steps.record(e).await,
+                r = &mut start => {
+                    while let Ok(e) = progress.try_recv() {
+                        steps.record(e).await;
+                    }
+                    break r;
+                }
+            }
+        }
     };
     let step = bounded(start, opts.startup_timeout, cancel).await;
     let instance = match step_outcome(step, TimeoutKind::Startup, opts.startup_timeout, observer) {
@@ -516,9 +602,13 @@ where
     };
     report.instance_id = Some(instance.id().to_owned());
     report.startup_duration = Some(instance.startup_duration());
+    report.image_name = Some(instance.image_name().to_owned());
+    report.warmed = Some(instance.warmed());
     observer.event(&JobEvent::Started {
         instance_id: instance.id().to_owned(),
         startup: instance.startup_duration(),
+        image_name: instance.image_name().to_owned(),
+        warmed: instance.warmed(),
     });
 
     let step = bounded(
@@ -535,6 +625,14 @@ where
         Err(outcome) => outcome,
     };
 
+    if job.trace {
+        // Bounded like an upload; a cancel request waits for it (it comes to the stop).
+        let trace = tokio::time::timeout(opts.upload_timeout, instance.download_trace()).await;
+        report.trace = Some(match trace {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the trace did not come within the upload timeout".into()),
+        });
+    }
     let already_cancelled = matches!(report.outcome, Outcome::Cancelled(_));
     stop(
         &instance,

@@ -14,14 +14,15 @@
 //! - Anything else (removing or reordering a field, changing a type) is plugin-api 2.0, and a
 //!   host refuses such plugins with a message naming both versions.
 //! - When a minor version appends, the types it changes are first frozen, as released, in a
-//!   snapshot module (`v1_0` holds 1.0's): abi_stable refuses a plugin whose prefix types
+//!   snapshot module ([`v1_0`], [`v1_1`]): abi_stable refuses a plugin whose prefix types
 //!   have fewer fields than the host's, so the host checks an older plugin against the
-//!   snapshot of the version it was built with. See [`v1_0`].
+//!   snapshot of the version it was built with.
 //!
 //! | version | appended |
 //! |---|---|
 //! | 1.0 | (first release) |
 //! | 1.1 | [`FfiProvider::reap`] (a 1.0 plugin answers "unsupported") |
+//! | 1.2 | [`FfiProvider::supports_progress`], [`FfiProvider::start_with_progress`] (with [`FfiProgresser`]); [`FfiInstance::image_name`], [`FfiInstance::warmed`], [`FfiInstance::supports_progress`], [`FfiInstance::download_trace`] (an older plugin answers "", `false`, `false`, "unsupported", and starts without progress) |
 
 use abi_stable::{
     declare_root_module_statics,
@@ -195,6 +196,25 @@ pub trait FfiProvider: Send + Sync + 'static {
         .into_ffi()
     }
     // ---- end of 1.1 ----
+
+    // ---- appended in plugin-api 1.2 ----
+    /// Whether [`Self::start_with_progress`] reports the start's steps. A plugin built before
+    /// 1.2: `false`.
+    fn supports_progress(&self) -> bool {
+        false
+    }
+
+    /// Starts an instance, reporting its steps to `progress` as they happen. A plugin built
+    /// before 1.2 has no such method: this default starts it without steps.
+    fn start_with_progress(
+        &self,
+        attributes: &RStartAttributes,
+        progress: ProgresserBox,
+    ) -> FfiResultFuture<InstanceBox> {
+        drop(progress);
+        self.start(attributes)
+    }
+    // ---- end of 1.2 ----
 }
 
 /// An [`FfiProvider`] trait object.
@@ -218,10 +238,91 @@ pub trait FfiInstance: Send + Sync + 'static {
     /// How long the instance took to start.
     #[sabi(last_prefix_field)]
     fn startup_duration(&self) -> RDuration;
+
+    // ---- appended in plugin-api 1.2 ----
+    /// The image the instance runs, or empty when it has none (a plugin built before 1.2).
+    fn image_name(&self) -> RStr<'_> {
+        RStr::from_str("")
+    }
+
+    /// Whether the instance came from a pool of warmed ones. Before 1.2: `false`.
+    fn warmed(&self) -> bool {
+        false
+    }
+
+    /// Whether the instance reports progress. Before 1.2: `false`.
+    fn supports_progress(&self) -> bool {
+        false
+    }
+
+    /// The instance's trace (a record of what ran, for debugging), where the backend keeps
+    /// one. Before 1.2, and by default: [`ErrorKind::UNSUPPORTED`](crate::ErrorKind::UNSUPPORTED).
+    fn download_trace(&self) -> FfiResultFuture<RVec<u8>> {
+        async {
+            abi_stable::std_types::RErr(BackendError::unsupported(
+                "download_trace (this backend keeps no trace)",
+            ))
+        }
+        .into_ffi()
+    }
+    // ---- end of 1.2 ----
 }
 
 /// An [`FfiInstance`] trait object.
 pub type InstanceBox = FfiInstance_TO<RBox<()>>;
+
+// ---- appended in plugin-api 1.2 ----
+/// A progress entry as it crosses the boundary (see [`crate::progress::ProgressEntry`]).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RProgressEntry {
+    /// What happens.
+    pub message: RString,
+    /// 0 neutral, 1 success, 2 failure.
+    pub state: u8,
+    /// Begins on a new line.
+    pub interrupts: bool,
+    /// The next entry continues this line.
+    pub continues: bool,
+    /// Written as it is.
+    pub raw: bool,
+}
+
+impl From<&crate::progress::ProgressEntry> for RProgressEntry {
+    fn from(e: &crate::progress::ProgressEntry) -> Self {
+        Self {
+            message: RString::from(e.message.as_str()),
+            state: e.state.to_u8(),
+            interrupts: e.interrupts,
+            continues: e.continues,
+            raw: e.raw,
+        }
+    }
+}
+
+impl From<&RProgressEntry> for crate::progress::ProgressEntry {
+    fn from(e: &RProgressEntry) -> Self {
+        Self {
+            message: e.message.as_str().to_owned(),
+            state: crate::progress::ProgressState::from_u8(e.state),
+            interrupts: e.interrupts,
+            continues: e.continues,
+            raw: e.raw,
+        }
+    }
+}
+
+/// The host's side of a start's progress: the plugin hands it entries as steps happen.
+#[sabi_trait]
+pub trait FfiProgresser: Send + Sync + 'static {
+    /// Records one entry. Returns at once: the host does not wait on its display.
+    #[sabi(last_prefix_field)]
+    fn progress(&self, entry: RProgressEntry);
+}
+
+/// An [`FfiProgresser`] trait object.
+pub type ProgresserBox = FfiProgresser_TO<RBox<()>>;
+// ---- end of 1.2 ----
 
 /// The root module every backend plugin exports.
 #[repr(C)]
@@ -252,6 +353,7 @@ impl RootModule for BackendMod_Ref {
 }
 
 pub mod v1_0;
+pub mod v1_1;
 
 /// The version of plugin-api this crate is (what a plugin built against it was built with).
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");

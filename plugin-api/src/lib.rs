@@ -87,12 +87,14 @@ pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod ffi;
+pub mod progress;
 pub mod sdk;
 
 pub use attributes::{StartAttributes, VmConfig};
 pub use config::ProviderConfig;
 pub use error::{BackendError, ErrorKind};
 pub use ffi::{RunResult, PLUGIN_API_VERSION};
+pub use progress::{ProgressEntry, ProgressState};
 pub use sdk::{Backend, Instance, Output, Provider};
 
 /// The README's example backend, compiled as a doctest so that it cannot rot.

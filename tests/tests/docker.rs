@@ -409,3 +409,35 @@ fn a_tcp_endpoint_works_and_a_lost_connection_is_not_completed() {
         engine_api("DELETE", &format!("/containers/{name}?force=true"), None);
     }
 }
+
+/// Quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn on_a_terminal_a_docker_start_shows_its_steps() {
+    let dir = plugins();
+    let s = script("echo on a pty\n");
+    let cmd = docker_cmd(dir.path(), &[], s.path());
+    // The command line as sh sees it, run by script(1) on a pseudo-terminal: stderr is a
+    // terminal, so the spinner and the steps show.
+    let mut line = vec![sh_quote(&cmd.get_program().to_string_lossy())];
+    line.extend(cmd.get_args().map(|a| sh_quote(&a.to_string_lossy())));
+    let mut pty = Command::new("script");
+    pty.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => pty.env(k, v),
+            None => pty.env_remove(k),
+        };
+    }
+    let out = run(pty);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let screen = out.stdout.replace('\r', "\n");
+    for step in ["✓ image ", "✓ container host-", "✓ container running"] {
+        assert!(screen.contains(step), "{step:?} not on the terminal:\n{screen}");
+    }
+    assert!(screen.contains("on a pty"), "{screen}");
+    assert!(screen.contains(", image "), "the worker-info line names the image: {screen}");
+}

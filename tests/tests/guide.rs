@@ -1,6 +1,6 @@
 //! Third parties ship backends without recompiling the host: the guide's code is a crate
 //! that builds and runs, the template builds on its own outside the workspace, and a
-//! plugin built against plugin-api 1.0.0 still loads in this 1.1 host.
+//! plugin built against plugin-api 1.0 or 1.1 still loads and runs in this 1.2 host.
 
 use std::path::Path;
 
@@ -138,54 +138,141 @@ fn the_template_builds_outside_the_workspace_and_an_unchanged_host_runs_it() {
     assert_eq!(sha256(host_bin), before, "the host binary was not rebuilt");
 }
 
-#[test]
-fn a_plugin_built_against_plugin_api_1_0_loads_and_runs_in_this_host() {
-    // plugin-api as it was at 1.0.0: without what 1.1 appended (Provider::reap).
-    let lib = variant_plugin("fakeold", |v| {
+/// The fake as built against plugin-api 1.`minor`: plugin-api and the fake with every block
+/// a later minor appended taken out, under the alias `fake1<minor>`.
+fn fake_built_against(minor: u32) -> std::path::PathBuf {
+    let name = format!("fake1{minor}");
+    variant_plugin(&name, |v| {
+        let current = plugin_api::PLUGIN_API_VERSION;
+        let old = format!("1.{minor}.0");
         edit_file(
             &v.api.join("Cargo.toml"),
-            "version = \"1.1.0\"",
-            "version = \"1.0.0\"",
+            &format!("version = \"{current}\""),
+            &format!("version = \"{old}\""),
         );
         edit_file(
             &v.root.join("Cargo.toml"),
-            "version = \"1.1.0\" }",
-            "version = \"1.0.0\" }",
+            &format!("version = \"{current}\" }}"),
+            &format!("version = \"{old}\" }}"),
         );
+        let later: Vec<u32> = (minor + 1..=current_minor()).collect();
         for file in [
             v.api.join("src/ffi.rs"),
             v.api.join("src/sdk/mod.rs"),
             v.api.join("src/sdk/adapter.rs"),
             v.plugin.join("src/lib.rs"),
         ] {
-            strip_appended(&file);
+            strip_appended(&file, &later);
         }
         edit_file(
             &v.plugin.join("src/lib.rs"),
             "const ALIAS: &'static str = \"fake\";",
-            "const ALIAS: &'static str = \"fakeold\";",
+            &format!("const ALIAS: &'static str = \"{name}\";"),
         );
-    });
-    let plugins = plugin_dir(&[("libfakeold.so", &lib)]);
+    })
+}
+
+fn current_minor() -> u32 {
+    plugin_api::PLUGIN_API_VERSION
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn plugins_built_against_plugin_api_1_0_and_1_1_run_beside_a_1_2_one_in_this_host() {
+    let old0 = fake_built_against(0);
+    let old1 = fake_built_against(1);
+    let plugins = plugin_dir(&[
+        ("libfake10.so", &old0),
+        ("libfake11.so", &old1),
+        ("libfake.so", &artifacts().fake),
+    ]);
     let mut cmd = host(plugins.path());
     cmd.args(["list-backends", "--json"]);
     let out = run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["backends"][0]["alias"], "fakeold");
-    assert_eq!(v["backends"][0]["plugin_api_version"], "1.0.0");
+    let versions: Vec<(String, String)> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["alias"].as_str().unwrap().to_owned(),
+                b["plugin_api_version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("fake".to_owned(), plugin_api::PLUGIN_API_VERSION.to_owned()),
+            ("fake10".to_owned(), "1.0.0".to_owned()),
+            ("fake11".to_owned(), "1.1.0".to_owned()),
+        ]
+    );
 
-    let s = script("");
-    let mut cmd = host(plugins.path());
-    cmd.args(["run", "-b", "fakeold", "-c", "LOG_OUTPUT=old but fine"])
+    for alias in ["fake10", "fake11", "fake"] {
+        let s = script("");
+        let summary = plugins.path().join(format!("{alias}.json"));
+        let trace = plugins.path().join(format!("{alias}.trace"));
+        let mut cmd = host(plugins.path());
+        cmd.args([
+            "run",
+            "-b",
+            alias,
+            "-c",
+            "LOG_OUTPUT=old or new",
+            "-c",
+            "EXIT_CODE=300",
+        ])
+        .arg("--json-summary")
+        .arg(&summary)
+        .arg("--trace-file")
+        .arg(&trace)
         .arg(s.path());
-    let out = run(cmd);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout, "old but fine");
+        let out = run(cmd);
+        // 300 does not fit an exit status (errored: 255), but travels whole.
+        assert_eq!(out.code, Some(255), "{alias}: {}", out.stderr);
+        assert_eq!(out.stdout, "old or new", "{alias}");
+        let summary = blackbox::read_json(&summary);
+        assert_eq!(summary["script_exit_code"], 300, "{alias}: {summary}");
+        let steps = summary["steps"].as_array().unwrap();
+        if alias == "fake" {
+            let messages: Vec<&str> = steps
+                .iter()
+                .map(|s| s["message"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                messages,
+                ["starting a fake instance", "fake instance started"],
+                "{summary}"
+            );
+            assert_eq!(summary["image_name"], "fake");
+            let trace = std::fs::read_to_string(&trace).unwrap();
+            assert!(
+                trace.starts_with("fake trace\nuploaded: true\n"),
+                "{trace:?}"
+            );
+        } else {
+            // What 1.2 appended is answered by the host for the older plugins.
+            assert!(steps.is_empty(), "{alias}: {summary}");
+            assert_eq!(summary["image_name"], "", "{alias}");
+            assert_eq!(summary["warmed"], false, "{alias}");
+            assert!(!trace.exists(), "{alias}");
+            assert!(
+                out.stderr.contains("no trace saved"),
+                "{alias}: {}",
+                out.stderr
+            );
+        }
+    }
 
-    // What 1.1 appended is answered by the host for the old plugin.
+    // What 1.1 appended is answered by the host for the 1.0 plugin.
     let mut cmd = host(plugins.path());
-    cmd.args(["reap", "-b", "fakeold"]);
+    cmd.args(["reap", "-b", "fake10"]);
     let out = run(cmd);
     assert_eq!(out.code, Some(69), "{}", out.stderr);
     assert!(
@@ -194,25 +281,38 @@ fn a_plugin_built_against_plugin_api_1_0_loads_and_runs_in_this_host() {
         "{}",
         out.stderr
     );
+    let mut cmd = host(plugins.path());
+    cmd.args(["reap", "-b", "fake11"]);
+    assert_eq!(run(cmd).code, Some(0));
 }
 
-/// Removes every block between `---- appended in plugin-api 1.1 ----` and
-/// `---- end of 1.1 ----` (inclusive); panics if the file has none.
-fn strip_appended(path: &Path) {
+/// Removes every block between `---- appended in plugin-api 1.M ----` and `---- end of 1.M
+/// ----` (inclusive) for each M of `minors`; panics if the file has none of them.
+fn strip_appended(path: &Path, minors: &[u32]) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     let mut inside = false;
     let mut found = false;
     for line in text.lines() {
-        if line.contains("---- appended in plugin-api 1.1 ----") {
+        let starts = minors
+            .iter()
+            .any(|m| line.contains(&format!("---- appended in plugin-api 1.{m} ----")));
+        let ends = minors
+            .iter()
+            .any(|m| line.contains(&format!("---- end of 1.{m} ----")));
+        if starts {
             inside = true;
             found = true;
-        } else if line.contains("---- end of 1.1 ----") {
+        } else if ends {
             inside = false;
         } else if !inside {
             out.push(line);
         }
     }
-    assert!(found, "{} has no 1.1 block to strip", path.display());
+    assert!(
+        found,
+        "{} has no block of 1.{minors:?} to strip",
+        path.display()
+    );
     std::fs::write(path, out.join("\n") + "\n").unwrap();
 }

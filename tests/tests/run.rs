@@ -36,7 +36,7 @@ fn a_passing_job_streams_the_log_and_says_where_it_ran() {
     assert_eq!(out.stdout, "hello\n");
     assert!(
         out.stderr
-            .contains("worker info: backend fake (Fake), instance fake, startup 2s"),
+            .contains("worker info: backend fake (Fake), instance fake, image fake, startup 2s"),
         "{}",
         out.stderr
     );
@@ -575,4 +575,64 @@ fn a_log_written_straight_into_a_file_is_exact_and_capped_to_the_byte() {
     assert_eq!(summary["timeout"], "log_cap");
     assert_eq!(summary["log_bytes"], 300_000);
     assert_eq!(summary["stopped"], true);
+}
+
+#[test]
+fn progress_text_prints_the_starts_steps_and_the_summary_times_them() {
+    let (out, summary) = run_fake(&["-c", "START_SLEEP=300ms", "--progress", "text"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("host: • ") || l.starts_with("host: ✓ "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "host: • starting a fake instance",
+            "host: ✓ fake instance started"
+        ],
+        "{}",
+        out.stderr
+    );
+    let steps = summary["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{summary}");
+    assert_eq!(steps[0]["state"], "neutral");
+    assert_eq!(steps[1]["state"], "success");
+    let (first, second) = (
+        steps[0]["at_secs"].as_f64().unwrap(),
+        steps[1]["at_secs"].as_f64().unwrap(),
+    );
+    assert!(
+        second - first >= 0.3,
+        "the second step follows START_SLEEP: {summary}"
+    );
+    assert_eq!(summary["image_name"], "fake");
+    assert_eq!(summary["warmed"], false);
+
+    // Without --progress (and no terminal), the steps are only in the summary.
+    let (out, summary) = run_fake(&[]);
+    assert!(
+        !out.stderr.contains("starting a fake instance"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_trace_file_holds_the_backends_trace() {
+    let dir = fake_dir();
+    let s = script("echo hi\n");
+    let trace = dir.path().join("trace.txt");
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-c", "ECHO_SCRIPT=true", "--trace-file"])
+        .arg(&trace)
+        .arg(s.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&trace).unwrap(),
+        "fake trace\nuploaded: true\nscript bytes kept: 8\nstopped: false\n"
+    );
 }

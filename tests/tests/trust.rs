@@ -149,14 +149,15 @@ fn a_plugin_built_with_another_abi_stable_says_which() {
 #[test]
 fn a_plugin_built_against_plugin_api_2_is_refused_with_what_to_do() {
     let lib = variant_plugin("fakeapitwo", |v| {
+        let current = plugin_api::PLUGIN_API_VERSION;
         edit_file(
             &v.api.join("Cargo.toml"),
-            "version = \"1.1.0\"",
+            &format!("version = \"{current}\""),
             "version = \"2.0.0\"",
         );
         edit_file(
             &v.root.join("Cargo.toml"),
-            "version = \"1.1.0\" }",
+            &format!("version = \"{current}\" }}"),
             "version = \"2.0.0\" }",
         );
     });

@@ -602,3 +602,37 @@ fn the_readme_worker_example_runs() {
     assert_eq!(q.state_names(1002), ["received", "started", "failed"]);
     assert_eq!(q.log(1001), b"hello from job 1001\n");
 }
+
+#[test]
+fn progress_type_text_puts_the_starts_steps_in_the_log_and_the_image_in_the_states() {
+    let q = Queue::new();
+    q.enqueue(41, "echo after the steps\n");
+    q.enqueue(42, "true\n");
+    // fake with progress into the log; local without --progress-type keeps its log clean.
+    let out = run(q.worker(
+        "fake",
+        &[
+            "--exit-when-idle",
+            "--progress-type",
+            "text",
+            "-c",
+            "ECHO_SCRIPT=true",
+        ],
+    ));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        String::from_utf8(q.log(41)).unwrap(),
+        "• starting a fake instance\r\n✓ fake instance started\r\necho after the steps\n"
+    );
+    let started = &q.states(41)[1];
+    assert_eq!(started["state"], "started", "{started}");
+    assert_eq!(started["image_name"], "fake", "{started}");
+    assert_eq!(started["warmed"], false, "{started}");
+
+    q.enqueue(43, "echo plain\n");
+    let out = run(q.worker("local", &["--exit-when-idle"]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(q.log(43), b"plain\n");
+    let started = &q.states(43)[1];
+    assert!(started.get("image_name").is_none(), "local names no image: {started}");
+}

@@ -7,9 +7,13 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RVec};
-use plugin_api::ffi::{FfiResultFuture, InstanceBox, ProviderBox, RStartAttributes};
-use plugin_api::{BackendError, ErrorKind, RunResult, StartAttributes};
+use plugin_api::ffi::{
+    FfiProgresser, FfiProgresser_TO, FfiResultFuture, InstanceBox, ProviderBox, RProgressEntry,
+    RStartAttributes,
+};
+use plugin_api::{BackendError, ErrorKind, ProgressEntry, RunResult, StartAttributes};
 
 use super::sink::LogSink;
 use crate::text::escape_controls;
@@ -63,15 +67,48 @@ impl ProviderObj {
             .collect())
     }
 
+    /// Starts an instance; with `progress`, through `start_with_progress` (which a plugin
+    /// built before plugin-api 1.2 answers with a plain start).
     pub(crate) async fn start(
         &self,
         alias: &str,
         attributes: &StartAttributes,
+        progress: Option<ProgressFn>,
     ) -> Result<InstanceObj, BackendError> {
         let raw = RStartAttributes::from(attributes);
-        let inner = call(alias, "start", self.0.start(&raw)).await?;
+        let inner = match progress {
+            Some(f) => {
+                let progresser = FfiProgresser_TO::from_value(HostProgresser(f), TD_Opaque);
+                call(alias, "start", self.0.start_with_progress(&raw, progresser)).await?
+            }
+            None => call(alias, "start", self.0.start(&raw)).await?,
+        };
         let id = escape_controls(inner.id().as_str()).into_owned();
-        Ok(InstanceObj { inner, id })
+        let image_name = escape_controls(inner.image_name().as_str()).into_owned();
+        let warmed = inner.warmed();
+        Ok(InstanceObj {
+            inner,
+            id,
+            image_name,
+            warmed,
+        })
+    }
+
+    pub(crate) fn supports_progress(&self) -> bool {
+        self.0.supports_progress()
+    }
+}
+
+/// What the host does with a progress entry.
+pub(crate) type ProgressFn = Box<dyn Fn(ProgressEntry) + Send + Sync>;
+
+/// The host's progresser as the plugin sees it.
+struct HostProgresser(ProgressFn);
+
+impl FfiProgresser for HostProgresser {
+    fn progress(&self, entry: RProgressEntry) {
+        // The host's own closure; a panic in it must not unwind into the plugin.
+        let _ = catch_unwind(AssertUnwindSafe(|| (self.0)(ProgressEntry::from(&entry))));
     }
 }
 
@@ -79,6 +116,9 @@ pub(crate) struct InstanceObj {
     inner: InstanceBox,
     /// Read once: the id is shown often and must not change.
     id: String,
+    /// Read once, as the id (plugin-api 1.2; "" and `false` from older plugins).
+    image_name: String,
+    warmed: bool,
 }
 
 impl InstanceObj {
@@ -113,5 +153,22 @@ impl InstanceObj {
 
     pub(crate) fn startup_duration(&self) -> Duration {
         self.inner.startup_duration().into()
+    }
+
+    pub(crate) fn image_name(&self) -> &str {
+        &self.image_name
+    }
+
+    pub(crate) fn warmed(&self) -> bool {
+        self.warmed
+    }
+
+    pub(crate) fn supports_progress(&self) -> bool {
+        self.inner.supports_progress()
+    }
+
+    pub(crate) async fn download_trace(&self, alias: &str) -> Result<Vec<u8>, BackendError> {
+        let trace = call(alias, "download_trace", self.inner.download_trace()).await?;
+        Ok(trace.into_vec())
     }
 }

@@ -33,14 +33,17 @@ fn init_root_module(
     let mut parts = plugin_api_version.split('.');
     let same_major = parts.next().and_then(|m| m.parse::<u64>().ok()) == Some(host_major());
     let minor = parts.next().and_then(|m| m.parse::<u64>().ok());
-    if same_major && minor == Some(0) {
-        header
-            .ensure_layout::<plugin_api::ffi::v1_0::BackendMod_Ref>()
-            .map_err(library_error)?;
-        // SAFETY: the layout was just checked against plugin-api 1.0's, and the current
-        // types differ from it only by fields appended to prefix types (root module,
-        // trait vtables), which are reached through accessors that check at run time
-        // whether the plugin has them.
+    let checked = match (same_major, minor) {
+        (true, Some(0)) => Some(header.ensure_layout::<plugin_api::ffi::v1_0::BackendMod_Ref>()),
+        (true, Some(1)) => Some(header.ensure_layout::<plugin_api::ffi::v1_1::BackendMod_Ref>()),
+        _ => None,
+    };
+    if let Some(checked) = checked {
+        checked.map_err(library_error)?;
+        // SAFETY: the layout was just checked against the snapshot of the plugin-api minor
+        // the plugin was built with, and the current types differ from it only by fields
+        // appended to prefix types (root module, trait vtables), which are reached through
+        // accessors that check at run time whether the plugin has them.
         unsafe { header.init_root_module_with_unchecked_layout::<BackendMod_Ref>() }
             .map_err(library_error)
     } else {

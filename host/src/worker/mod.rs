@@ -56,6 +56,9 @@ pub struct WorkerSettings {
     pub build_api: Option<BuildApi>,
     /// Drain as soon as no job runs and none is waiting (batch use, tests, benchmarks).
     pub exit_when_idle: bool,
+    /// The start attributes' progress type of every job, as the original's worker config:
+    /// "text" writes the steps of an instance's start into the job's log; empty, nowhere.
+    pub progress_type: String,
 }
 
 impl Default for WorkerSettings {
@@ -66,6 +69,7 @@ impl Default for WorkerSettings {
             max_requeues: 3,
             build_api: None,
             exit_when_idle: false,
+            progress_type: String::new(),
         }
     }
 }
@@ -486,10 +490,12 @@ impl Ctx {
         let mut attributes = payload.attributes.clone();
         let hard = cap(payload.hard_limit, limits.hard_timeout);
         attributes.hard_timeout = hard;
+        attributes.progress_type = self.settings.progress_type.clone();
         attributes.set_worker_defaults();
         let job = Job {
             script,
             attributes,
+            trace: false,
             options: JobOptions {
                 hard_timeout: hard,
                 log_silence_timeout: cap(payload.log_silence, limits.log_silence_timeout),
@@ -599,7 +605,13 @@ impl Ctx {
         event: JobEvent,
         instance_id: &mut Option<String>,
     ) {
-        if let JobEvent::Started { instance_id: i, .. } = event {
+        if let JobEvent::Started {
+            instance_id: i,
+            image_name,
+            warmed,
+            ..
+        } = event
+        {
             *instance_id = Some(i.clone());
             if let Some(r) = self
                 .shared
@@ -612,6 +624,8 @@ impl Ctx {
             }
             let mut u = StateUpdate::now(JobState::Started);
             u.instance_id = Some(i.clone());
+            u.image_name = (!image_name.is_empty()).then_some(image_name);
+            u.warmed = Some(warmed);
             if let Err(e) = d.update(id, &u).await {
                 self.warn(format!("job {id}: cannot record the started state: {e}"));
             }

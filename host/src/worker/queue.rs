@@ -58,6 +58,12 @@ pub struct StateUpdate {
     /// The instance, once one started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// The image the instance runs, when the backend names one (plugin-api 1.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// Whether the instance came from a pool of warmed ones (plugin-api 1.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmed: Option<bool>,
     /// The script's exit code, for passed/failed/errored runs that completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -73,6 +79,8 @@ impl StateUpdate {
             state,
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             instance_id: None,
+            image_name: None,
+            warmed: None,
             exit_code: None,
             reason: None,
         }

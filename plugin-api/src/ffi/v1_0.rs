@@ -9,7 +9,7 @@
 //! accessors (an older plugin lacks them, and the host answers for them).
 //!
 //! Only types that changed since 1.0 are copied; the rest are the current ones (they never
-//! change in 1.x).
+//! change in 1.x) or a later snapshot's where 1.0's equals it (the instance: [`super::v1_1`]).
 
 #![allow(missing_docs, non_local_definitions, non_camel_case_types)]
 
@@ -22,7 +22,8 @@ use abi_stable::{
     StableAbi,
 };
 
-use super::{FfiResultFuture, HelpEntry, InstanceBox, LoggerBox, RConfig, RStartAttributes};
+use super::v1_1::InstanceBox;
+use super::{FfiResultFuture, HelpEntry, LoggerBox, RConfig, RStartAttributes};
 use crate::error::BackendError;
 
 /// `FfiProvider` as in 1.0: no `reap`.

@@ -104,6 +104,29 @@ impl<P: Provider> FfiProvider for ProviderAdapter<P> {
         })
     }
     // ---- end of 1.1 ----
+
+    // ---- appended in plugin-api 1.2 ----
+    fn supports_progress(&self) -> bool {
+        guard_plain("Provider::supports_progress", || self.0.supports_progress()).unwrap_or(false)
+    }
+
+    fn start_with_progress(
+        &self,
+        attributes: &RStartAttributes,
+        progress: crate::ffi::ProgresserBox,
+    ) -> FfiResultFuture<InstanceBox> {
+        let provider = Arc::clone(&self.0);
+        let attributes = StartAttributes::from(attributes);
+        let progress = super::Progress::new(progress);
+        guard_future("Provider::start_with_progress", async move {
+            let instance = provider.start_with_progress(&attributes, progress).await?;
+            Ok(FfiInstance_TO::from_value(
+                InstanceAdapter(Arc::new(instance)),
+                TD_Opaque,
+            ))
+        })
+    }
+    // ---- end of 1.2 ----
 }
 
 struct InstanceAdapter<I>(Arc<I>);
@@ -141,4 +164,28 @@ impl<I: Instance> FfiInstance for InstanceAdapter<I> {
         })
         .unwrap_or_else(|_| RDuration::from_secs(0))
     }
+
+    // ---- appended in plugin-api 1.2 ----
+    fn image_name(&self) -> RStr<'_> {
+        guard_plain("Instance::image_name", || {
+            RStr::from_str(self.0.image_name())
+        })
+        .unwrap_or_default()
+    }
+
+    fn warmed(&self) -> bool {
+        guard_plain("Instance::warmed", || self.0.warmed()).unwrap_or(false)
+    }
+
+    fn supports_progress(&self) -> bool {
+        guard_plain("Instance::supports_progress", || self.0.supports_progress()).unwrap_or(false)
+    }
+
+    fn download_trace(&self) -> FfiResultFuture<RVec<u8>> {
+        let instance = Arc::clone(&self.0);
+        guard_future("Instance::download_trace", async move {
+            instance.download_trace().await.map(RVec::from)
+        })
+    }
+    // ---- end of 1.2 ----
 }

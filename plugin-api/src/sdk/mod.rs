@@ -80,6 +80,24 @@ pub trait Provider: Send + Sync + 'static {
         async { Err(BackendError::unsupported("reap")) }
     }
     // ---- end of 1.1 ----
+
+    // ---- appended in plugin-api 1.2 ----
+    /// Whether [`Self::start_with_progress`] reports the start's steps. The default: `false`.
+    fn supports_progress(&self) -> bool {
+        false
+    }
+
+    /// Starts an instance for a job, reporting its steps to `progress` as they happen (the
+    /// original's `StartWithProgress`). The default calls [`Self::start`] and reports none.
+    fn start_with_progress(
+        &self,
+        attributes: &StartAttributes,
+        progress: Progress,
+    ) -> impl Future<Output = Result<Self::Instance, BackendError>> + Send {
+        drop(progress);
+        self.start(attributes)
+    }
+    // ---- end of 1.2 ----
 }
 
 /// A started instance that runs one job (the original's `Instance`).
@@ -105,7 +123,73 @@ pub trait Instance: Send + Sync + 'static {
 
     /// How long the instance took to start.
     fn startup_duration(&self) -> Duration;
+
+    // ---- appended in plugin-api 1.2 ----
+    /// The image the instance runs; empty (the default) when it has none.
+    fn image_name(&self) -> &str {
+        ""
+    }
+
+    /// Whether the instance came from a pool of warmed ones. The default: `false`.
+    fn warmed(&self) -> bool {
+        false
+    }
+
+    /// Whether the instance reports progress. The default: `false`.
+    fn supports_progress(&self) -> bool {
+        false
+    }
+
+    /// The instance's trace, where the backend keeps one (the original's `DownloadTrace`).
+    /// The default says the backend keeps none ([`ErrorKind::UNSUPPORTED`]).
+    fn download_trace(&self) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send {
+        async { Err(BackendError::unsupported("download_trace")) }
+    }
+    // ---- end of 1.2 ----
 }
+
+// ---- appended in plugin-api 1.2 ----
+pub use crate::progress::{ProgressEntry, ProgressState};
+
+/// Where a starting instance reports its steps: the host shows them (a live line on a
+/// terminal, plain lines, the job's log). Cheap to clone; reporting never waits.
+#[derive(Clone)]
+pub struct Progress(Option<std::sync::Arc<crate::ffi::ProgresserBox>>);
+
+impl Progress {
+    /// Progress that goes to the host's progresser. The SDK makes these for you.
+    pub fn new(progresser: crate::ffi::ProgresserBox) -> Self {
+        Self(Some(std::sync::Arc::new(progresser)))
+    }
+
+    /// Progress that goes nowhere (tests, a start without a progresser).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Reports `entry`.
+    pub fn report(&self, entry: &ProgressEntry) {
+        if let Some(p) = &self.0 {
+            p.progress(crate::ffi::RProgressEntry::from(entry));
+        }
+    }
+
+    /// Reports a step under way.
+    pub fn neutral(&self, message: impl Into<String>) {
+        self.report(&ProgressEntry::new(message, ProgressState::Neutral));
+    }
+
+    /// Reports a step done.
+    pub fn success(&self, message: impl Into<String>) {
+        self.report(&ProgressEntry::new(message, ProgressState::Success));
+    }
+
+    /// Reports a step that failed.
+    pub fn failure(&self, message: impl Into<String>) {
+        self.report(&ProgressEntry::new(message, ProgressState::Failure));
+    }
+}
+// ---- end of 1.2 ----
 
 /// Where a running script's log goes: the host's output sink.
 ///

@@ -83,9 +83,17 @@ impl DockerInstance {
         settings: Arc<Settings>,
         cpus: Arc<Mutex<Vec<usize>>>,
         attributes: &StartAttributes,
+        progress: &Progress,
     ) -> Result<Self, BackendError> {
         let began = Instant::now();
-        let image = engine::select_image(&docker, &settings, &attributes.language).await?;
+        let failed = |e: BackendError| {
+            progress.failure(e.message().to_owned());
+            e
+        };
+        let image = engine::select_image(&docker, &settings, &attributes.language)
+            .await
+            .map_err(failed)?;
+        progress.success(format!("image {image}"));
         let name = format!(
             "host-{}",
             plugin_api::sdk::instances::instance_name("docker")
@@ -135,6 +143,7 @@ impl DockerInstance {
             name: name.clone(),
             armed: true,
         };
+        progress.neutral(format!("creating container {name}"));
         let created = docker
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),
@@ -144,13 +153,18 @@ impl DockerInstance {
         if let Err(e) = created {
             guard.armed = false;
             give_cpus(&cpus, &cpuset);
-            return Err(error(&format!("creating a container from {image}"), e));
+            return Err(failed(error(
+                &format!("creating a container from {image}"),
+                e,
+            )));
         }
+        progress.success(format!("container {name} created"));
         let result = async {
             docker
                 .start_container(&name, None)
                 .await
                 .map_err(|e| error(&format!("starting container {name}"), e))?;
+            progress.neutral("container started; waiting for it to run");
             loop {
                 let info = docker
                     .inspect_container(&name, None)
@@ -172,8 +186,9 @@ impl DockerInstance {
         .await;
         if let Err(e) = result {
             give_cpus(&cpus, &cpuset);
-            return Err(e); // the guard removes the container
+            return Err(failed(e)); // the guard removes the container
         }
+        progress.success("container running");
         guard.armed = false;
         tracing::info!(container = %name, image = %image, "container started");
         Ok(Self {
@@ -306,6 +321,14 @@ impl Instance for DockerInstance {
 
     fn id(&self) -> &str {
         &self.name
+    }
+
+    fn image_name(&self) -> &str {
+        &self.image
+    }
+
+    fn supports_progress(&self) -> bool {
+        true
     }
 
     fn startup_duration(&self) -> Duration {

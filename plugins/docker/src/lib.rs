@@ -73,11 +73,25 @@ impl Provider for DockerProvider {
     }
 
     async fn start(&self, attributes: &StartAttributes) -> Result<DockerInstance, BackendError> {
+        self.start_with_progress(attributes, Progress::none()).await
+    }
+
+    fn supports_progress(&self) -> bool {
+        true
+    }
+
+    /// The image chosen, the container created, started, and running.
+    async fn start_with_progress(
+        &self,
+        attributes: &StartAttributes,
+        progress: Progress,
+    ) -> Result<DockerInstance, BackendError> {
         DockerInstance::start(
             self.docker.clone(),
             Arc::clone(&self.settings),
             Arc::clone(&self.cpus),
             attributes,
+            &progress,
         )
         .await
     }

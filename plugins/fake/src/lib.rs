@@ -126,6 +126,27 @@ impl Provider for FakeProvider {
         Ok(Vec::new())
     }
     // ---- end of 1.1 ----
+
+    // ---- appended in plugin-api 1.2 ----
+    fn supports_progress(&self) -> bool {
+        true
+    }
+
+    /// Two steps around the start (and its `START_SLEEP`): under way, then done or failed.
+    async fn start_with_progress(
+        &self,
+        attributes: &StartAttributes,
+        progress: Progress,
+    ) -> Result<FakeInstance, BackendError> {
+        progress.neutral("starting a fake instance");
+        let started = self.start(attributes).await;
+        match &started {
+            Ok(_) => progress.success("fake instance started"),
+            Err(e) => progress.failure(format!("fake instance failed to start: {e}")),
+        }
+        started
+    }
+    // ---- end of 1.2 ----
 }
 
 /// A fake instance.
@@ -208,6 +229,27 @@ impl Instance for FakeInstance {
     fn startup_duration(&self) -> Duration {
         self.settings.startup_duration
     }
+
+    // ---- appended in plugin-api 1.2 ----
+    fn image_name(&self) -> &str {
+        "fake"
+    }
+
+    fn supports_progress(&self) -> bool {
+        true
+    }
+
+    /// A small trace: what the instance saw.
+    async fn download_trace(&self) -> Result<Vec<u8>, BackendError> {
+        let script = self.script.lock().map(|s| s.len()).unwrap_or(0);
+        Ok(format!(
+            "fake trace\nuploaded: {}\nscript bytes kept: {script}\nstopped: {}\n",
+            self.uploaded.load(Ordering::SeqCst),
+            self.stopped.load(Ordering::SeqCst)
+        )
+        .into_bytes())
+    }
+    // ---- end of 1.2 ----
 }
 
 /// The N of the script's last `exit N` line (0 when there is none).

@@ -233,6 +233,33 @@ impl Provider for LocalProvider {
         }
         Ok(lines)
     }
+
+    fn supports_progress(&self) -> bool {
+        true
+    }
+
+    /// The working directory, and how the job's processes will be contained.
+    async fn start_with_progress(
+        &self,
+        attributes: &StartAttributes,
+        progress: Progress,
+    ) -> Result<LocalInstance, BackendError> {
+        progress.neutral("making a working directory");
+        let instance = match self.start(attributes).await {
+            Ok(i) => i,
+            Err(e) => {
+                progress.failure(format!("no working directory: {e}"));
+                return Err(e);
+            }
+        };
+        progress.success(format!("working directory {}", instance.dir().display()));
+        progress.success(if self.settings.use_cgroup {
+            "the job's processes go in a cgroup of their own where the system allows"
+        } else {
+            "the job's processes are tracked by a tag in their environment (CGROUP=false)"
+        });
+        Ok(instance)
+    }
 }
 
 plugin_api::export_backend!(Local);

@@ -10,10 +10,10 @@ use host::job::{
     TimeoutKind,
 };
 use host::output::BlockingFile;
-use host::text::fmt_duration;
+use host::text::{escape_controls, fmt_duration};
 use host::PluginPolicy;
 use plugin_api::config::{parse_byte_size, parse_duration};
-use plugin_api::StartAttributes;
+use plugin_api::{ProgressEntry, ProgressState, StartAttributes};
 
 use crate::exit::{self, CliError};
 use crate::fds::StdFds;
@@ -94,10 +94,21 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_SCRIPT, value_parser = size_arg, help_heading = "Limits")]
     max_script_bytes: u64,
 
-    /// Write a JSON summary of the job to FILE (outcome, exit code, instance, durations...);
-    /// it is created before the job starts, and the job does not run if it cannot be
+    /// Write a JSON summary of the job to FILE (outcome, exit code, instance, image, the
+    /// start's steps with their times, durations...); it is created before the job starts,
+    /// and the job does not run if it cannot be
     #[arg(long, value_name = "FILE")]
     json_summary: Option<PathBuf>,
+
+    /// How the steps of the instance's start are shown: on a terminal they are a live
+    /// line; "text" also prints them as plain lines on stderr where there is no terminal
+    #[arg(long, value_name = "TYPE", value_parser = ["text"])]
+    progress: Option<String>,
+
+    /// Save the instance's trace (a backend that keeps one; e.g. fake) to FILE after the
+    /// run; a backend without one is said on stderr, and the job's outcome stands
+    #[arg(long, value_name = "FILE")]
+    trace_file: Option<PathBuf>,
 
     /// The build script, or - to read it from standard input
     #[arg(value_name = "SCRIPT")]
@@ -130,6 +141,7 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
     let job = Job {
         script,
         attributes,
+        trace: args.trace_file.is_some(),
         options: JobOptions {
             startup_timeout: args.startup_timeout,
             upload_timeout: args.upload_timeout,
@@ -145,7 +157,8 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
         .thread_name("host-rt")
         .build()
         .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
-    let observer = Reporter::new(&backend.alias, &backend.human_readable_name, quiet);
+    let mut observer = Reporter::new(&backend.alias, &backend.human_readable_name, quiet);
+    observer.plain_progress = args.progress.is_some() && !std::io::stderr().is_terminal();
     let report = runtime.block_on(async {
         let mut cancel = signals()
             .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
@@ -157,6 +170,19 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
     let code = exit_code(&report.outcome);
     summarize(&report, code, quiet);
     let mut status = Ok(code);
+    if let (Some(path), Some(trace)) = (&args.trace_file, &report.trace) {
+        match trace {
+            Ok(bytes) => {
+                if let Err(e) = std::fs::write(path, bytes) {
+                    status = Err(CliError::Io(format!(
+                        "cannot write the trace to {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+            Err(why) => eprintln!("host: no trace saved to {}: {why}", path.display()),
+        }
+    }
     if let (Some(file), Some(path)) = (summary, &args.json_summary) {
         if let Err(e) = write_summary(file, &report, code) {
             status = Err(CliError::Io(format!(
@@ -317,6 +343,8 @@ struct Reporter {
     alias: String,
     name: String,
     quiet: bool,
+    /// `--progress text` without a terminal: each step of the start as a plain line.
+    plain_progress: bool,
     spinner: Mutex<Option<indicatif::ProgressBar>>,
 }
 
@@ -326,7 +354,40 @@ impl Reporter {
             alias: alias.to_owned(),
             name: name.to_owned(),
             quiet,
+            plain_progress: false,
             spinner: Mutex::new(None),
+        }
+    }
+
+    /// A step of the start: on a terminal, a step done (or failed) is printed above the
+    /// spinner and one under way becomes its line; else a plain line with `--progress text`.
+    fn step(&self, e: &ProgressEntry) {
+        if self.quiet {
+            return;
+        }
+        let head = match e.state {
+            ProgressState::Success => "✓",
+            ProgressState::Failure => "✗",
+            ProgressState::Neutral => "•",
+        };
+        let message = escape_controls(&e.message);
+        if let Ok(s) = self.spinner.lock() {
+            if let Some(bar) = s.as_ref() {
+                match e.state {
+                    ProgressState::Neutral => bar.set_message(format!("{head} {message}")),
+                    _ => {
+                        bar.println(format!("{head} {message}"));
+                        bar.set_message(format!(
+                            "starting an instance on backend {}...",
+                            self.alias
+                        ));
+                    }
+                }
+                return;
+            }
+        }
+        if self.plain_progress {
+            eprintln!("host: {head} {message}");
         }
     }
 
@@ -376,13 +437,25 @@ impl JobObserver for Reporter {
     fn event(&self, event: &JobEvent) {
         match event {
             JobEvent::Starting => self.start_spinner(),
-            JobEvent::Started { instance_id, startup } => {
+            JobEvent::Progress(e) => self.step(e),
+            JobEvent::Started {
+                instance_id,
+                startup,
+                image_name,
+                warmed,
+            } => {
                 self.finish_spinner();
                 if !self.quiet {
+                    let image = if image_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", image {image_name}")
+                    };
                     eprintln!(
-                        "host: worker info: backend {} ({}), instance {instance_id}, startup {}",
+                        "host: worker info: backend {} ({}), instance {instance_id}{image}{}, startup {}",
                         self.alias,
                         self.name,
+                        if *warmed { ", warmed" } else { "" },
                         fmt_duration(*startup)
                     );
                 }

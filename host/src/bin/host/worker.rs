@@ -88,6 +88,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     exit_when_idle: bool,
 
+    /// "text": the steps of each instance's start go into the job's log, as the original's
+    /// text progresser writes them (for backends that report progress)
+    #[arg(long, value_name = "TYPE", value_parser = ["text"])]
+    progress_type: Option<String>,
+
     /// One line per job start and finish on stderr, as text or JSON (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -324,6 +329,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                 .build_api
                 .map(|url| BuildApi::new(url, args.build_api_token.clone())),
             exit_when_idle: args.exit_when_idle,
+            progress_type: args.progress_type.clone().unwrap_or_default(),
         };
         let (lines, printer) = Lines::new(args.log_format == "json");
         let observer: Arc<dyn WorkerObserver> = Arc::new(lines);

@@ -687,6 +687,12 @@ impl Delivery for AmqpDelivery {
         if let Some(reason) = &update.reason {
             body["meta"]["reason"] = json!(reason);
         }
+        if let Some(image) = &update.image_name {
+            body["meta"]["image_name"] = json!(image);
+        }
+        if let Some(warmed) = update.warmed {
+            body["meta"]["warmed"] = json!(warmed);
+        }
         let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
         let key = &self.queue.shared.settings.state_queue;
         self.outbox.send("", key, kind, bytes).await;
