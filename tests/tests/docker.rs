@@ -436,8 +436,14 @@ fn on_a_terminal_a_docker_start_shows_its_steps() {
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     let screen = out.stdout.replace('\r', "\n");
     for step in ["✓ image ", "✓ container host-", "✓ container running"] {
-        assert!(screen.contains(step), "{step:?} not on the terminal:\n{screen}");
+        assert!(
+            screen.contains(step),
+            "{step:?} not on the terminal:\n{screen}"
+        );
     }
     assert!(screen.contains("on a pty"), "{screen}");
-    assert!(screen.contains(", image "), "the worker-info line names the image: {screen}");
+    assert!(
+        screen.contains(", image "),
+        "the worker-info line names the image: {screen}"
+    );
 }

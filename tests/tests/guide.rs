@@ -141,8 +141,17 @@ fn the_template_builds_outside_the_workspace_and_an_unchanged_host_runs_it() {
 /// The fake as built against plugin-api 1.`minor`: plugin-api and the fake with every block
 /// a later minor appended taken out, under the alias `fake1<minor>`.
 fn fake_built_against(minor: u32) -> std::path::PathBuf {
-    let name = format!("fake1{minor}");
-    variant_plugin(&name, |v| {
+    old_variant(&format!("fake1{minor}"), minor, |_| {})
+}
+
+/// A variant workspace `name` of plugin-api 1.`minor` and the fake (alias `name`), with
+/// `more` edits; returns the fake's library.
+fn old_variant(
+    name: &str,
+    minor: u32,
+    more: impl FnOnce(&blackbox::Variant),
+) -> std::path::PathBuf {
+    variant_plugin(name, |v| {
         let current = plugin_api::PLUGIN_API_VERSION;
         let old = format!("1.{minor}.0");
         edit_file(
@@ -169,15 +178,54 @@ fn fake_built_against(minor: u32) -> std::path::PathBuf {
             "const ALIAS: &'static str = \"fake\";",
             &format!("const ALIAS: &'static str = \"{name}\";"),
         );
+        more(v);
     })
 }
 
-fn current_minor() -> u32 {
-    plugin_api::PLUGIN_API_VERSION
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap()
+#[test]
+fn a_plugin_built_against_plugin_api_1_2_runs_in_1_0_and_1_1_hosts() {
+    for minor in [0, 1] {
+        // A host as 1.`minor` made them (abi_stable's own checks on that version's types),
+        // built in a workspace of that version.
+        let name = format!("host1{minor}");
+        old_variant(&name, minor, |v| {
+            copy_tree(
+                &workspace().join("tests/fixtures/minihost"),
+                &v.root.join("minihost"),
+            );
+            edit_file(
+                &v.root.join("Cargo.toml"),
+                &format!("members = [\"api-{name}\", \"{name}\"]"),
+                &format!("members = [\"api-{name}\", \"{name}\", \"minihost\"]"),
+            );
+        });
+        let root = artifacts().target.join("fixtures/variants").join(&name);
+        let target = artifacts().target.join("fixtures").join(&name);
+        let target = target.to_str().unwrap();
+        cargo_in(
+            &root,
+            &["build", "--quiet", "-p", "minihost", "--target-dir", target],
+        );
+        let minihost = Path::new(target)
+            .join(&artifacts().profile)
+            .join("minihost");
+        let out = run({
+            let mut cmd = std::process::Command::new(minihost);
+            cmd.arg(&artifacts().fake).arg("ECHO_SCRIPT=true");
+            cmd
+        });
+        assert_eq!(out.code, Some(0), "1.{minor}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "loaded fake (built against plugin-api {}) in a host of plugin-api 1.{minor}.0",
+                plugin_api::PLUGIN_API_VERSION
+            )),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.stdout, "echo hi\n", "1.{minor}");
+        assert!(out.stderr.contains("exit code 0"), "{}", out.stderr);
+    }
 }
 
 #[test]
@@ -315,4 +363,12 @@ fn strip_appended(path: &Path, minors: &[u32]) {
         path.display()
     );
     std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
+fn current_minor() -> u32 {
+    plugin_api::PLUGIN_API_VERSION
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap()
 }

@@ -634,5 +634,8 @@ fn progress_type_text_puts_the_starts_steps_in_the_log_and_the_image_in_the_stat
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(q.log(43), b"plain\n");
     let started = &q.states(43)[1];
-    assert!(started.get("image_name").is_none(), "local names no image: {started}");
+    assert!(
+        started.get("image_name").is_none(),
+        "local names no image: {started}"
+    );
 }
