@@ -118,7 +118,17 @@ impl<P: Provider> FfiProvider for ProviderAdapter<P> {
         let provider = Arc::clone(&self.0);
         let attributes = StartAttributes::from(attributes);
         let progress = super::Progress::new(progress);
-        guard_future("Provider::start_with_progress", async move {
+        // Named as the author knows it: without progress, the SDK's default runs `start`.
+        let with_progress = guard_plain("Provider::supports_progress", || {
+            provider.supports_progress()
+        })
+        .unwrap_or(false);
+        let what = if with_progress {
+            "Provider::start_with_progress"
+        } else {
+            "Provider::start"
+        };
+        guard_future(what, async move {
             let instance = provider.start_with_progress(&attributes, progress).await?;
             Ok(FfiInstance_TO::from_value(
                 InstanceAdapter(Arc::new(instance)),
