@@ -452,6 +452,9 @@ fn three_workers_run_300_jobs_with_the_originals_messages() {
             ["job:test:receive", "job:test:start", "job:test:finish"],
             "job {id}"
         );
+        let started = &states[1].body;
+        assert_eq!(started["meta"]["image_name"], "fake", "{started}");
+        assert_eq!(started["meta"]["warmed"], false, "{started}");
         let last = &states[2].body;
         assert_eq!(last["meta"]["state_update_count"], 3, "{last}");
         assert_eq!(last["meta"]["uuid"], format!("uuid-{id}"), "{last}");
