@@ -91,6 +91,44 @@ fn the_guide_is_a_backend_that_builds_passes_its_tests_and_runs() {
     assert!(out.stderr.contains("DELAY"), "{}", out.stderr);
 }
 
+/// plugin-api as `cargo package` makes it, unpacked into a directory of its own.
+fn packaged_plugin_api() -> std::path::PathBuf {
+    let target = artifacts().target.join("package-target");
+    let target_arg = target.to_str().unwrap();
+    cargo_in(
+        &workspace(),
+        &[
+            "package",
+            "--quiet",
+            "-p",
+            "plugin-api",
+            "--allow-dirty",
+            "--no-verify",
+            "--target-dir",
+            target_arg,
+        ],
+    );
+    let name = format!("plugin-api-{}", plugin_api::PLUGIN_API_VERSION);
+    let unpacked = artifacts().target.join("package-unpacked");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(target.join("package").join(format!("{name}.crate")))
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar xzf of the packaged plugin-api");
+    let dir = unpacked.join(name);
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(
+        !manifest.contains("workspace = true"),
+        "the packaged manifest inherits nothing:\n{manifest}"
+    );
+    dir
+}
+
 #[test]
 fn the_template_builds_outside_the_workspace_and_an_unchanged_host_runs_it() {
     let host_bin = &artifacts().host;
@@ -99,7 +137,9 @@ fn the_template_builds_outside_the_workspace_and_an_unchanged_host_runs_it() {
     let outside = tempfile::tempdir().unwrap();
     let crate_dir = outside.path().join("my-backend");
     copy_tree(&workspace().join("examples/backend-template"), &crate_dir);
-    let api = workspace().join("plugin-api").display().to_string();
+    // plugin-api as a third party gets it: the crate `cargo package` makes, unpacked (no
+    // workspace to inherit from).
+    let api = packaged_plugin_api().display().to_string();
     edit_file(
         &crate_dir.join("Cargo.toml"),
         "path = \"../../plugin-api\" }",
