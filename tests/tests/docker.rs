@@ -305,15 +305,6 @@ fn a_missing_endpoint_is_the_originals_config_error() {
     );
 }
 
-#[test]
-fn docker_passes_the_conformance_checks() {
-    let config =
-        plugin_api::ProviderConfig::from_map([("ENDPOINT", engine()), ("STOP_GRACE", "1s")]);
-    plugin_api::conformance::Conformance::new(config, "echo hello")
-        .long_running("sleep 600")
-        .assert_conformant::<docker::DockerBackend>();
-}
-
 /// A second API service of the same engine (same storage) on a loopback TCP port, killed on
 /// drop.
 struct TcpService {

@@ -115,7 +115,10 @@ pub trait Instance: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RunResult, BackendError>> + Send;
 
     /// Stops the instance and releases everything it holds. Called on every path, possibly
-    /// while or after `run_script` was cancelled; calling it twice must be harmless.
+    /// after `run_script` was cancelled; calling it twice must be harmless. The host never
+    /// calls it while `run_script` is in flight: a run being cancelled is dropped first, then
+    /// `stop` is called (the conformance kit does the same). Everything the instance started
+    /// (processes, files) must be gone, or reaped, when it returns.
     fn stop(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// The instance's id.
