@@ -452,6 +452,17 @@ fn three_workers_run_300_jobs_with_the_originals_messages() {
             ["job:test:receive", "job:test:start", "job:test:finish"],
             "job {id}"
         );
+        // The first log part carries the job's meta, as the original's does; no other part.
+        for part in &r.logs[&id] {
+            let meta = &part.body["meta"];
+            if part.body["number"] == 0 {
+                assert_eq!(meta["queued_at"], "2026-11-26T00:00:00Z", "{}", part.body);
+                assert_eq!(meta["repo"], "test/repo", "{}", part.body);
+                assert_eq!(meta["infra"], "fake", "{}", part.body);
+            } else {
+                assert!(meta.is_null(), "{}", part.body);
+            }
+        }
         let started = &states[1].body;
         assert_eq!(started["meta"]["image_name"], "fake", "{started}");
         assert_eq!(started["meta"]["warmed"], false, "{started}");

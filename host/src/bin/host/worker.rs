@@ -335,7 +335,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         let observer: Arc<dyn WorkerObserver> = Arc::new(lines);
         let at = Serve {
             http: args.http,
-            alias,
+            alias: alias.clone(),
         };
         match url {
             QueueUrl::Dir(dir) => {
@@ -359,6 +359,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),
                     log_queue: args.amqp.log_queue.clone(),
+                    infra: alias.clone(),
                 };
                 let place = format!("{} queue {}", masked_url(&url), amqp.queue_name);
                 let (queue, cancels) = AmqpQueue::open(amqp)

@@ -7,7 +7,8 @@
 //!   meta {state_update_count, instance_id, uuid}, queued_at, received_at, started_at,
 //!   finished_at}` with the original's states (`canceled`, and `reset` for a requeue);
 //! - log parts: topic exchange `reporting`, routing key `reporting.jobs.logs`, type
-//!   `job:test:log`, body `{id, log, number, uuid, final}`, numbers from 0, flushed every
+//!   `job:test:log`, body `{id, log, number, uuid, final}` (the first part also `meta
+//!   {queued_at, repo, queue, infra}`), numbers from 0, flushed every
 //!   500 ms or at [`LOG_PART_BYTES`], the last one empty and `final`;
 //! - cancel commands: fanout exchange `worker.commands`, `{type: "cancel_job", job_id, ...}`.
 //!
@@ -72,6 +73,9 @@ pub struct AmqpSettings {
     pub state_queue: String,
     /// The log parts routing key and queue ([`LOG_QUEUE`] unless a test keeps its own).
     pub log_queue: String,
+    /// What the first log part's `meta.infra` says (the original's `infra` setting; the
+    /// worker gives its backend's alias).
+    pub infra: String,
 }
 
 /// `url` with its password, if any, replaced by `***`, for printing.
@@ -514,6 +518,13 @@ impl JobQueue for AmqpQueue {
                 .as_ref()
                 .and_then(|v| v.get("job")?.get("queued_at"))
                 .cloned();
+            // As the original's first log part after the start carries them.
+            let started_meta = json!({
+                "queued_at": queued_at.clone().unwrap_or(Value::Null),
+                "repo": doc.as_ref().and_then(|v| v.get("repository")?.get("slug")).cloned().unwrap_or(Value::Null),
+                "queue": doc.as_ref().and_then(|v| v.get("queue")).cloned().unwrap_or(Value::Null),
+                "infra": self.shared.settings.infra,
+            });
             // A redelivery of a job this worker runs or ran: answered here, not run twice.
             if let Some(id) = id {
                 let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,6 +549,7 @@ impl JobQueue for AmqpQueue {
                 job_id: id,
                 uuid,
                 queued_at,
+                started_meta,
                 count: 0,
                 times: Times::default(),
                 instance_id: None,
@@ -572,6 +584,8 @@ pub struct AmqpDelivery {
     /// The payload's `uuid` and `job.queued_at`, echoed in every state update.
     uuid: Option<Value>,
     queued_at: Option<Value>,
+    /// The first log part's `meta`: `{queued_at, repo, queue, infra}`.
+    started_meta: Value,
     count: u64,
     times: Times,
     instance_id: Option<String>,
@@ -706,7 +720,8 @@ impl Delivery for AmqpDelivery {
         let uuid = self.uuid.clone().unwrap_or(Value::Null);
         let key = self.queue.shared.settings.log_queue.clone();
         let outbox = Outbox::new(self.queue.shared.link.clone());
-        self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, rx)));
+        let meta = self.started_meta.clone();
+        self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, meta, rx)));
         Ok(AmqpLog {
             tx: tokio_util::sync::PollSender::new(tx),
         })
@@ -837,11 +852,17 @@ async fn log_parts(
     key: String,
     job_id: u64,
     uuid: Value,
+    meta: Value,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> Outbox {
     let body_of = |number: u64, text: String, last: bool| {
         let body =
             json!({"id": job_id, "log": text, "number": number, "uuid": uuid, "final": last});
+        // The first part after the start carries the job's meta, as the original's does.
+        let mut body = body;
+        if number == 0 {
+            body["meta"] = meta.clone();
+        }
         serde_json::to_vec(&body).unwrap_or_default()
     };
     let mut buf: Vec<u8> = Vec::new();
