@@ -481,23 +481,33 @@ fn exit_within(child: &mut std::process::Child, secs: u64) -> std::process::Exit
     }
 }
 
+/// `host run` on fake writing `log_bytes` into a pipe nobody reads for a second (the pipe
+/// fills and the plugin's write waits): the process, the pipe's reading end, and a copy of
+/// its writing end (the description the host shares with us).
+fn run_into_a_stalled_pipe(
+    log_bytes: &str,
+) -> (blackbox::Guard, std::io::PipeReader, std::io::PipeWriter) {
+    let dir = fake_dir();
+    let s = script("");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let ours = writer.try_clone().unwrap();
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-c", &format!("LOG_BYTES={log_bytes}")])
+        .arg(s.path())
+        .stdout(writer)
+        .stderr(Stdio::null());
+    let child = blackbox::Guard(cmd.spawn().unwrap());
+    // The parent's copy of the writing end goes with `cmd`: EOF comes when the host exits.
+    drop(cmd);
+    std::thread::sleep(Duration::from_millis(1000));
+    (child, reader, ours)
+}
+
 #[test]
 fn a_reader_that_stalls_then_resumes_gets_every_byte_and_the_pipe_keeps_its_flags() {
     use std::os::fd::AsRawFd as _;
     const O_NONBLOCK: u32 = 0o4000;
-    let dir = fake_dir();
-    let s = script("");
-    let (mut reader, writer) = std::io::pipe().unwrap();
-    let ours = writer.try_clone().unwrap();
-    let mut cmd = host(dir.path());
-    cmd.args(["run", "-c", "LOG_BYTES=64MiB"])
-        .arg(s.path())
-        .stdout(writer)
-        .stderr(Stdio::null());
-    let mut child = blackbox::Guard(cmd.spawn().unwrap());
-    drop(cmd);
-    // Nobody reads for a while: the pipe fills and the plugin's write waits.
-    std::thread::sleep(Duration::from_millis(1000));
+    let (mut child, mut reader, ours) = run_into_a_stalled_pipe("64MiB");
     assert_eq!(
         fd_flags(ours.as_raw_fd()) & O_NONBLOCK,
         0,
@@ -519,17 +529,7 @@ fn a_reader_that_stalls_then_resumes_gets_every_byte_and_the_pipe_keeps_its_flag
 
 #[test]
 fn a_signal_ends_a_run_whose_reader_stalls() {
-    let dir = fake_dir();
-    let s = script("");
-    let (reader, writer) = std::io::pipe().unwrap();
-    let mut cmd = host(dir.path());
-    cmd.args(["run", "-c", "LOG_BYTES=1GiB"])
-        .arg(s.path())
-        .stdout(writer)
-        .stderr(Stdio::piped());
-    let mut child = blackbox::Guard(cmd.spawn().unwrap());
-    drop(cmd);
-    std::thread::sleep(Duration::from_millis(1000));
+    let (mut child, reader, _ours) = run_into_a_stalled_pipe("1GiB");
     let t = Instant::now();
     signal("-INT", child.0.id());
     let status = exit_within(&mut child.0, 10);

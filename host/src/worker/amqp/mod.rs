@@ -55,6 +55,8 @@ pub const LOG_EXCHANGE: &str = "reporting";
 pub const LOG_QUEUE: &str = "reporting.jobs.logs";
 /// The fanout exchange of worker commands.
 pub const COMMANDS_EXCHANGE: &str = "worker.commands";
+/// The AMQP message type of a log part.
+const LOG_TYPE: &str = "job:test:log";
 /// The largest log part, in bytes of log.
 pub const LOG_PART_BYTES: usize = 9 * 1024;
 /// How often buffered log is flushed into a part.
@@ -899,12 +901,7 @@ async fn log_parts(
                 break;
             }
             outbox
-                .send(
-                    LOG_EXCHANGE,
-                    &key,
-                    "job:test:log",
-                    body_of(number, text, false),
-                )
+                .send(LOG_EXCHANGE, &key, LOG_TYPE, body_of(number, text, false))
                 .await;
             number += 1;
             if open && buf.len() < LOG_PART_BYTES {
@@ -919,7 +916,7 @@ async fn log_parts(
         .send(
             LOG_EXCHANGE,
             &key,
-            "job:test:log",
+            LOG_TYPE,
             body_of(number, String::new(), true),
         )
         .await;
