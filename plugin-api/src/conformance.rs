@@ -65,7 +65,6 @@
 //!
 //! Call it from a plain `#[test]` (it runs its own tokio runtime).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -594,26 +593,7 @@ fn fail(name: &'static str, why: String) -> CheckResult {
     }
 }
 
-type Log = Arc<Mutex<Vec<u8>>>;
-
-struct CollectingSink(Log);
-
-impl FfiOutputSink for CollectingSink {
-    fn write(&mut self, chunk: RVec<u8>) -> FfiResultFuture<()> {
-        if let Ok(mut log) = self.0.lock() {
-            log.extend_from_slice(&chunk);
-        }
-        ready(RResult::ROk(()))
-    }
-}
-
-fn collecting_sink() -> (crate::ffi::OutputSinkBox, Log) {
-    let log = Log::default();
-    (
-        FfiOutputSink_TO::from_value(CollectingSink(Arc::clone(&log)), TD_Opaque),
-        log,
-    )
-}
+use crate::sdk::collect::collecting_sink;
 
 struct FailingSink;
 
@@ -795,7 +775,7 @@ mod tests {
     }
 
     /// The kit watches every process of the test binary: its own tests take turns.
-    static ALONE: Mutex<()> = Mutex::new(());
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn a_sloppy_backend_fails_the_checks_it_breaks() {

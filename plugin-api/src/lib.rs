@@ -8,6 +8,8 @@
 //!
 //! - [`sdk`]: the traits you implement ([`Backend`], [`Provider`], [`Instance`]) and the
 //!   [`export_backend!`] macro. You never write `unsafe`, `extern "C"` or an abi_stable type.
+//!   With feature `process` (Unix), `sdk::process` runs a build as a process tree of its own:
+//!   process group and cgroup, one ordered output stream, two-phase termination, reaping.
 //! - [`ProviderConfig`], [`StartAttributes`], [`RunResult`], [`BackendError`]: the domain
 //!   types of the original travis-ci/worker `backend` package, in Rust spelling.
 //! - [`ffi`]: the raw stable ABI (for the host, and for the curious), with the rules by

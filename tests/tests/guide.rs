@@ -9,7 +9,8 @@ use blackbox::{
     script, sha256, variant_plugin, workspace,
 };
 
-/// The guide's blocks assembled into a crate at `dir`, plugin-api pointed at ours.
+/// The guide's blocks assembled into a crate at `dir` (and section 10's sandbox backend
+/// into `dir/sandbox`), plugin-api pointed at ours.
 fn assemble_guide(dir: &Path) -> usize {
     let guide = std::fs::read_to_string(workspace().join("docs/writing-a-backend.md")).unwrap();
     let api = workspace().join("plugin-api");
@@ -37,11 +38,13 @@ fn assemble_guide(dir: &Path) -> usize {
     }
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(dir.join("src/lib.rs"), lib).unwrap();
-    // Not a member of any enclosing workspace; pinned to our dependency versions.
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, format!("{text}\n[workspace]\n")).unwrap();
-    std::fs::copy(workspace().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    // Not members of any enclosing workspace; pinned to our dependency versions.
+    for krate in [dir.to_owned(), dir.join("sandbox")] {
+        let manifest = krate.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}\n[workspace]\n")).unwrap();
+        std::fs::copy(workspace().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+    }
     compiled
 }
 
@@ -89,6 +92,44 @@ fn the_guide_is_a_backend_that_builds_passes_its_tests_and_runs() {
     let out = run(cmd);
     assert_eq!(out.code, Some(78));
     assert!(out.stderr.contains("DELAY"), "{}", out.stderr);
+}
+
+#[test]
+fn the_guides_sandbox_backend_is_at_most_80_lines_passes_the_kit_and_runs_in_namespaces() {
+    let dir = artifacts().target.join("fixtures/guide-sandbox");
+    assemble_guide(&dir);
+    let crate_dir = dir.join("sandbox");
+    let source = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    let lines = source.lines().count();
+    assert!(lines <= 80, "the sandbox backend takes {lines} lines");
+
+    let target = artifacts().target.join("fixtures");
+    let target = target.to_str().unwrap();
+    // Its tests are the conformance kit: processes, zombies and files left fail it.
+    cargo_in(&crate_dir, &["test", "--quiet", "--target-dir", target]);
+    cargo_in(&crate_dir, &["build", "--quiet", "--target-dir", target]);
+    let lib = artifacts()
+        .target
+        .join("fixtures")
+        .join(&artifacts().profile)
+        .join(dylib_name("sandbox_backend"));
+    let plugins = plugin_dir(&[("libsandbox_backend.so", &lib)]);
+
+    // PID 1 of its own namespace, seeing no process of ours; the exit code arrives.
+    let s = script("echo pid $$; ps -e --no-headers | wc -l; exit 7\n");
+    let mut cmd = host(plugins.path());
+    cmd.args(["run", "-b", "sandbox"]).arg(s.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(7), "{}", out.stderr);
+    let mut words = out.stdout.split_whitespace();
+    assert_eq!(words.next(), Some("pid"));
+    assert_eq!(words.next(), Some("1"), "{}", out.stdout);
+    let seen: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(99);
+    assert!(
+        seen <= 4,
+        "the script sees only its own processes:\n{}",
+        out.stdout
+    );
 }
 
 /// plugin-api as `cargo package` makes it, unpacked into a directory of its own.

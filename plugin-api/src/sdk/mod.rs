@@ -21,8 +21,12 @@
 //! what a half-done call holds in `Drop` impls or in `stop`, which the host always calls.
 
 pub(crate) mod adapter;
+#[cfg(any(test, feature = "conformance"))]
+pub(crate) mod collect;
 pub mod instances;
 mod logging;
+#[cfg(all(unix, feature = "process"))]
+pub mod process;
 mod runtime;
 
 use std::future::Future;

@@ -22,14 +22,15 @@
 //! exit code 128+N and a line in the log naming the signal.
 //!
 //! # Nothing left behind
-//! See [`containment`] for what is guaranteed where.
+//! The SDK's process helpers hold the containment: see [`plugin_api::sdk::process::tree`]
+//! for what is guaranteed where.
 
-pub mod containment;
 mod instance;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use plugin_api::sdk::process::{Cgroup, ProcessTree};
 use plugin_api::sdk::*;
 
 pub use instance::LocalInstance;
@@ -178,10 +179,9 @@ impl Provider for LocalProvider {
         let mut reaped = std::collections::HashSet::new();
         for s in stale {
             reaped.insert(s.id.clone());
-            let job = std::sync::Arc::new(containment::JobProcesses::new(
-                -1,
-                s.id.clone(),
-                containment::Cgroup::existing(&format!("host-{}", s.id)),
+            let job = std::sync::Arc::new(ProcessTree::found(
+                &s.id,
+                Cgroup::existing(&format!("host-{}", s.id)),
             ));
             let pids = job.live_pids();
             lines.push(format!(
@@ -194,9 +194,7 @@ impl Provider for LocalProvider {
             if dry_run {
                 continue;
             }
-            job.terminate(Duration::ZERO)
-                .await
-                .map_err(BackendError::other)?;
+            job.terminate(Duration::ZERO).await?;
             drop(job);
             std::fs::remove_dir_all(&s.dir).map_err(|e| {
                 BackendError::other(format!("cannot remove {}: {e}", s.dir.display()))
@@ -204,31 +202,25 @@ impl Provider for LocalProvider {
         }
         // Cgroups of gone hosts whose directories are already gone (or elsewhere), as old
         // as --older-than asks: a younger one is left, whole, with its processes.
-        for name in containment::Cgroup::job_cgroup_names() {
+        for name in Cgroup::names_with_prefix("host-local-") {
             let id = name.trim_start_matches("host-");
             let gone = instance::host_pid_of(id).is_some_and(|pid| !instances::process_alive(pid));
             if !gone || reaped.contains(id) {
                 continue;
             }
-            let Some(cgroup) = containment::Cgroup::existing(&name) else {
+            let Some(cgroup) = Cgroup::existing(&name) else {
                 continue;
             };
             if cgroup.age() < older_than {
                 continue;
             }
-            let job = std::sync::Arc::new(containment::JobProcesses::new(
-                -1,
-                id.to_owned(),
-                Some(cgroup),
-            ));
+            let job = std::sync::Arc::new(ProcessTree::found(id, Some(cgroup)));
             lines.push(format!(
                 "cgroup {name} of a gone host: {} process(es)",
                 job.live_pids().len()
             ));
             if !dry_run {
-                job.terminate(Duration::ZERO)
-                    .await
-                    .map_err(BackendError::other)?;
+                job.terminate(Duration::ZERO).await?;
             }
         }
         Ok(lines)
