@@ -106,6 +106,7 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.push(local_throughput(&a, s));
     rows.push(flood(&a, s));
     rows.extend(startup(&a, s));
+    rows.extend(probe(&a, s));
     rows.push(inflight(&a, "fake", s.inflight_fake, s));
     rows.push(inflight(&a, "local", s.inflight_local, s));
     rows.extend(memory(&a, s));
@@ -133,6 +134,12 @@ pub fn log(quick: bool) -> Vec<Row> {
     ];
     rows.extend(startup(&a, s));
     rows
+}
+
+/// The load-time probe's figures alone (`bench probe`).
+pub fn probe_only(quick: bool) -> Vec<Row> {
+    let s = if quick { &QUICK } else { &FULL };
+    probe(&artifacts::build(), s)
 }
 
 /// The worker figures alone (`bench worker`).
@@ -509,9 +516,13 @@ fn flood(a: &Artifacts, s: &Sizes) -> Row {
 
 fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     let self_exe = std::env::current_exe().expect("own path");
+    // The probes' cache of its own, warmed by each directory's first (unmeasured) listing:
+    // these rows are the start-ups after the first.
+    let cache = artifacts::plugin_dir(&[]);
     let list = |dir: &Path| {
         time_shell(&format!(
-            "{} --plugin-dir {} list-backends > /dev/null; test $? -le 3",
+            "HOST_PROBE_CACHE={} {} --plugin-dir {} list-backends > /dev/null; test $? -le 3",
+            cache.display(),
             a.host.display(),
             dir.display()
         ))
@@ -537,6 +548,7 @@ fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
             .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
             .collect();
         let dir = artifacts::plugin_dir(&files);
+        list(&dir);
         let ours = median(runs, || list(&dir));
         let base = median(runs, || dlopen(&dir));
         let per = (ours - ours0) * 1e3 / n as f64;
@@ -565,7 +577,60 @@ fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
         rows.push(row);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let _ = std::fs::remove_dir_all(&cache);
     rows
+}
+
+/// What the load-time probe (host::probe) adds to loading, measured inside a child process
+/// around `PluginPolicy::load` (process start-up excluded): with a warm cache, with none
+/// (every file probed in a child), against loading unprobed.
+fn probe(a: &Artifacts, s: &Sizes) -> Vec<Row> {
+    let self_exe = std::env::current_exe().expect("own path");
+    let n = s.plugin_counts[1];
+    let files: Vec<(String, &Path)> = (0..n)
+        .map(|i| (format!("libfake{i:03}.so"), a.fake.as_path()))
+        .collect();
+    let dir = artifacts::plugin_dir(&files);
+    let cache = artifacts::plugin_dir(&[]);
+    let load = |mode: &str| -> f64 {
+        let out = Command::new(&self_exe)
+            .args(["child", "load-timed", mode])
+            .arg(&a.host)
+            .arg(&cache)
+            .arg(&dir)
+            .output()
+            .expect("run child");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<f64>()
+            .expect("seconds")
+    };
+    let runs = s.runs.max(15);
+    load("cached"); // warms the cache
+    let unprobed = median(runs, || load("unprobed"));
+    let cached = median(runs, || load("cached"));
+    let cold = median(s.runs.max(5), || load("uncached"));
+    let per = |t: f64| (t - unprobed) * 1e3 / n as f64;
+    let mut hit = Row::new(format!("probe-cache hit: loading {n} plugin files"));
+    hit.ours = format!("{:.2} ms, {:+.3} ms/plugin", cached * 1e3, per(cached));
+    hit.baseline = format!("{:.2} ms (loaded unprobed)", unprobed * 1e3);
+    hit.ratio = format!("{:.2}x", cached / unprobed);
+    hit.target = "<= +0.1 ms per plugin".into();
+    hit.verdict = verdict(per(cached) <= 0.1);
+    let mut miss = Row::new(format!("probe, no cache: loading {n} plugin files"));
+    miss.ours = format!("{:.1} ms, {:+.2} ms/plugin", cold * 1e3, per(cold));
+    miss.baseline = format!("{:.2} ms (loaded unprobed)", unprobed * 1e3);
+    miss.ratio = format!("{:.1}x", cold / unprobed);
+    miss.target = "report (a new or changed file's first start)".into();
+    miss.verdict = "yes";
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&cache);
+    vec![hit, miss]
 }
 
 fn inflight(a: &Artifacts, backend: &str, n: usize, _s: &Sizes) -> Row {
@@ -669,6 +734,28 @@ pub fn child(args: &[String]) -> ExitCode {
                     assert!(!libc::dlsym(h, sym.as_ptr()).is_null(), "symbol missing");
                 }
             }
+            ExitCode::SUCCESS
+        }
+        Some("load-timed") => {
+            let (Some(mode), Some(exe), Some(cache), Some(dir)) =
+                (args.get(1), args.get(2), args.get(3), args.get(4))
+            else {
+                return ExitCode::from(64);
+            };
+            let cache = if mode == "uncached" {
+                ""
+            } else {
+                cache.as_str()
+            };
+            std::env::set_var(host::probe::CACHE_ENV, cache);
+            let exe = (mode != "unprobed").then(|| PathBuf::from(exe));
+            host::probe::set_executable(exe);
+            let policy = host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.into()]), None);
+            let t = Instant::now();
+            let registry = policy.load();
+            let took = t.elapsed().as_secs_f64();
+            assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
+            println!("{took}");
             ExitCode::SUCCESS
         }
         Some("rss-empty") => {

@@ -6,6 +6,7 @@
 //! cargo run --release -p bench -- worker        # the worker's figures alone
 //! cargo run --release -p bench -- amqp          # the worker on RabbitMQ alone
 //! cargo run --release -p bench -- log           # the log path alone (throughput, start-up)
+//! cargo run --release -p bench -- probe         # the load-time probe alone (cache hit, miss)
 //! ```
 //!
 //! Each timed figure is the median of several runs. The baselines run in the same process
@@ -37,6 +38,10 @@ fn main() -> ExitCode {
             print!("{}", table::render(&figures::log(quick)));
             ExitCode::SUCCESS
         }
+        Some("probe") => {
+            print!("{}", table::render(&figures::probe_only(quick)));
+            ExitCode::SUCCESS
+        }
         Some("amqp") => {
             print!("{}", table::render(&figures::amqp(quick)));
             ExitCode::SUCCESS
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
         // Helpers the figures run as separate processes, for a clean RSS and thread count.
         Some("child") => figures::child(&args[1..]),
         _ => {
-            eprintln!("usage: bench all|worker|amqp|log [--quick]");
+            eprintln!("usage: bench all|worker|amqp|log|probe [--quick]");
             ExitCode::from(64)
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use plugin_api::{BackendError, ErrorKind};
 
 /// Why a plugin file was not loaded. Each message is one line.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LoadError {
     /// The file could not be opened as a shared library (dlopen's reason).
     #[error("not a loadable shared library: {0}")]
@@ -19,6 +19,7 @@ pub enum LoadError {
     NotAPlugin,
     /// Refused by the checks made before opening a file.
     #[error("refused: {0}")]
+    #[serde(skip)]
     Untrusted(#[source] crate::trust::TrustError),
     /// Built with an abi_stable whose header this host cannot read.
     #[error("built with an incompatible abi_stable ({found}; this host uses abi_stable ABI 0.11): rebuild the plugin against plugin-api {host_major}.x")]
@@ -55,6 +56,10 @@ pub enum LoadError {
         /// The file that was loaded first.
         first: PathBuf,
     },
+    /// Opening it killed the process that tried (a child probing it, see [`crate::probe`]):
+    /// a damaged or hostile file, kept out of the host.
+    #[error("crashed while loading: {0}")]
+    Crashed(String),
     /// Something else abi_stable reported.
     #[error("{0}")]
     Other(String),

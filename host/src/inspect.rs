@@ -24,6 +24,8 @@ pub struct Inspection {
     pub sha256: Option<String>,
     /// `ok (...)` or the reason the trust checks refuse it.
     pub trust: String,
+    /// What the probe in a child process found (see [`crate::probe`]), if one ran.
+    pub probe: Option<String>,
     /// The abi_stable ABI version in its header, e.g. `0.11`.
     pub abi_stable: Option<String>,
     /// The plugin-api version it was built against.
@@ -60,6 +62,7 @@ pub(crate) fn describe(
         size: regular.as_ref().map(std::fs::Metadata::len),
         sha256: regular.as_ref().and_then(|_| sha256_file(path).ok()),
         trust: String::new(),
+        probe: progress.probe.clone(),
         abi_stable: None,
         plugin_api: None,
         alias: None,

@@ -64,6 +64,7 @@ pub mod job;
 pub mod loader;
 pub mod output;
 pub mod policy;
+pub mod probe;
 pub mod registry;
 pub mod text;
 pub mod trust;

@@ -136,6 +136,8 @@ pub struct Progress {
     pub abi: Option<(u32, u32)>,
     /// The plugin-api version in the header.
     pub plugin_api_version: Option<String>,
+    /// What the probe in a child process found, and whether from the cache.
+    pub probe: Option<String>,
 }
 
 impl PluginFile {
@@ -165,6 +167,10 @@ impl PluginFile {
 
     pub(crate) fn load_traced(self, progress: &mut Progress) -> Result<Backend, LoadError> {
         progress.facts = Some(self.checked.facts.clone());
+        if let Err(e) = crate::probe::probe(&self.checked, progress) {
+            keep_open(self.checked.file);
+            return Err(e);
+        }
         let library = descriptor_path(&self.checked.file, &self.checked.facts.resolved);
         let opened = crate::abi::load::open_root_module(&library, progress);
         keep_open(self.checked.file);

@@ -298,7 +298,7 @@ fn check_meta(
     Ok(mode)
 }
 
-fn check_dir(dir: &Path) -> Result<(), TrustError> {
+pub(crate) fn check_dir(dir: &Path) -> Result<(), TrustError> {
     let meta = std::fs::metadata(dir).map_err(io_error(dir))?;
     check_meta(dir, &meta, "directory").map(drop)
 }

@@ -36,6 +36,7 @@ pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
         row("size:", found.size.map(|s| format!("{s} bytes")).as_deref());
         row("sha256:", found.sha256.as_deref());
         row("trust:", Some(&found.trust));
+        row("probe:", found.probe.as_deref());
         let abi = found.abi_stable.as_deref().map(|v| format!("ABI {v}"));
         row("abi_stable:", abi.as_deref());
         row("plugin-api:", found.plugin_api.as_deref());
