@@ -9,6 +9,7 @@ use plugin_api::{BackendError, ProgressEntry, RunResult, StartAttributes};
 
 use crate::abi::calls::{InstanceObj, ProgressFn, ProviderObj};
 use crate::error::HostError;
+use crate::isolate::{RemoteInstance, RemoteProvider};
 use crate::output::LogSink;
 
 fn named<'a>(
@@ -23,15 +24,31 @@ fn named<'a>(
 }
 
 /// A backend's provider (the original's `Provider`), made by
-/// [`crate::Registry::new_backend_provider`].
+/// [`crate::Registry::new_backend_provider`]. The same for a plugin loaded in this process
+/// and for one isolated in a plugin server ([`crate::isolate`]).
 pub struct Provider {
     alias: Arc<str>,
-    inner: ProviderObj,
+    inner: ProviderInner,
+}
+
+enum ProviderInner {
+    InProcess(ProviderObj),
+    Isolated(RemoteProvider),
 }
 
 impl Provider {
     pub(crate) fn new(alias: Arc<str>, inner: ProviderObj) -> Self {
-        Self { alias, inner }
+        Self {
+            alias,
+            inner: ProviderInner::InProcess(inner),
+        }
+    }
+
+    pub(crate) fn remote(alias: Arc<str>, inner: RemoteProvider) -> Self {
+        Self {
+            alias,
+            inner: ProviderInner::Isolated(inner),
+        }
     }
 
     /// The backend's alias.
@@ -39,10 +56,26 @@ impl Provider {
         &self.alias
     }
 
+    /// An isolated plugin's provider is made in its server on first use: a config mistake
+    /// is named as the `new_provider` it is.
+    async fn bound(&self) -> Result<(), HostError> {
+        match &self.inner {
+            ProviderInner::InProcess(_) => Ok(()),
+            ProviderInner::Isolated(r) => {
+                r.bind().await.map_err(named(&self.alias, "new_provider"))
+            }
+        }
+    }
+
     /// Prepares the provider.
     pub async fn setup(&self) -> Result<(), HostError> {
+        self.bound().await?;
         let alias = &self.alias;
-        self.inner.setup(alias).await.map_err(named(alias, "setup"))
+        match &self.inner {
+            ProviderInner::InProcess(p) => p.setup(alias).await,
+            ProviderInner::Isolated(r) => r.setup().await,
+        }
+        .map_err(named(alias, "setup"))
     }
 
     /// Removes what the backend left behind that is older than `older_than` (with
@@ -53,11 +86,13 @@ impl Provider {
         older_than: Duration,
         dry_run: bool,
     ) -> Result<Vec<String>, HostError> {
+        self.bound().await?;
         let alias = &self.alias;
-        self.inner
-            .reap(alias, older_than, dry_run)
-            .await
-            .map_err(named(alias, "reap"))
+        match &self.inner {
+            ProviderInner::InProcess(p) => p.reap(alias, older_than, dry_run).await,
+            ProviderInner::Isolated(r) => r.reap(older_than, dry_run).await,
+        }
+        .map_err(named(alias, "reap"))
     }
 
     /// Starts an instance with `attributes`.
@@ -66,9 +101,12 @@ impl Provider {
     }
 
     /// Whether the backend reports the steps of a start (plugin-api 1.2; `false` for a
-    /// plugin built before it).
+    /// plugin built before it, and for an isolated plugin until its first call).
     pub fn supports_progress(&self) -> bool {
-        self.inner.supports_progress()
+        match &self.inner {
+            ProviderInner::InProcess(p) => p.supports_progress(),
+            ProviderInner::Isolated(r) => r.supports_progress(),
+        }
     }
 
     /// Starts an instance with `attributes`, handing each step the backend reports to
@@ -87,12 +125,19 @@ impl Provider {
         attributes: &StartAttributes,
         progress: Option<ProgressFn>,
     ) -> Result<Instance, HostError> {
+        self.bound().await?;
         let alias = &self.alias;
-        let inner = self
-            .inner
-            .start(alias, attributes, progress)
-            .await
-            .map_err(named(alias, "start"))?;
+        let inner = match &self.inner {
+            ProviderInner::InProcess(p) => p
+                .start(alias, attributes, progress)
+                .await
+                .map(InstanceInner::InProcess),
+            ProviderInner::Isolated(r) => r
+                .start(attributes, progress)
+                .await
+                .map(InstanceInner::Isolated),
+        }
+        .map_err(named(alias, "start"))?;
         Ok(Instance {
             alias: Arc::clone(alias),
             inner,
@@ -103,7 +148,22 @@ impl Provider {
 /// A started instance (the original's `Instance`).
 pub struct Instance {
     alias: Arc<str>,
-    inner: InstanceObj,
+    inner: InstanceInner,
+}
+
+enum InstanceInner {
+    InProcess(InstanceObj),
+    Isolated(RemoteInstance),
+}
+
+/// Calls `$method` on whichever kind of instance `$self` holds.
+macro_rules! on_instance {
+    ($self:expr, $i:ident => $in_process:expr, $r:ident => $isolated:expr) => {
+        match &$self.inner {
+            InstanceInner::InProcess($i) => $in_process,
+            InstanceInner::Isolated($r) => $isolated,
+        }
+    };
 }
 
 impl Instance {
@@ -115,60 +175,55 @@ impl Instance {
     /// Puts the build script on the instance.
     pub async fn upload_script(&self, script: Vec<u8>) -> Result<(), HostError> {
         let alias = &self.alias;
-        self.inner
-            .upload_script(alias, script)
-            .await
+        on_instance!(self, i => i.upload_script(alias, script).await, r => r.upload_script(script).await)
             .map_err(named(alias, "upload_script"))
     }
 
     /// Runs the script, streaming its log into `output` (see [`crate::output`]).
     pub async fn run_script(&self, output: LogSink) -> Result<RunResult, HostError> {
         let alias = &self.alias;
-        self.inner
-            .run_script(alias, output)
-            .await
+        on_instance!(self, i => i.run_script(alias, output).await, r => r.run_script(output).await)
             .map_err(named(alias, "run_script"))
     }
 
     /// Stops the instance.
     pub async fn stop(&self) -> Result<(), HostError> {
         let alias = &self.alias;
-        self.inner.stop(alias).await.map_err(named(alias, "stop"))
+        on_instance!(self, i => i.stop(alias).await, r => r.stop().await)
+            .map_err(named(alias, "stop"))
     }
 
     /// The instance's id.
     pub fn id(&self) -> &str {
-        self.inner.id()
+        on_instance!(self, i => i.id(), r => r.id())
     }
 
     /// How long the instance took to start.
     pub fn startup_duration(&self) -> Duration {
-        self.inner.startup_duration()
+        on_instance!(self, i => i.startup_duration(), r => r.startup_duration())
     }
 
     /// The image the instance runs; empty when the backend names none (or was built before
     /// plugin-api 1.2).
     pub fn image_name(&self) -> &str {
-        self.inner.image_name()
+        on_instance!(self, i => i.image_name(), r => r.image_name())
     }
 
     /// Whether the instance came from a pool of warmed ones.
     pub fn warmed(&self) -> bool {
-        self.inner.warmed()
+        on_instance!(self, i => i.warmed(), r => r.warmed())
     }
 
     /// Whether the instance reports progress.
     pub fn supports_progress(&self) -> bool {
-        self.inner.supports_progress()
+        on_instance!(self, i => i.supports_progress(), r => r.supports_progress())
     }
 
     /// The instance's trace; an [`ErrorKind::UNSUPPORTED`](plugin_api::ErrorKind::UNSUPPORTED)
     /// error from a backend that keeps none.
     pub async fn download_trace(&self) -> Result<Vec<u8>, HostError> {
         let alias = &self.alias;
-        self.inner
-            .download_trace(alias)
-            .await
+        on_instance!(self, i => i.download_trace(alias).await, r => r.download_trace().await)
             .map_err(named(alias, "download_trace"))
     }
 }

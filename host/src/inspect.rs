@@ -40,6 +40,8 @@ pub struct Inspection {
     pub config_keys: Vec<(String, String)>,
     /// Whether this host would load it.
     pub loadable: bool,
+    /// Whether it would run out of process, in a plugin server (`--isolate`).
+    pub isolated: bool,
     /// Why it would not, in one line.
     pub error: Option<String>,
 }
@@ -70,6 +72,7 @@ pub(crate) fn describe(
         plugin_version: None,
         config_keys: Vec::new(),
         loadable: false,
+        isolated: false,
         error: None,
     };
     out.trust = match &progress.facts {
@@ -97,6 +100,7 @@ pub(crate) fn describe(
             out.plugin_version = Some(backend.plugin_version);
             out.config_keys = backend.provider_help.into_iter().collect();
             out.loadable = true;
+            out.isolated = backend.isolated;
         }
         Err(e) => out.error = Some(e.to_string()),
     }

@@ -60,6 +60,7 @@ pub mod config;
 mod elf;
 pub mod error;
 pub mod inspect;
+pub mod isolate;
 pub mod job;
 pub mod loader;
 pub mod output;

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{HostError, LoadError};
+use crate::isolate::Isolation;
 use crate::registry::Backend;
 use crate::trust::{self, CheckedFile, FileFacts, Lock};
 
@@ -160,16 +161,45 @@ impl PluginFile {
     /// Opens the checked file as a library: header, plugin-api version and layout checks,
     /// root module initialisation; then hands the plugin the host's logger.
     pub fn load(self) -> Result<Backend, LoadError> {
-        let backend = self.load_traced(&mut Progress::default())?;
+        let backend = self.load_traced(&mut Progress::default(), &Isolation::None)?;
         backend.connect_logger();
         Ok(backend)
     }
 
-    pub(crate) fn load_traced(self, progress: &mut Progress) -> Result<Backend, LoadError> {
+    /// Probes the file in a child ([`crate::probe`]), then loads it here, or, when
+    /// `isolation` covers its alias, makes it a backend served out of process
+    /// ([`crate::isolate`]) without ever opening it here.
+    pub(crate) fn load_traced(
+        self,
+        progress: &mut Progress,
+        isolation: &Isolation,
+    ) -> Result<Backend, LoadError> {
         progress.facts = Some(self.checked.facts.clone());
-        if let Err(e) = crate::probe::probe(&self.checked, progress) {
-            keep_open(self.checked.file);
-            return Err(e);
+        let description = match crate::probe::probe(&self.checked, progress) {
+            Ok(d) => d,
+            Err(e) => {
+                keep_open(self.checked.file);
+                return Err(e);
+            }
+        };
+        if isolation.any() {
+            match (description, crate::probe::executable()) {
+                (Some(d), Some(exe)) if isolation.covers(&d.alias) => {
+                    progress.plugin_api_version = Some(d.plugin_api_version.clone());
+                    let server =
+                        crate::isolate::Server::new(d.alias.clone(), exe, self.checked.file);
+                    return Ok(Backend::isolated(self.path, d, server, self.checked.facts));
+                }
+                (Some(_), Some(_)) => {}
+                _ => {
+                    keep_open(self.checked.file);
+                    return Err(LoadError::Other(
+                        "plugins are to be isolated, but there is no plugin server executable \
+                         (a program embedding the host library calls host::probe::serve_if_asked)"
+                            .into(),
+                    ));
+                }
+            }
         }
         let library = descriptor_path(&self.checked.file, &self.checked.facts.resolved);
         let opened = crate::abi::load::open_root_module(&library, progress);

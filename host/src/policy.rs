@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use crate::error::{LoadError, Rejected};
 use crate::inspect::Inspection;
+use crate::isolate::Isolation;
 use crate::loader::{candidate_files, plugin_dirs, PluginDir, PluginFile, Progress};
 use crate::registry::Registry;
 use crate::trust::{Lock, TrustError, DIR_LOCK_NAME, LOCK_ENV};
@@ -25,19 +26,21 @@ pub struct PluginPolicy {
     explicit_lock: Option<PathBuf>,
     /// Locks read so far, by path: each is read and checked once.
     locks: Mutex<HashMap<PathBuf, Result<Lock, TrustError>>>,
+    /// Which plugins run out of process.
+    isolation: Isolation,
 }
 
 impl PluginPolicy {
     /// The policy from the command line's values, each falling back to the environment:
     /// `--plugin-dir` else `HOST_PLUGIN_PATH` else beside the executable; `--plugin-lock`
-    /// else `HOST_PLUGIN_LOCK`.
+    /// else `HOST_PLUGIN_LOCK`; isolation from `HOST_ISOLATE` (see [`Self::with_isolation`]).
     pub fn resolve(cli_dirs: &[PathBuf], cli_lock: Option<&Path>) -> Self {
         let lock = cli_lock.map(Path::to_owned).or_else(|| {
             std::env::var_os(LOCK_ENV)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         });
-        Self::new(plugin_dirs(cli_dirs), lock)
+        Self::new(plugin_dirs(cli_dirs), lock).with_isolation(Isolation::from_env())
     }
 
     /// A policy with its inputs given (no environment is read).
@@ -46,7 +49,19 @@ impl PluginPolicy {
             dirs,
             explicit_lock,
             locks: Mutex::new(HashMap::new()),
+            isolation: Isolation::None,
         }
+    }
+
+    /// Runs the plugins `isolation` covers out of process ([`crate::isolate`]).
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Which plugins run out of process.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// The directories searched, in order.
@@ -98,7 +113,7 @@ impl PluginPolicy {
         for (path, _) in files {
             let loaded = self
                 .check(&path)
-                .and_then(|file| file.load_traced(&mut Progress::default()));
+                .and_then(|file| file.load_traced(&mut Progress::default(), &self.isolation));
             match loaded {
                 Ok(backend) => registry.insert(backend),
                 Err(reason) => {
@@ -116,7 +131,7 @@ impl PluginPolicy {
         let mut progress = Progress::default();
         let result = self
             .check(path)
-            .and_then(|file| file.load_traced(&mut progress));
+            .and_then(|file| file.load_traced(&mut progress, &self.isolation));
         crate::inspect::describe(path, &progress, result)
     }
 }

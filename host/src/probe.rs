@@ -62,12 +62,19 @@ const DIAG_BYTES: usize = 2048;
 static CAN_SERVE: AtomicBool = AtomicBool::new(false);
 static EXECUTABLE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Answers a probe and exits when this process was started as one; otherwise marks this
-/// executable as able to answer probes and returns. Call it first thing in `main`.
+/// Answers a probe, or serves an isolated plugin ([`crate::isolate`]), and exits when this
+/// process was started as either; otherwise marks this executable as able to do both and
+/// returns. Call it first thing in `main`.
 pub fn serve_if_asked() {
     CAN_SERVE.store(true, Ordering::SeqCst);
-    if std::env::args_os().nth(1).as_deref() == Some(PROBE_ARG.as_ref()) {
-        std::process::exit(serve());
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some(PROBE_ARG) => std::process::exit(serve()),
+        Some(crate::isolate::SERVER_ARG) => std::process::exit(crate::isolate::serve()),
+        _ => {}
     }
 }
 
@@ -97,6 +104,8 @@ enum Finding {
     Loads {
         abi: Option<(u32, u32)>,
         plugin_api_version: Option<String>,
+        /// What the root module says about itself (its alias decides isolation).
+        description: crate::abi::module::Description,
     },
     /// The file is refused for a reason the loader gives (not a plugin, another major...).
     Refused {
@@ -113,9 +122,10 @@ fn serve() -> i32 {
     let mut progress = Progress::default();
     let path = PathBuf::from(format!("/proc/self/fd/{CHILD_FILE_FD}"));
     let finding = match crate::abi::load::open_root_module(&path, &mut progress) {
-        Ok(_) => Finding::Loads {
+        Ok(module) => Finding::Loads {
             abi: progress.abi,
             plugin_api_version: progress.plugin_api_version,
+            description: module.describe(),
         },
         Err(error) => Finding::Refused {
             abi: progress.abi,
@@ -135,15 +145,19 @@ fn serve() -> i32 {
 }
 
 /// Probes `checked` in a child (or finds the answer in the cache) before it is opened here.
-/// `Ok` when the file may be opened in this process; the loader's own error when the child
-/// was refused it; [`LoadError::Crashed`] when the child died.
-pub(crate) fn probe(checked: &CheckedFile, progress: &mut Progress) -> Result<(), LoadError> {
+/// `Ok` when the file may be opened: with what its root module says of itself, `None` when
+/// there is no probing executable; the loader's own error when the child was refused it;
+/// [`LoadError::Crashed`] when the child died.
+pub(crate) fn probe(
+    checked: &CheckedFile,
+    progress: &mut Progress,
+) -> Result<Option<crate::abi::module::Description>, LoadError> {
     let Some(exe) = executable() else {
         tracing::debug!(
             "no probing executable (serve_if_asked was not called): {} is opened in-process unprobed",
             checked.facts.resolved.display()
         );
-        return Ok(());
+        return Ok(None);
     };
     let began = Instant::now();
     let key = cache_key(checked, &exe);
@@ -170,7 +184,7 @@ pub(crate) fn probe(checked: &CheckedFile, progress: &mut Progress) -> Result<()
                     "cannot probe {} in a child process ({e}); opening it in-process",
                     checked.facts.resolved.display()
                 );
-                return Ok(());
+                return Ok(None);
             }
         },
     };
@@ -186,7 +200,7 @@ pub(crate) fn probe(checked: &CheckedFile, progress: &mut Progress) -> Result<()
         Finding::Crashed(what) => format!("crashed in a child process: {what} ({how})"),
     });
     match finding {
-        Finding::Loads { .. } => Ok(()),
+        Finding::Loads { description, .. } => Ok(Some(description)),
         Finding::Refused {
             abi,
             plugin_api_version,
@@ -211,34 +225,10 @@ fn run_probe(exe: &Path, file: &std::fs::File) -> std::io::Result<Finding> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(diag_write.try_clone()?))
         .stderr(std::process::Stdio::from(diag_write));
-    // SAFETY: between fork and exec only dup2/fcntl (async-signal-safe), no allocation. The
-    // reply end goes to 4 first so that moving the file to 3 cannot overwrite it.
+    let moves = [(file_fd, CHILD_FILE_FD), (reply_fd, CHILD_REPLY_FD)];
+    // SAFETY: between fork and exec only dup2/fcntl (async-signal-safe), no allocation.
     unsafe {
-        cmd.pre_exec(move || {
-            let mut reply = reply_fd;
-            if reply == CHILD_FILE_FD {
-                reply = libc::fcntl(reply, libc::F_DUPFD_CLOEXEC, 10);
-                if reply < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            let mut src = file_fd;
-            if src == CHILD_REPLY_FD {
-                src = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10);
-                if src < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (from, to) in [(reply, CHILD_REPLY_FD), (src, CHILD_FILE_FD)] {
-                if from == to {
-                    let flags = libc::fcntl(to, libc::F_GETFD);
-                    libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || move_fds(&moves));
     }
     let mut child = cmd.spawn()?;
     // The parent's copies of the write ends: EOF comes when the child is done.
@@ -337,7 +327,33 @@ fn read_both(reply: OwnedFd, diag: OwnedFd, deadline: Instant) -> (Vec<u8>, Vec<
     (out.0, out.1, false)
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// Puts each `(from, to)` descriptor at `to` in a child, without close-on-exec, whatever
+/// the numbers (a `from` may be another pair's `to`). Runs between fork and exec: only
+/// `fcntl` and `dup2`, no allocation; at most four pairs.
+pub(crate) fn move_fds(moves: &[(i32, i32)]) -> std::io::Result<()> {
+    let mut temp = [-1i32; 4];
+    if moves.len() > temp.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // First out of the way (above every target), then into place.
+    for (i, (from, _)) in moves.iter().enumerate() {
+        // SAFETY: fcntl on a descriptor number of this process.
+        temp[i] = unsafe { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 10) };
+        if temp[i] < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    for (i, (_, to)) in moves.iter().enumerate() {
+        // SAFETY: dup2 between descriptor numbers of this process; it clears close-on-exec.
+        if unsafe { libc::dup2(temp[i], *to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A pipe whose ends close on exec.
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

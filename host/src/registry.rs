@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use plugin_api::ProviderConfig;
 
-use crate::abi::module::Module;
+use crate::abi::module::{Description, Module};
 use crate::backend::Provider;
 use crate::error::{HostError, LoadError, Rejected};
 use crate::loader::PluginDir;
@@ -33,7 +33,16 @@ pub struct Backend {
     pub path: PathBuf,
     /// What the trust checks found (with the SHA-256 when a lock was checked).
     pub facts: FileFacts,
-    module: Module,
+    /// Runs out of process, in a plugin server ([`crate::isolate`]).
+    pub isolated: bool,
+    module: Loaded,
+}
+
+/// Where a backend's code runs.
+#[derive(Clone)]
+enum Loaded {
+    InProcess(Module),
+    Isolated(std::sync::Arc<crate::isolate::Server>),
 }
 
 impl std::fmt::Debug for Backend {
@@ -51,7 +60,20 @@ impl Backend {
     /// Reads a loaded root module's description. The plugin gets the host's logger from
     /// [`Backend::connect_logger`], once it is known to be used (a duplicate never is).
     pub(crate) fn new(path: PathBuf, module: Module, facts: FileFacts) -> Self {
-        let d = module.describe();
+        Self::described(path, module.describe(), facts, Loaded::InProcess(module))
+    }
+
+    /// A backend that runs in `server`, as its probe described it.
+    pub(crate) fn isolated(
+        path: PathBuf,
+        d: Description,
+        server: std::sync::Arc<crate::isolate::Server>,
+        facts: FileFacts,
+    ) -> Self {
+        Self::described(path, d, facts, Loaded::Isolated(server))
+    }
+
+    fn described(path: PathBuf, d: Description, facts: FileFacts, module: Loaded) -> Self {
         Self {
             alias: d.alias,
             human_readable_name: d.human_readable_name,
@@ -60,6 +82,7 @@ impl Backend {
             plugin_api_version: d.plugin_api_version,
             path,
             facts,
+            isolated: matches!(module, Loaded::Isolated(_)),
             module,
         }
     }
@@ -68,18 +91,35 @@ impl Backend {
     /// log from now on. (Setting up its logging is the plugin's first real work, so it is
     /// not done for a file that is only inspected or refused as a duplicate.)
     pub(crate) fn connect_logger(&self) {
-        self.module.set_logger(&self.alias);
+        if let Loaded::InProcess(module) = &self.module {
+            module.set_logger(&self.alias);
+        }
     }
 
-    /// Makes a provider of this backend from `config`.
+    /// Makes a provider of this backend from `config`. For an isolated backend the plugin's
+    /// provider is made in its server on the first call (a config mistake is then that
+    /// call's error, still named `new_provider`).
     pub fn new_provider(&self, config: &ProviderConfig) -> Result<Provider, HostError> {
-        match self.module.new_provider(config) {
-            Ok(inner) => Ok(Provider::new(Arc::from(self.alias.as_str()), inner)),
-            Err(error) => Err(HostError::Backend {
-                alias: self.alias.clone(),
-                call: "new_provider",
-                error,
-            }),
+        let alias = Arc::from(self.alias.as_str());
+        match &self.module {
+            Loaded::InProcess(module) => match module.new_provider(config) {
+                Ok(inner) => Ok(Provider::new(alias, inner)),
+                Err(error) => Err(HostError::Backend {
+                    alias: self.alias.clone(),
+                    call: "new_provider",
+                    error,
+                }),
+            },
+            Loaded::Isolated(server) => {
+                let pairs = config
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                Ok(Provider::remote(
+                    alias,
+                    crate::isolate::RemoteProvider::new(Arc::clone(server), pairs),
+                ))
+            }
         }
     }
 

@@ -19,6 +19,7 @@ pub(crate) struct Module {
 }
 
 /// What a root module says about itself, escaped for a terminal.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Description {
     pub(crate) alias: String,
     pub(crate) human_readable_name: String,
@@ -60,6 +61,11 @@ impl Module {
             HostLogger::new(alias.to_owned()),
             TD_Opaque,
         ));
+    }
+
+    /// Hands the plugin `logger` (the plugin server's, which forwards to the host).
+    pub(crate) fn set_ffi_logger(&self, logger: impl plugin_api::ffi::FfiLogger + 'static) {
+        self.inner.set_logger()(FfiLogger_TO::from_value(logger, TD_Opaque));
     }
 
     pub(crate) fn new_provider(

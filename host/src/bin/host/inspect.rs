@@ -44,6 +44,7 @@ pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
         row("name:", found.name.as_deref());
         row("version:", found.plugin_version.as_deref());
         let status = match &found.error {
+            None if found.isolated => "loadable; runs isolated, in a plugin server".to_owned(),
             None => "loadable".to_owned(),
             Some(e) => format!("not loadable: {e}"),
         };

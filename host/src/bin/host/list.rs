@@ -34,6 +34,8 @@ struct BackendJson<'a> {
     plugin_version: &'a str,
     plugin_api_version: &'a str,
     path: String,
+    /// Runs out of process, in a plugin server (`--isolate`).
+    isolated: bool,
     config_keys: Vec<KeyJson<'a>>,
 }
 
@@ -91,6 +93,7 @@ pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
                     plugin_version: &b.plugin_version,
                     plugin_api_version: &b.plugin_api_version,
                     path: b.path.display().to_string(),
+                    isolated: b.isolated,
                     config_keys: b
                         .provider_help
                         .iter()
@@ -132,40 +135,43 @@ fn table(registry: &Registry, dirs: &[PluginDir]) -> String {
         );
         return out;
     }
-    let rows: Vec<[String; 4]> = registry
+    let rows: Vec<[String; 5]> = registry
         .backends()
         .map(|b| {
             [
                 b.alias.clone(),
                 b.human_readable_name.clone(),
                 b.plugin_version.clone(),
+                if b.isolated { "isolated" } else { "in host" }.to_owned(),
                 b.path.display().to_string(),
             ]
         })
         .collect();
-    let header = ["ALIAS", "NAME", "VERSION", "FILE"];
+    let header = ["ALIAS", "NAME", "VERSION", "RUNS", "FILE"];
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut line = |cells: [&str; 4]| {
+    let mut line = |cells: [&str; 5]| {
         let _ = writeln!(
             out,
-            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
             cells[0],
             cells[1],
             cells[2],
             cells[3],
+            cells[4],
             w0 = widths[0],
             w1 = widths[1],
-            w2 = widths[2]
+            w2 = widths[2],
+            w3 = widths[3]
         );
     };
     line(header);
     for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3]]);
+        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
     }
     out.push_str(&backends_help(registry));
     out

@@ -51,6 +51,12 @@ struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     plugin_lock: Option<PathBuf>,
 
+    /// Run plugin ALIAS out of process, in a plugin server of its own, so that a crash in
+    /// it fails its calls instead of ending the host (repeatable; `all` for every plugin);
+    /// default: HOST_ISOLATE (comma-separated)
+    #[arg(long = "isolate", value_name = "ALIAS|all", global = true)]
+    isolate: Vec<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -125,7 +131,10 @@ fn dispatch(args: &[OsString], std_fds: &fds::StdFds) -> Result<u8, CliError> {
         .and_then(|m| Cli::from_arg_matches(&m))
         .map_err(|e| clap_error(e, args))?;
     logging::init(cli.verbose, cli.quiet);
-    let policy = PluginPolicy::resolve(&cli.plugin_dirs, cli.plugin_lock.as_deref());
+    let mut policy = PluginPolicy::resolve(&cli.plugin_dirs, cli.plugin_lock.as_deref());
+    if !cli.isolate.is_empty() {
+        policy = policy.with_isolation(host::isolate::Isolation::parse(&cli.isolate));
+    }
     match cli.command {
         Command::ListBackends(a) => list::run(&a, &policy),
         Command::Run(a) => run::run(*a, &policy, cli.quiet, std_fds),
