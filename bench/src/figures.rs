@@ -58,7 +58,7 @@ const QUICK: Sizes = Sizes {
     worker_jobs: 200,
 };
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,7 +77,7 @@ fn bench_config() -> ProviderConfig {
     ProviderConfig::from_map([("REUPLOAD", "true"), ("LOG_OUTPUT", &"x".repeat(1024))])
 }
 
-fn attrs() -> StartAttributes {
+pub(crate) fn attrs() -> StartAttributes {
     let mut a = StartAttributes::default();
     a.set_worker_defaults();
     a
@@ -107,6 +107,7 @@ pub fn all(quick: bool) -> Vec<Row> {
     rows.push(flood(&a, s));
     rows.extend(startup(&a, s));
     rows.extend(probe(&a, s));
+    rows.extend(crate::isolation::rows(&a, s.runs == 1));
     rows.push(inflight(&a, "fake", s.inflight_fake, s));
     rows.push(inflight(&a, "local", s.inflight_local, s));
     rows.extend(memory(&a, s));
@@ -134,6 +135,11 @@ pub fn log(quick: bool) -> Vec<Row> {
     ];
     rows.extend(startup(&a, s));
     rows
+}
+
+/// Out-of-process plugins alone (`bench isolate`).
+pub fn isolate(quick: bool) -> Vec<Row> {
+    crate::isolation::rows(&artifacts::build(), quick)
 }
 
 /// The load-time probe's figures alone (`bench probe`).
@@ -767,6 +773,17 @@ pub fn child(args: &[String]) -> ExitCode {
             println!("{took}");
             ExitCode::SUCCESS
         }
+        Some("echo") => {
+            let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+            crate::isolation::echo_child(n)
+        }
+        Some("inflight-isolated") => {
+            let (Some(n), Some(dir), Some(exe)) = (args.get(1), args.get(2), args.get(3)) else {
+                return ExitCode::from(64);
+            };
+            let n: usize = n.parse().expect("count");
+            crate::isolation::inflight_isolated_child(n, Path::new(dir), Path::new(exe))
+        }
         Some("rss-empty") => {
             println!("{}", proc_status("VmRSS:"));
             ExitCode::SUCCESS
@@ -794,8 +811,14 @@ pub fn child(args: &[String]) -> ExitCode {
 }
 
 fn inflight_child(backend: &str, n: usize, dir: &Path) {
-    let rt = runtime();
     let registry = Registry::load(&host::loader::plugin_dirs(&[dir.to_path_buf()]));
+    inflight_on(&registry, backend, n);
+}
+
+/// Runs `n` jobs of `backend` at once, each sleeping 1 s, and prints the wall time, the
+/// peak RSS (kB) and the most threads seen.
+pub(crate) fn inflight_on(registry: &Registry, backend: &str, n: usize) {
+    let rt = runtime();
     let scripts = std::env::temp_dir().join(format!("bench-inflight-{}", std::process::id()));
     std::fs::create_dir_all(&scripts).expect("scripts dir");
     let config = if backend == "fake" {

@@ -7,6 +7,7 @@
 //! cargo run --release -p bench -- amqp          # the worker on RabbitMQ alone
 //! cargo run --release -p bench -- log           # the log path alone (throughput, start-up)
 //! cargo run --release -p bench -- probe         # the load-time probe alone (cache hit, miss)
+//! cargo run --release -p bench -- isolate       # out-of-process plugins beside the floor
 //! ```
 //!
 //! Each timed figure is the median of several runs. The baselines run in the same process
@@ -15,6 +16,7 @@
 mod amqp;
 mod artifacts;
 mod figures;
+mod isolation;
 mod measure;
 mod table;
 mod worker;
@@ -38,6 +40,10 @@ fn main() -> ExitCode {
             print!("{}", table::render(&figures::log(quick)));
             ExitCode::SUCCESS
         }
+        Some("isolate") => {
+            print!("{}", table::render(&figures::isolate(quick)));
+            ExitCode::SUCCESS
+        }
         Some("probe") => {
             print!("{}", table::render(&figures::probe_only(quick)));
             ExitCode::SUCCESS
@@ -49,7 +55,7 @@ fn main() -> ExitCode {
         // Helpers the figures run as separate processes, for a clean RSS and thread count.
         Some("child") => figures::child(&args[1..]),
         _ => {
-            eprintln!("usage: bench all|worker|amqp|log|probe [--quick]");
+            eprintln!("usage: bench all|worker|amqp|log|probe|isolate [--quick]");
             ExitCode::from(64)
         }
     }

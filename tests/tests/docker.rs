@@ -245,7 +245,12 @@ fn the_reaper_removes_a_killed_hosts_container_and_leaves_others_alone() {
         "the killed host left its container"
     );
 
-    // A container that is not ours.
+    // A container that is not ours (one an earlier, failed run left is replaced).
+    engine_api(
+        "DELETE",
+        "/containers/not-ours-reaper-test?force=true",
+        None,
+    );
     let (code, body) = engine_api(
         "POST",
         "/containers/create?name=not-ours-reaper-test",

@@ -80,3 +80,28 @@ impl FfiLogger for HostLogger {
         level as u8
     }
 }
+
+/// A logger that hands every event to a closure: the plugin server's, whose closure sends
+/// it to the host.
+pub(crate) struct ForwardingLogger<F> {
+    max_level: u8,
+    forward: F,
+}
+
+impl<F: Fn(u8, String) + Send + Sync + 'static> ForwardingLogger<F> {
+    pub(crate) fn new(max_level: u8, forward: F) -> Self {
+        Self { max_level, forward }
+    }
+}
+
+impl<F: Fn(u8, String) + Send + Sync + 'static> FfiLogger for ForwardingLogger<F> {
+    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
+        if level <= self.max_level {
+            (self.forward)(level, format!("{}: {}", target.as_str(), message.as_str()));
+        }
+    }
+
+    fn max_level(&self) -> u8 {
+        self.max_level
+    }
+}

@@ -63,9 +63,17 @@ impl Module {
         ));
     }
 
-    /// Hands the plugin `logger` (the plugin server's, which forwards to the host).
-    pub(crate) fn set_ffi_logger(&self, logger: impl plugin_api::ffi::FfiLogger + 'static) {
-        self.inner.set_logger()(FfiLogger_TO::from_value(logger, TD_Opaque));
+    /// Hands the plugin a logger that passes each event at or below `max_level` (1 error
+    /// ... 5 trace) to `forward` as `target: message` (the plugin server's, to the host).
+    pub(crate) fn set_forwarding_logger(
+        &self,
+        max_level: u8,
+        forward: impl Fn(u8, String) + Send + Sync + 'static,
+    ) {
+        self.inner.set_logger()(FfiLogger_TO::from_value(
+            super::logger::ForwardingLogger::new(max_level, forward),
+            TD_Opaque,
+        ));
     }
 
     pub(crate) fn new_provider(

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use abi_stable::std_types::RStr;
-use plugin_api::ffi::FfiLogger;
 use plugin_api::{BackendError, ProviderConfig};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -118,30 +116,6 @@ impl Shared {
     }
 }
 
-/// The plugin's log events, as frames to the host.
-struct ForwardingLogger {
-    out: mpsc::UnboundedSender<FromServer>,
-    queued: Arc<AtomicUsize>,
-    max_level: u8,
-}
-
-impl FfiLogger for ForwardingLogger {
-    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
-        if level > self.max_level || self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_LOGS {
-            return;
-        }
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = self.out.send(FromServer::Log {
-            level,
-            message: format!("{}: {}", target.as_str(), message.as_str()),
-        });
-    }
-
-    fn max_level(&self) -> u8 {
-        self.max_level
-    }
-}
-
 async fn run(module: Module, socket: tokio::net::UnixStream) {
     let (mut reader, writer) = socket.into_split();
     let (out, out_rx) = mpsc::unbounded_channel();
@@ -151,11 +125,18 @@ async fn run(module: Module, socket: tokio::net::UnixStream) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    module.set_ffi_logger(ForwardingLogger {
-        out: out.clone(),
-        queued: Arc::clone(&queued_logs),
-        max_level,
-    });
+    {
+        // The plugin's log events, as frames to the host; dropped while too many wait.
+        let out = out.clone();
+        let queued = Arc::clone(&queued_logs);
+        module.set_forwarding_logger(max_level, move |level, message| {
+            if queued.load(Ordering::Relaxed) >= MAX_QUEUED_LOGS {
+                return;
+            }
+            queued.fetch_add(1, Ordering::Relaxed);
+            let _ = out.send(FromServer::Log { level, message });
+        });
+    }
     let shared = Arc::new(Shared {
         alias,
         module,

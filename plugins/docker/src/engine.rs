@@ -139,16 +139,27 @@ pub async fn reap(
     dry_run: bool,
 ) -> Result<Vec<String>, BackendError> {
     let host = hostname();
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("{LABEL_BACKEND}=docker"),
-            format!("{LABEL_HOST}={host}"),
-        ],
-    )]);
     // Podman shows a container that is being stopped as "stopped", a state the Docker API
-    // (and so bollard) does not have: the listing then fails to decode. The state passes in
-    // moments, so the listing is tried again a few times before it is an error.
+    // (and so bollard) does not have, and a listing holding one fails to decode. So only
+    // the states both engines know are asked for (the values of one filter key are OR'ed;
+    // podman refuses Docker's "restarting" and "dead"): a container that is being stopped
+    // (its stopper removes it) and Docker's rare "dead" ones are left for a later reap. A
+    // decode failure that still happens is tried again a few times before it is an error.
+    let filters = HashMap::from([
+        (
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_BACKEND}=docker"),
+                format!("{LABEL_HOST}={host}"),
+            ],
+        ),
+        (
+            "status".to_owned(),
+            ["created", "running", "paused", "exited", "removing"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+    ]);
     let mut attempt = 0;
     let containers = loop {
         let listed = docker
