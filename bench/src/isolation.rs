@@ -160,7 +160,7 @@ fn upload_calls(a: &Artifacts, n: usize, runs: usize) -> (f64, f64) {
     let rt = crate::figures::runtime();
     let config = plugin_api::ProviderConfig::from_map([("REUPLOAD", "true")]);
     let script = vec![b'#'; 1024];
-    let mut measure = |registry: &host::Registry| {
+    let measure = |registry: &host::Registry| {
         let provider = registry
             .new_backend_provider("fake", &config)
             .expect("provider");
