@@ -130,6 +130,14 @@ impl Drop for LogReceiver {
 /// One chunk of log, still in the buffer the plugin allocated.
 pub struct LogChunk(RVec<u8>);
 
+impl LogChunk {
+    /// The chunk as a `Vec`: its buffer as it is when it was allocated by this program's
+    /// allocator, else a copy.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into_vec()
+    }
+}
+
 impl std::ops::Deref for LogChunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

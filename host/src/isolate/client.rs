@@ -30,6 +30,8 @@ pub const HANG_AFTER: Duration = Duration::from_secs(5);
 /// [`MAX_BACKOFF`], back to this after a server that lived a minute.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The socket buffer asked for each way.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// How long `stop` on an instance of a crashed server waits for the crash's cleanup.
 const CLEANUP_WAIT: Duration = Duration::from_secs(60);
 
@@ -143,7 +145,7 @@ struct Conn {
     alias: String,
     pid: i32,
     started: Instant,
-    out: mpsc::UnboundedSender<ToServer>,
+    out: Arc<Outbox>,
     calls: Mutex<HashMap<u64, mpsc::UnboundedSender<FromServer>>>,
     next_id: AtomicU64,
     /// What ended the server, once it is dead.
@@ -212,7 +214,11 @@ impl Conn {
         ours.set_nonblocking(true)?;
         let socket = tokio::net::UnixStream::from_std(ours)?;
         let (reader, writer) = socket.into_split();
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let out = Arc::new(Outbox {
+            socket: writer,
+            state: Mutex::new(OutState::default()),
+            wake: tokio::sync::Notify::new(),
+        });
         let conn = Arc::new(Conn {
             alias: server.alias.clone(),
             pid,
@@ -227,7 +233,7 @@ impl Conn {
             last_stderr: Mutex::new(String::new()),
         });
         tracing::debug!(backend = %server.alias, pid, "plugin server started");
-        tokio::spawn(write_frames(writer, out_rx));
+        tokio::spawn(Arc::clone(&conn.out).drain());
         tokio::spawn(heartbeat(Arc::clone(&conn)));
         let diag = tokio::net::unix::pipe::Receiver::from_owned_fd(diag_read)?;
         let diag_task = tokio::spawn(diagnostics(Arc::clone(&conn), diag));
@@ -276,7 +282,7 @@ impl Conn {
         let (tx, rx) = mpsc::unbounded_channel();
         if self.alive() {
             lock(&self.calls).insert(id, tx);
-            let _ = self.out.send(ToServer::Call { id, call });
+            self.out.send(&ToServer::Call { id, call });
         }
         Pending {
             conn: Arc::clone(self),
@@ -300,7 +306,7 @@ impl Conn {
 
     fn release(&self, object: u64) {
         if self.alive() {
-            let _ = self.out.send(ToServer::Release { object });
+            self.out.send(&ToServer::Release { object });
         }
     }
 }
@@ -331,7 +337,7 @@ impl Pending {
     }
 
     fn send(&self, frame: ToServer) {
-        let _ = self.conn.out.send(frame);
+        self.conn.out.send(&frame);
     }
 }
 
@@ -343,30 +349,97 @@ impl Drop for Pending {
     }
 }
 
-async fn write_frames(
-    writer: tokio::net::unix::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<ToServer>,
-) {
-    use tokio::io::AsyncWriteExt as _;
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
-    let mut buf = Vec::new();
-    while let Some(frame) = rx.recv().await {
-        let mut next = Some(frame);
-        while let Some(frame) = next.take() {
-            if wire::write_frame(&mut w, &frame, &mut buf).await.is_err() {
+/// Frames to the server. The caller writes its frame itself when nothing is waiting (no hop
+/// to another task on the way out: a call's latency is one round trip more than the raw
+/// socket's, not two thread wake-ups more); what the socket does not take at once is queued,
+/// in order, for [`Outbox::drain`].
+struct Outbox {
+    socket: tokio::net::unix::OwnedWriteHalf,
+    state: Mutex<OutState>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct OutState {
+    queue: std::collections::VecDeque<Vec<u8>>,
+    /// How much of the queue's first frame is written.
+    written: usize,
+    closed: bool,
+}
+
+impl Outbox {
+    fn send(&self, frame: &ToServer) {
+        let Ok(bytes) = wire::encode(frame) else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        if st.closed {
+            return;
+        }
+        if st.queue.is_empty() {
+            let mut off = 0;
+            while off < bytes.len() {
+                match self.socket.try_write(&bytes[off..]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        st.closed = true;
+                        return;
+                    }
+                }
+            }
+            if off == bytes.len() {
                 return;
             }
-            next = rx.try_recv().ok();
+            st.written = off;
         }
-        if w.flush().await.is_err() {
-            return;
+        st.queue.push_back(bytes);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Writes what [`Self::send`] queued, as the socket takes it.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                if lock(&self.state).queue.is_empty() {
+                    break;
+                }
+                if self.socket.writable().await.is_err() {
+                    lock(&self.state).closed = true;
+                    return;
+                }
+                let mut st = lock(&self.state);
+                let OutState {
+                    queue,
+                    written,
+                    closed,
+                } = &mut *st;
+                while let Some(front) = queue.front() {
+                    match self.socket.try_write(&front[*written..]) {
+                        Ok(n) => {
+                            *written += n;
+                            if *written == front.len() {
+                                queue.pop_front();
+                                *written = 0;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            *closed = true;
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
 async fn read_frames(conn: &Arc<Conn>, mut reader: tokio::net::unix::OwnedReadHalf) {
     let mut buf = Vec::new();
-    while let Ok(Some(frame)) = wire::read_frame::<_, FromServer>(&mut reader, &mut buf).await {
+    while let Ok(Some(frame)) = wire::read_from_server(&mut reader, &mut buf).await {
         *lock(&conn.last_heard) = Instant::now();
         match frame {
             FromServer::Reply { id, .. } => {
@@ -427,7 +500,7 @@ async fn heartbeat(conn: Arc<Conn>) {
             break;
         }
         n += 1;
-        let _ = conn.out.send(ToServer::Ping { n });
+        conn.out.send(&ToServer::Ping { n });
     }
 }
 
@@ -444,6 +517,24 @@ fn socketpair() -> std::io::Result<(std::os::unix::net::UnixStream, OwnedFd)> {
     };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    // Room for a few chunks of log each way (best effort: the kernel caps it at wmem_max
+    // unless we may force it): fewer wake-ups per chunk.
+    for fd in fds {
+        for (opt, force) in [
+            (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
+            (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
+        ] {
+            let size: libc::c_int = SOCKET_BUFFER;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let p = (&size as *const libc::c_int).cast();
+            // SAFETY: setsockopt with a valid int option value of the size given.
+            unsafe {
+                if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
+                    libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, len);
+                }
+            }
+        }
     }
     // SAFETY: two fresh descriptors that nothing else owns.
     unsafe {

@@ -195,15 +195,14 @@ async fn write_frames(
     queued_logs: Arc<AtomicUsize>,
 ) {
     use tokio::io::AsyncWriteExt as _;
-    let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, writer);
-    let mut buf = Vec::new();
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         while let Some(frame) = next.take() {
             if matches!(frame, FromServer::Log { .. }) {
                 queued_logs.fetch_sub(1, Ordering::Relaxed);
             }
-            if wire::write_frame(&mut w, &frame, &mut buf).await.is_err() {
+            if wire::write_frame(&mut w, &frame).await.is_err() {
                 return;
             }
             next = rx.try_recv().ok();
@@ -339,7 +338,7 @@ async fn answer(
                     }
                     shared.send(FromServer::Output {
                         id,
-                        chunk: chunk.to_vec(),
+                        chunk: chunk.into_vec(),
                     });
                 }
                 // Refuse what comes after a close; wait for the plugin to drop its sink.
