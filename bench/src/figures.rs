@@ -643,21 +643,11 @@ fn inflight(a: &Artifacts, backend: &str, n: usize, _s: &Sizes) -> Row {
     let self_exe = std::env::current_exe().expect("own path");
     let lib = if backend == "fake" { &a.fake } else { &a.local };
     let dir = artifacts::plugin_dir(&[(format!("lib{backend}.so"), lib)]);
-    let out = std::process::Command::new(&self_exe)
-        .args(["child", "inflight", backend, &n.to_string()])
-        .arg(&dir)
-        .output()
-        .expect("run child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "inflight child failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (wall, rss_kb, threads) = inflight_figures(
+        std::process::Command::new(&self_exe)
+            .args(["child", "inflight", backend, &n.to_string()])
+            .arg(&dir),
     );
-    let mut it = text.split_whitespace();
-    let wall: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let rss_kb: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let threads: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut row = Row::new(format!(
         "in flight at once: {n} {backend} instances, each sleeping 1 s"
     ));
@@ -813,6 +803,23 @@ pub fn child(args: &[String]) -> ExitCode {
 fn inflight_child(backend: &str, n: usize, dir: &Path) {
     let registry = Registry::load(&host::loader::plugin_dirs(&[dir.to_path_buf()]));
     inflight_on(&registry, backend, n);
+}
+
+/// Runs an in-flight child and reads what it printed: wall seconds, peak RSS in kB, the
+/// most threads seen.
+pub(crate) fn inflight_figures(child: &mut Command) -> (f64, f64, u64) {
+    let out = child.output().expect("run child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "in-flight child failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut it = text.split_whitespace();
+    let wall: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let rss_kb: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let threads: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (wall, rss_kb, threads)
 }
 
 /// Runs `n` jobs of `backend` at once, each sleeping 1 s, and prints the wall time, the

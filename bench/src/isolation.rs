@@ -253,23 +253,13 @@ fn log_throughput(a: &Artifacts, quick: bool) -> Row {
 
 fn in_flight(a: &Artifacts, n: usize) -> Row {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
-    let out = Command::new(std::env::current_exe().expect("own path"))
-        .args(["child", "inflight-isolated", &n.to_string()])
-        .arg(&dir)
-        .arg(&a.host)
-        .output()
-        .expect("run child");
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "isolated in-flight child failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (wall, rss_kb, threads) = crate::figures::inflight_figures(
+        Command::new(std::env::current_exe().expect("own path"))
+            .args(["child", "inflight-isolated", &n.to_string()])
+            .arg(&dir)
+            .arg(&a.host),
     );
-    let mut it = text.split_whitespace();
-    let wall: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let rss_kb: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let threads: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
     let mut row = Row::new(format!(
         "in flight at once: {n} isolated fake instances, each sleeping 1 s"
     ));

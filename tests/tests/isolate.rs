@@ -245,3 +245,40 @@ async fn four_jobs_on_fake_pass_beside_one_that_crashes_its_isolated_plugin_and_
     assert_eq!(*r.outcome(), Outcome::Passed, "{r:?}");
     assert_eq!(r.log_bytes, "before\nafter\n".len() as u64);
 }
+
+#[test]
+fn sigint_during_an_isolated_run_cancels_it_in_the_server_and_stop_leaves_nothing() {
+    let dir = plugin_dir(&[("liblocal.so", &artifacts().local)]);
+    let marker = format!("sleep 302.{}", std::process::id());
+    let s = script(&format!("echo started; {marker}\n"));
+    let mut cmd = host(dir.path());
+    cmd.args([
+        "--isolate",
+        "local",
+        "run",
+        "-b",
+        "local",
+        "-c",
+        "KILL_GRACE=1s",
+    ])
+    .arg(s.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut guard = blackbox::Guard(cmd.spawn().unwrap());
+    let mut stdout = std::io::BufReader::new(guard.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let end = Instant::now() + Duration::from_secs(10);
+    while pids_with(&marker).is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pids_with(&marker).len(), 1);
+
+    blackbox::signal("-INT", guard.0.id());
+    let status = guard.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut guard.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(pids_with(&marker), Vec::<u32>::new(), "{stderr}");
+}

@@ -379,16 +379,23 @@ fn signals_cancel_the_job_stop_the_instance_and_set_the_exit_status() {
         ("INT", "RUN_SLEEP=30s", "worker info", 130),
         ("TERM", "RUN_SLEEP=30s", "worker info", 143),
     ];
-    for (sig, config, marker, code) in cases {
-        let job = spawn_and_wait_for(&["-c", config], marker);
+    // In process, and with the plugin in a server of its own (the cancel crosses to it).
+    let modes: [&[&str]; 2] = [&[], &["--isolate", "fake"]];
+    for ((sig, config, marker, code), mode) in cases.into_iter().flat_map(|c| modes.map(|m| (c, m)))
+    {
+        let job = spawn_and_wait_for(&[mode, &["-c", config]].concat(), marker);
         let started = Instant::now();
         kill(&job.child, sig);
         let (status, stderr, summary) = job.finish();
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "{sig} during {config}"
+            "{sig} during {config} {mode:?}"
         );
-        assert_eq!(status, Some(code), "{sig} during {config}: {stderr}");
+        assert_eq!(
+            status,
+            Some(code),
+            "{sig} during {config} {mode:?}: {stderr}"
+        );
         assert!(stderr.contains(&format!("SIG{sig} received")), "{stderr}");
         assert_eq!(summary["outcome"], "cancelled");
         if config.starts_with("RUN") {
