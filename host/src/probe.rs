@@ -366,9 +366,8 @@ pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// The cache key of a checked file probed by `exe`, as text (also the entry's first line).
 fn cache_key(checked: &CheckedFile, exe: &Path) -> Option<String> {
     let m = checked.file.metadata().ok()?;
-    let e = std::fs::metadata(exe).ok()?;
     Some(format!(
-        "file={} dev={} ino={} size={} mtime={}.{} ctime={}.{} sha256={} exe={} exe_size={} exe_mtime={}.{} host={}",
+        "file={} dev={} ino={} size={} mtime={}.{} ctime={}.{} sha256={} {}",
         checked.facts.resolved.display(),
         m.dev(),
         m.ino(),
@@ -378,12 +377,29 @@ fn cache_key(checked: &CheckedFile, exe: &Path) -> Option<String> {
         m.ctime(),
         m.ctime_nsec(),
         checked.facts.sha256.as_deref().unwrap_or("-"),
-        exe.display(),
-        e.size(),
-        e.mtime(),
-        e.mtime_nsec(),
-        env!("CARGO_PKG_VERSION"),
+        exe_key(exe)?,
     ))
+}
+
+/// The probing executable's part of every cache key, read once per process and executable.
+fn exe_key(exe: &Path) -> Option<String> {
+    static KEYS: Mutex<Vec<(PathBuf, Option<String>)>> = Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, key)) = keys.iter().find(|(p, _)| p == exe) {
+        return key.clone();
+    }
+    let key = std::fs::metadata(exe).ok().map(|e| {
+        format!(
+            "exe={} exe_size={} exe_mtime={}.{} host={}",
+            exe.display(),
+            e.size(),
+            e.mtime(),
+            e.mtime_nsec(),
+            env!("CARGO_PKG_VERSION"),
+        )
+    });
+    keys.push((exe.to_owned(), key.clone()));
+    key
 }
 
 /// The cache directory, made if missing and checked once per process; `None` when there

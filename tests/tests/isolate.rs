@@ -126,29 +126,55 @@ fn pids_with(needle: &str) -> Vec<u32> {
     pids
 }
 
-#[test]
-fn a_server_killed_mid_job_fails_the_run_and_its_processes_are_reaped() {
+/// `host --isolate local run -b local` on `script` (which prints `started` first), running
+/// until `count` processes with `marker` in their command line are up.
+fn isolated_local_job(
+    script_text: &str,
+    extra: &[&str],
+    marker: &str,
+    count: usize,
+) -> (blackbox::Guard, tempfile::TempDir, tempfile::NamedTempFile) {
     let dir = plugin_dir(&[("liblocal.so", &artifacts().local)]);
-    // A marker no other test (nor an earlier run of this one) uses, to find this job's
-    // processes.
-    let marker = format!("sleep 301.{}", std::process::id());
-    let s = script(&format!("{marker} & echo started; {marker}\n"));
+    let s = script(script_text);
     let mut cmd = host(dir.path());
     cmd.args(["--isolate", "local", "run", "-b", "local"])
+        .args(extra)
         .arg(s.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut guard = blackbox::Guard(cmd.spawn().unwrap());
-    let host_pid = guard.0.id();
     let mut stdout = std::io::BufReader::new(guard.0.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "started\n");
     let end = Instant::now() + Duration::from_secs(10);
-    while pids_with(&marker).len() < 2 && Instant::now() < end {
+    while pids_with(marker).len() < count && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(pids_with(&marker).len(), 2);
+    assert_eq!(pids_with(marker).len(), count);
+    (guard, dir, s)
+}
+
+/// Waits for the host to end: its exit code and stderr.
+fn finish(mut guard: blackbox::Guard) -> (Option<i32>, String) {
+    let status = guard.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut guard.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_server_killed_mid_job_fails_the_run_and_its_processes_are_reaped() {
+    // A marker no other test (nor an earlier run of this one) uses, to find this job's
+    // processes.
+    let marker = format!("sleep 301.{}", std::process::id());
+    let (guard, _dir, _script) = isolated_local_job(
+        &format!("{marker} & echo started; {marker}\n"),
+        &[],
+        &marker,
+        2,
+    );
+    let host_pid = guard.0.id();
 
     // The host does not have the plugin open; its server does.
     let maps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
@@ -174,10 +200,8 @@ fn a_server_killed_mid_job_fails_the_run_and_its_processes_are_reaped() {
     // What the OOM killer sends. (A SIGSEGV from kill(1) is not fatal to a Rust program the
     // first time: its stack-overflow handler resets the action and returns.)
     blackbox::signal("-KILL", server);
-    let status = guard.0.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut guard.0.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(75), "{stderr}");
+    let (code, stderr) = finish(guard);
+    assert_eq!(code, Some(75), "{stderr}");
     assert!(
         stderr.contains("plugin local crashed (SIGKILL) during run_script"),
         "{stderr}"
@@ -248,37 +272,15 @@ async fn four_jobs_on_fake_pass_beside_one_that_crashes_its_isolated_plugin_and_
 
 #[test]
 fn sigint_during_an_isolated_run_cancels_it_in_the_server_and_stop_leaves_nothing() {
-    let dir = plugin_dir(&[("liblocal.so", &artifacts().local)]);
     let marker = format!("sleep 302.{}", std::process::id());
-    let s = script(&format!("echo started; {marker}\n"));
-    let mut cmd = host(dir.path());
-    cmd.args([
-        "--isolate",
-        "local",
-        "run",
-        "-b",
-        "local",
-        "-c",
-        "KILL_GRACE=1s",
-    ])
-    .arg(s.path())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut guard = blackbox::Guard(cmd.spawn().unwrap());
-    let mut stdout = std::io::BufReader::new(guard.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "started\n");
-    let end = Instant::now() + Duration::from_secs(10);
-    while pids_with(&marker).is_empty() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(pids_with(&marker).len(), 1);
-
+    let (guard, _dir, _script) = isolated_local_job(
+        &format!("echo started; {marker}\n"),
+        &["-c", "KILL_GRACE=1s"],
+        &marker,
+        1,
+    );
     blackbox::signal("-INT", guard.0.id());
-    let status = guard.0.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut guard.0.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (code, stderr) = finish(guard);
+    assert_eq!(code, Some(130), "{stderr}");
     assert_eq!(pids_with(&marker), Vec::<u32>::new(), "{stderr}");
 }

@@ -45,40 +45,44 @@ impl HostLogger {
 
 impl FfiLogger for HostLogger {
     fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
-        let alias = self.alias.as_str();
-        let target = escape_controls(target.as_str());
-        let message = escape_controls(message.as_str());
-        match Level::from_wire(level) {
-            Level::Off => {}
-            Level::Error => {
-                tracing::error!(target: "backend", backend = alias, "{target}: {message}")
-            }
-            Level::Warn => {
-                tracing::warn!(target: "backend", backend = alias, "{target}: {message}")
-            }
-            Level::Info => {
-                tracing::info!(target: "backend", backend = alias, "{target}: {message}")
-            }
-            Level::Debug => {
-                tracing::debug!(target: "backend", backend = alias, "{target}: {message}")
-            }
-            Level::Trace => {
-                tracing::trace!(target: "backend", backend = alias, "{target}: {message}")
-            }
-        }
+        emit(
+            &self.alias,
+            level,
+            &format!("{}: {}", target.as_str(), message.as_str()),
+        );
     }
 
     fn max_level(&self) -> u8 {
-        let level = match LevelFilter::current() {
-            LevelFilter::OFF => Level::Off,
-            LevelFilter::ERROR => Level::Error,
-            LevelFilter::WARN => Level::Warn,
-            LevelFilter::INFO => Level::Info,
-            LevelFilter::DEBUG => Level::Debug,
-            _ => Level::Trace,
-        };
-        level as u8
+        host_max_level()
     }
+}
+
+/// A plugin's event (`target: message`, level 1 error ... 5 trace) as a host `tracing`
+/// event with target `backend` and field `backend = alias`, escaped for a terminal; from a
+/// plugin in this process or from a plugin server.
+pub(crate) fn emit(alias: &str, level: u8, message: &str) {
+    let message = escape_controls(message);
+    match Level::from_wire(level) {
+        Level::Off => {}
+        Level::Error => tracing::error!(target: "backend", backend = alias, "{message}"),
+        Level::Warn => tracing::warn!(target: "backend", backend = alias, "{message}"),
+        Level::Info => tracing::info!(target: "backend", backend = alias, "{message}"),
+        Level::Debug => tracing::debug!(target: "backend", backend = alias, "{message}"),
+        Level::Trace => tracing::trace!(target: "backend", backend = alias, "{message}"),
+    }
+}
+
+/// The most verbose level the host's log shows, as the wire's number.
+pub(crate) fn host_max_level() -> u8 {
+    let level = match LevelFilter::current() {
+        LevelFilter::OFF => Level::Off,
+        LevelFilter::ERROR => Level::Error,
+        LevelFilter::WARN => Level::Warn,
+        LevelFilter::INFO => Level::Info,
+        LevelFilter::DEBUG => Level::Debug,
+        _ => Level::Trace,
+    };
+    level as u8
 }
 
 /// A logger that hands every event to a closure: the plugin server's, whose closure sends

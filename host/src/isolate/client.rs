@@ -181,16 +181,11 @@ impl Conn {
         let (ours, theirs) = socketpair()?;
         let (diag_read, diag_write) = crate::probe::pipe()?;
         let mut cmd = std::process::Command::new(&server.exe);
-        let level = match tracing::level_filters::LevelFilter::current() {
-            tracing::level_filters::LevelFilter::OFF => 0,
-            tracing::level_filters::LevelFilter::ERROR => 1,
-            tracing::level_filters::LevelFilter::WARN => 2,
-            tracing::level_filters::LevelFilter::INFO => 3,
-            tracing::level_filters::LevelFilter::DEBUG => 4,
-            _ => 5,
-        };
         cmd.arg(SERVER_ARG)
-            .env(LOG_LEVEL_ENV, level.to_string())
+            .env(
+                LOG_LEVEL_ENV,
+                crate::abi::logger::host_max_level().to_string(),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::from(diag_write.try_clone()?))
             .stderr(std::process::Stdio::from(diag_write));
@@ -452,22 +447,11 @@ async fn read_frames(conn: &Arc<Conn>, mut reader: tokio::net::unix::OwnedReadHa
                     let _ = tx.send(frame);
                 }
             }
-            FromServer::Log { level, message } => log(&conn.alias, level, &message),
+            FromServer::Log { level, message } => {
+                crate::abi::logger::emit(&conn.alias, level, &message)
+            }
             FromServer::Pong { .. } => {}
         }
-    }
-}
-
-/// A plugin's event, as the in-process logger emits it.
-fn log(alias: &str, level: u8, message: &str) {
-    let message = crate::text::escape_controls(message);
-    match level {
-        0 => {}
-        1 => tracing::error!(target: "backend", backend = alias, "{message}"),
-        2 => tracing::warn!(target: "backend", backend = alias, "{message}"),
-        3 => tracing::info!(target: "backend", backend = alias, "{message}"),
-        4 => tracing::debug!(target: "backend", backend = alias, "{message}"),
-        _ => tracing::trace!(target: "backend", backend = alias, "{message}"),
     }
 }
 
