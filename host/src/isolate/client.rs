@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::server::{FILE_FD, LOG_LEVEL_ENV, SOCKET_FD};
 use super::wire::{self, Call, FromServer, Reply, ToServer};
 use crate::abi::calls::ProgressFn;
-use crate::output::LogSink;
+use crate::output::{BufferPool, LogSink};
 
 /// The hidden first argument that makes the `host` binary a plugin server.
 pub const SERVER_ARG: &str = "__host-plugin-server";
@@ -32,6 +32,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The socket buffer asked for each way.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
+/// The host's read buffer on a server's socket (see [`read_frames`]).
+const READ_BUFFER: usize = 16 * 1024;
+/// Idle output buffers a connection keeps (each the size of a plugin's chunk, often
+/// 256 KiB): enough for a steady flow, a bounded cost when idle.
+const SPARE_BUFFERS: usize = 8;
 /// How long `stop` on an instance of a crashed server waits for the crash's cleanup.
 const CLEANUP_WAIT: Duration = Duration::from_secs(60);
 
@@ -155,6 +160,8 @@ struct Conn {
     hung: AtomicBool,
     last_heard: Mutex<Instant>,
     last_stderr: Mutex<String>,
+    /// Buffers for runs' output, back from the readers of the logs.
+    buffers: Arc<BufferPool>,
 }
 
 impl Conn {
@@ -225,6 +232,7 @@ impl Conn {
             cleaned: watch::channel(false).0,
             hung: AtomicBool::new(false),
             last_heard: Mutex::new(Instant::now()),
+            buffers: BufferPool::new(SPARE_BUFFERS),
             last_stderr: Mutex::new(String::new()),
         });
         tracing::debug!(backend = %server.alias, pid, "plugin server started");
@@ -432,9 +440,14 @@ impl Outbox {
     }
 }
 
-async fn read_frames(conn: &Arc<Conn>, mut reader: tokio::net::unix::OwnedReadHalf) {
+async fn read_frames(conn: &Arc<Conn>, reader: tokio::net::unix::OwnedReadHalf) {
+    // Heads and small messages come from the buffer; most of a chunk of output is read
+    // past it, straight into the chunk's own buffer.
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
     let mut buf = Vec::new();
-    while let Ok(Some(frame)) = wire::read_from_server(&mut reader, &mut buf).await {
+    while let Ok(Some(frame)) =
+        wire::read_from_server(&mut reader, &mut buf, || conn.buffers.take()).await
+    {
         *lock(&conn.last_heard) = Instant::now();
         match frame {
             FromServer::Reply { id, .. } => {
@@ -697,17 +710,24 @@ impl RemoteInstance {
             instance: self.object,
         });
         let mut open = true;
+        let mut taken = 0;
         loop {
             match pending.next().await? {
                 FromServer::Output { chunk, .. } => {
                     if !open {
                         continue;
                     }
-                    if sink.write(chunk).await.is_ok() {
-                        pending.send(ToServer::Credit {
-                            id: pending.id,
-                            chunks: 1,
-                        });
+                    if sink.write_pooled(chunk, &self.conn.buffers).await.is_ok() {
+                        // Credits go back in batches: one frame (and one wake-up of the
+                        // server) per half window of chunks, not per chunk.
+                        taken += 1;
+                        if taken >= wire::OUTPUT_CREDITS / 2 {
+                            pending.send(ToServer::Credit {
+                                id: pending.id,
+                                chunks: taken,
+                            });
+                            taken = 0;
+                        }
                     } else {
                         open = false;
                         pending.send(ToServer::OutputClosed { id: pending.id });

@@ -13,7 +13,9 @@ use std::time::Duration;
 use plugin_api::{BackendError, ProviderConfig};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::wire::{self, Call, FromServer, Reply, ToServer, WireError, WireProgress};
+use super::wire::{
+    self, Call, FrameWriter, FromServer, Outgoing, Reply, ToServer, WireError, WireProgress,
+};
 use crate::abi::calls::{InstanceObj, ProviderObj};
 use crate::abi::module::Module;
 use crate::loader::Progress;
@@ -73,7 +75,7 @@ pub(crate) fn serve() -> i32 {
 struct Shared {
     alias: String,
     module: Module,
-    out: mpsc::UnboundedSender<FromServer>,
+    out: mpsc::UnboundedSender<Outgoing>,
     providers: Mutex<HashMap<u64, Arc<ProviderObj>>>,
     instances: Mutex<HashMap<u64, Arc<InstanceObj>>>,
     calls: Mutex<HashMap<u64, CallState>>,
@@ -92,7 +94,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     fn send(&self, frame: FromServer) {
-        let _ = self.out.send(frame);
+        let _ = self.out.send(Outgoing::Message(frame));
     }
 
     fn object(&self) -> u64 {
@@ -134,7 +136,7 @@ async fn run(module: Module, socket: tokio::net::UnixStream) {
                 return;
             }
             queued.fetch_add(1, Ordering::Relaxed);
-            let _ = out.send(FromServer::Log { level, message });
+            let _ = out.send(Outgoing::Message(FromServer::Log { level, message }));
         });
     }
     let shared = Arc::new(Shared {
@@ -191,18 +193,17 @@ async fn run(module: Module, socket: tokio::net::UnixStream) {
 /// Writes frames as they come, flushing when nothing more is waiting.
 async fn write_frames(
     writer: tokio::net::unix::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<FromServer>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     queued_logs: Arc<AtomicUsize>,
 ) {
-    use tokio::io::AsyncWriteExt as _;
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
+    let mut w = FrameWriter::new(writer);
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         while let Some(frame) = next.take() {
-            if matches!(frame, FromServer::Log { .. }) {
+            if matches!(frame, Outgoing::Message(FromServer::Log { .. })) {
                 queued_logs.fetch_sub(1, Ordering::Relaxed);
             }
-            if wire::write_frame(&mut w, &frame).await.is_err() {
+            if w.push(&frame).await.is_err() {
                 return;
             }
             next = rx.try_recv().ok();
@@ -288,10 +289,10 @@ async fn answer(
             let progress: Option<crate::abi::calls::ProgressFn> = progress.then(|| {
                 let out = shared.out.clone();
                 Box::new(move |entry: plugin_api::ProgressEntry| {
-                    let _ = out.send(FromServer::Progress {
+                    let _ = out.send(Outgoing::Message(FromServer::Progress {
                         id,
                         entry: WireProgress::from(&entry),
-                    });
+                    }));
                 }) as crate::abi::calls::ProgressFn
             });
             let instance = shared
@@ -336,10 +337,7 @@ async fn answer(
                         Ok(permit) => permit.forget(),
                         Err(_) => break,
                     }
-                    shared.send(FromServer::Output {
-                        id,
-                        chunk: chunk.into_vec(),
-                    });
+                    let _ = shared.out.send(Outgoing::Output { id, chunk });
                 }
                 // Refuse what comes after a close; wait for the plugin to drop its sink.
                 rx.close();

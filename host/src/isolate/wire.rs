@@ -10,6 +10,8 @@ use plugin_api::{BackendError, ErrorKind, ProgressEntry, ProgressState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::output::LogChunk;
+
 /// The largest frame either side accepts (a script is capped at 64 MiB by default).
 pub(crate) const MAX_FRAME: usize = 256 << 20;
 
@@ -222,21 +224,81 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Writes one frame: output raw, anything else as a postcard message.
-pub(crate) async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    message: &FromServer,
-) -> std::io::Result<()> {
-    if let FromServer::Output { id, chunk } = message {
-        let len = (1 + 8 + chunk.len()) as u32;
-        let mut head = [0u8; 13];
-        head[..4].copy_from_slice(&len.to_le_bytes());
-        head[4] = OUTPUT;
-        head[5..].copy_from_slice(&id.to_le_bytes());
-        w.write_all(&head).await?;
-        return w.write_all(chunk).await;
+/// What the server writes: a message, or a run's output still in the buffer the plugin
+/// wrote it in (it crosses the socket straight from there: no copy into a frame).
+pub(crate) enum Outgoing {
+    Message(FromServer),
+    Output { id: u64, chunk: LogChunk },
+}
+
+/// Writes the server's frames. Messages collect in a buffer; a run's output goes out in one
+/// `writev` with whatever is buffered before it and its own head, straight from the chunk.
+pub(crate) struct FrameWriter<W> {
+    w: W,
+    buf: Vec<u8>,
+}
+
+/// Buffered messages beyond which [`FrameWriter::push`] writes them out.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(w: W) -> Self {
+        Self {
+            w,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+        }
     }
-    w.write_all(&encode(message)?).await
+
+    /// Writes `frame`, or buffers it when it is a message (see [`Self::flush`]).
+    pub(crate) async fn push(&mut self, frame: &Outgoing) -> std::io::Result<()> {
+        match frame {
+            Outgoing::Message(message) => {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(&[0, 0, 0, 0, MESSAGE]);
+                self.buf = postcard::to_extend(message, std::mem::take(&mut self.buf))
+                    .map_err(|e| std::io::Error::other(format!("cannot encode a frame: {e}")))?;
+                let len = (self.buf.len() - start - 4) as u32;
+                self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                if self.buf.len() >= WRITE_BUFFER {
+                    self.flush().await?;
+                }
+                Ok(())
+            }
+            Outgoing::Output { id, chunk } => {
+                let len = (1 + 8 + chunk.len()) as u32;
+                self.buf.extend_from_slice(&len.to_le_bytes());
+                self.buf.push(OUTPUT);
+                self.buf.extend_from_slice(&id.to_le_bytes());
+                self.write_all(chunk).await
+            }
+        }
+    }
+
+    /// Writes what is buffered.
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_all(&[]).await
+    }
+
+    /// Writes the buffer, then `tail`, in as few calls as the socket allows.
+    async fn write_all(&mut self, tail: &[u8]) -> std::io::Result<()> {
+        let (mut head_done, mut tail_done) = (0, 0);
+        while head_done < self.buf.len() || tail_done < tail.len() {
+            let parts = [
+                std::io::IoSlice::new(&self.buf[head_done..]),
+                std::io::IoSlice::new(&tail[tail_done..]),
+            ];
+            let mut n = self.w.write_vectored(&parts).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(self.buf.len() - head_done);
+            head_done += from_head;
+            n -= from_head;
+            tail_done += n;
+        }
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// Reads one frame's length and kind; `Ok(None)` at a clean end of the stream.
@@ -280,9 +342,11 @@ pub(crate) async fn read_frame<R: tokio::io::AsyncRead + Unpin, T: serde::de::De
 }
 
 /// Reads one frame from the server; a run's output lands in a buffer of its own.
+/// `chunk_buffer` gives the (empty) buffer a chunk of output is read into.
 pub(crate) async fn read_from_server<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
+    chunk_buffer: impl FnOnce() -> Vec<u8>,
 ) -> std::io::Result<Option<FromServer>> {
     let Some((len, kind)) = read_head(r).await? else {
         return Ok(None);
@@ -297,7 +361,9 @@ pub(crate) async fn read_from_server<R: tokio::io::AsyncRead + Unpin>(
             let mut id = [0u8; 8];
             r.read_exact(&mut id).await?;
             // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-            let mut chunk = Vec::with_capacity(len - 8);
+            let mut chunk = chunk_buffer();
+            chunk.clear();
+            chunk.reserve_exact(len - 8);
             while chunk.len() < len - 8 {
                 let want = len - 8 - chunk.len();
                 if (&mut *r).take(want as u64).read_buf(&mut chunk).await? == 0 {
@@ -319,47 +385,49 @@ mod tests {
 
     #[tokio::test]
     async fn messages_and_raw_output_cross_in_order_and_garbage_is_an_error() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        write_frame(&mut a, &FromServer::Pong { n: 7 })
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut a = FrameWriter::new(a);
+        a.push(&Outgoing::Message(FromServer::Pong { n: 7 }))
             .await
             .unwrap();
         let chunk: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        write_frame(
-            &mut a,
-            &FromServer::Output {
-                id: 42,
-                chunk: chunk.clone(),
-            },
-        )
+        a.push(&Outgoing::Output {
+            id: 42,
+            chunk: LogChunk::from_vec(chunk.clone()),
+        })
         .await
         .unwrap();
         let reply = FromServer::Reply {
             id: 42,
             result: Ok(Reply::Bytes(vec![1, 2, 3])),
         };
-        write_frame(&mut a, &reply).await.unwrap();
+        a.push(&Outgoing::Message(reply)).await.unwrap();
+        a.flush().await.unwrap();
         drop(a);
         let mut buf = Vec::new();
-        let got = read_from_server(&mut b, &mut buf).await.unwrap();
+        let got = read_from_server(&mut b, &mut buf, Vec::new).await.unwrap();
         assert!(matches!(got, Some(FromServer::Pong { n: 7 })), "{got:?}");
-        match read_from_server(&mut b, &mut buf).await.unwrap() {
+        match read_from_server(&mut b, &mut buf, Vec::new).await.unwrap() {
             Some(FromServer::Output { id: 42, chunk: c }) => assert!(c == chunk),
             other => panic!("{other:?}"),
         }
-        match read_from_server(&mut b, &mut buf).await.unwrap() {
+        match read_from_server(&mut b, &mut buf, Vec::new).await.unwrap() {
             Some(FromServer::Reply {
                 id: 42,
                 result: Ok(Reply::Bytes(v)),
             }) => assert_eq!(v, [1, 2, 3]),
             other => panic!("{other:?}"),
         }
-        assert!(read_from_server(&mut b, &mut buf).await.unwrap().is_none());
+        assert!(read_from_server(&mut b, &mut buf, Vec::new)
+            .await
+            .unwrap()
+            .is_none());
 
         let (mut a, mut b) = tokio::io::duplex(64);
         tokio::io::AsyncWriteExt::write_all(&mut a, &[5, 0, 0, 0, 9, 1, 2, 3, 4])
             .await
             .unwrap();
-        assert!(read_from_server(&mut b, &mut buf).await.is_err());
+        assert!(read_from_server(&mut b, &mut buf, Vec::new).await.is_err());
         let (mut a, mut b) = tokio::io::duplex(64);
         tokio::io::AsyncWriteExt::write_all(&mut a, &[0xff, 0xff, 0xff, 0xff, 0])
             .await
