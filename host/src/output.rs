@@ -8,7 +8,7 @@
 //! A channel of its own rather than tokio's mpsc: an idle one costs a few dozen bytes, which
 //! matters with thousands of jobs in flight.
 
-pub(crate) use crate::abi::sink::BufferPool;
+pub(crate) use crate::abi::sink::Lent;
 pub use crate::abi::sink::{log_channel, LogChunk, LogReceiver, LogSink, DEFAULT_CAPACITY};
 
 /// A file (standard output, a job's log file) written straight from the task that polls

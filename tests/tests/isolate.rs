@@ -284,3 +284,96 @@ fn sigint_during_an_isolated_run_cancels_it_in_the_server_and_stop_leaves_nothin
     assert_eq!(code, Some(130), "{stderr}");
     assert_eq!(pids_with(&marker), Vec::<u32>::new(), "{stderr}");
 }
+
+/// `host --isolate ALIAS run` into a pipe nobody reads for a second (the server's slots and
+/// credits run out, the rest waits), then read to the end: the stdout and exit code.
+fn isolated_into_a_stalled_pipe(dir: &std::path::Path, alias: &str, args: &[&str]) -> Vec<u8> {
+    let s = script("seq 1 2000000");
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut cmd = host(dir);
+    cmd.args(["--isolate", alias, "run", "-b", alias])
+        .args(args)
+        .arg(s.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::null());
+    let mut guard = blackbox::Guard(cmd.spawn().unwrap());
+    drop(cmd);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
+    assert_eq!(guard.0.wait().unwrap().code(), Some(0), "{alias}");
+    all
+}
+
+#[test]
+fn an_isolated_log_arrives_whole_and_in_order_through_a_stalled_reader() {
+    let dir = plugin_dir(&[
+        ("liblocal.so", &artifacts().local),
+        ("libfake.so", &artifacts().fake),
+    ]);
+    // local: every line different (a chunk in the wrong slot or order would show), in
+    // chunks of the sizes the script's pipe gives.
+    let got = isolated_into_a_stalled_pipe(dir.path(), "local", &[]);
+    let want: String = (1..=2_000_000).map(|n| format!("{n}\n")).collect();
+    assert!(
+        got.len() == want.len(),
+        "{} bytes of {}",
+        got.len(),
+        want.len()
+    );
+    assert!(got == want.as_bytes(), "local's log differs");
+    // fake: 256 KiB chunks, byte for byte what the same plugin writes in process.
+    let got = isolated_into_a_stalled_pipe(dir.path(), "fake", &["-c", "LOG_BYTES=48MiB"]);
+    let s = script("");
+    let mut cmd = host(dir.path());
+    cmd.args(["run", "-b", "fake", "-c", "LOG_BYTES=48MiB"])
+        .arg(s.path());
+    let in_process = cmd.output().unwrap();
+    assert_eq!(in_process.stdout.len(), 48 << 20);
+    assert!(got == in_process.stdout, "fake's log differs isolated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_isolated_runs_on_one_server_keep_their_logs_apart() {
+    host::probe::set_executable(Some(artifacts().host.clone()));
+    let dir = plugin_dir(&[("liblocal.so", &artifacts().local)]);
+    let registry =
+        host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.path().to_path_buf()]), None)
+            .with_isolation(host::isolate::Isolation::All)
+            .load();
+    let local = registry
+        .new_backend_provider("local", &ProviderConfig::new())
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // Four runs at once on the one server share its slots; each log holds only its own
+    // lines, all of them, in order.
+    let runs = (0..4).map(|n| {
+        let path = out.path().join(format!("{n}.log"));
+        let local = &local;
+        async move {
+            let job = Job {
+                script: format!("seq {} 4 1200000", n + 1).into_bytes(),
+                options: JobOptions::default(),
+                ..Job::default()
+            };
+            let file = host::output::BlockingFile::new(std::fs::File::create(&path).unwrap());
+            let (_tx, mut cancel) = tokio::sync::mpsc::channel(1);
+            let r = run_job(local, job, file, &mut cancel, &Silent).await;
+            (r, path, n)
+        }
+    });
+    for (r, path, n) in futures_util::future::join_all(runs).await {
+        assert_eq!(*r.outcome(), Outcome::Passed, "{r:?}");
+        let want: String = (n + 1..=1_200_000)
+            .step_by(4)
+            .map(|i| format!("{i}\n"))
+            .collect();
+        let got = std::fs::read(&path).unwrap();
+        assert!(
+            got == want.as_bytes(),
+            "run {n}: {} bytes of {}",
+            got.len(),
+            want.len()
+        );
+    }
+}

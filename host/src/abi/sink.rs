@@ -41,53 +41,21 @@ impl LogSink {
         self.0.write(RVec::from(chunk)).await.into_result()
     }
 
-    /// Writes `chunk` like [`Self::write`]; its buffer goes back to `pool` when the reader
-    /// drops it.
-    pub(crate) async fn write_pooled(
-        &mut self,
-        chunk: Vec<u8>,
-        pool: &Arc<BufferPool>,
-    ) -> Result<(), BackendError> {
-        self.0
-            .push((RVec::from(chunk), Some(Arc::clone(pool))))
-            .await
-            .into_result()
+    /// Writes bytes the host lends (a plugin server's output, in a buffer or a slot of
+    /// memory shared with the server): dropping the chunk hands them back.
+    pub(crate) async fn write_lent(&mut self, bytes: Lent) -> Result<(), BackendError> {
+        self.0.push(Bytes::Lent(bytes)).await.into_result()
     }
 }
 
-/// Buffers of chunks the host writes itself (a plugin server's output), handed back when
-/// the reader is done with them: a steady flow of log reuses a few warm buffers instead of
-/// faulting in fresh pages for every chunk.
-pub(crate) struct BufferPool {
-    spare: Mutex<Vec<Vec<u8>>>,
-    max: usize,
-}
+/// Bytes lent to a log channel; their owner learns the reader is done with them from the
+/// drop.
+pub(crate) type Lent = Box<dyn AsRef<[u8]> + Send + Sync>;
 
-impl BufferPool {
-    /// A pool that keeps at most `max` idle buffers.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            spare: Mutex::new(Vec::new()),
-            max,
-        })
-    }
-
-    /// An empty buffer, with the capacity of an earlier chunk's when one is idle.
-    pub(crate) fn take(&self) -> Vec<u8> {
-        self.spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default()
-    }
-
-    fn put(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < self.max {
-            spare.push(buffer);
-        }
-    }
+/// A chunk's bytes: a plugin's buffer, or bytes the host lends.
+enum Bytes {
+    Plugin(RVec<u8>),
+    Lent(Lent),
 }
 
 /// Makes a sink to hand to [`crate::Instance::run_script`] and the receiver of its chunks.
@@ -112,11 +80,8 @@ pub fn log_channel(capacity: usize) -> (LogSink, LogReceiver) {
     )
 }
 
-/// A queued chunk and the pool its buffer returns to, if any.
-type Entry = (RVec<u8>, Option<Arc<BufferPool>>);
-
 struct Shared {
-    queue: VecDeque<Entry>,
+    queue: VecDeque<Bytes>,
     capacity: usize,
     receiver_gone: bool,
     sender_gone: bool,
@@ -139,7 +104,7 @@ impl LogReceiver {
     pub async fn recv(&mut self) -> Option<LogChunk> {
         std::future::poll_fn(|cx| {
             let mut s = lock(&self.shared);
-            if let Some((bytes, pool)) = s.queue.pop_front() {
+            if let Some(bytes) = s.queue.pop_front() {
                 // A waiting writer is woken once half the queue is free, not for every
                 // chunk: fewer cross-thread wake-ups when the reader is the slow side.
                 if s.queue.len() <= s.capacity / 2 {
@@ -147,7 +112,7 @@ impl LogReceiver {
                         w.wake();
                     }
                 }
-                return Poll::Ready(Some(LogChunk { bytes, pool }));
+                return Poll::Ready(Some(LogChunk(bytes)));
             }
             if s.sender_gone {
                 return Poll::Ready(None);
@@ -178,42 +143,34 @@ impl Drop for LogReceiver {
     }
 }
 
-/// One chunk of log, still in the buffer the plugin allocated.
-pub struct LogChunk {
-    bytes: RVec<u8>,
-    pool: Option<Arc<BufferPool>>,
-}
-
-impl Drop for LogChunk {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.put(std::mem::take(&mut self.bytes).into_vec());
-        }
-    }
-}
+/// One chunk of log, still in the buffer the plugin allocated (or, from an isolated
+/// plugin, where the host read it).
+pub struct LogChunk(Bytes);
 
 impl LogChunk {
     /// A chunk of the host's own bytes.
     #[cfg(test)]
     pub(crate) fn from_vec(bytes: Vec<u8>) -> Self {
-        Self {
-            bytes: RVec::from(bytes),
-            pool: None,
-        }
+        Self(Bytes::Plugin(RVec::from(bytes)))
     }
 
     /// The chunk as a `Vec`: its buffer as it is when it was allocated by this program's
     /// allocator, else a copy.
-    pub fn into_vec(mut self) -> Vec<u8> {
-        self.pool = None;
-        std::mem::take(&mut self.bytes).into_vec()
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            Bytes::Plugin(v) => v.into_vec(),
+            Bytes::Lent(b) => (*b).as_ref().to_vec(),
+        }
     }
 }
 
 impl std::ops::Deref for LogChunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.bytes.as_slice()
+        match &self.0 {
+            Bytes::Plugin(v) => v.as_slice(),
+            Bytes::Lent(b) => (**b).as_ref(),
+        }
     }
 }
 
@@ -242,9 +199,9 @@ fn closed() -> BackendError {
 /// `Err(None)` when the receiver is gone.
 fn try_push(
     shared: &Mutex<Shared>,
-    chunk: Entry,
+    chunk: Bytes,
     waker: Option<&Waker>,
-) -> Result<(), Option<Entry>> {
+) -> Result<(), Option<Bytes>> {
     let mut s = lock(shared);
     if s.receiver_gone {
         return Err(None);
@@ -264,12 +221,12 @@ fn try_push(
 
 impl FfiOutputSink for ChannelSink {
     fn write(&mut self, chunk: RVec<u8>) -> FfiResultFuture<()> {
-        self.push((chunk, None))
+        self.push(Bytes::Plugin(chunk))
     }
 }
 
 impl ChannelSink {
-    fn push(&mut self, chunk: Entry) -> FfiResultFuture<()> {
+    fn push(&mut self, chunk: Bytes) -> FfiResultFuture<()> {
         // The common case, room in the queue, completes here.
         let mut pending = match try_push(&self.shared, chunk, None) {
             Ok(()) => return std::future::ready(RResult::ROk(())).into_ffi(),

@@ -14,10 +14,11 @@ use plugin_api::{BackendError, ProgressEntry, RunResult, StartAttributes};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{mpsc, watch};
 
+use super::ring::{self, BufferPool, HostRing};
 use super::server::{FILE_FD, LOG_LEVEL_ENV, SOCKET_FD};
-use super::wire::{self, Call, FromServer, Reply, ToServer};
+use super::wire::{self, Call, FromServer, Incoming, Reply, ToServer};
 use crate::abi::calls::ProgressFn;
-use crate::output::{BufferPool, LogSink};
+use crate::output::{Lent, LogSink};
 
 /// The hidden first argument that makes the `host` binary a plugin server.
 pub const SERVER_ARG: &str = "__host-plugin-server";
@@ -151,7 +152,7 @@ struct Conn {
     pid: i32,
     started: Instant,
     out: Arc<Outbox>,
-    calls: Mutex<HashMap<u64, mpsc::UnboundedSender<FromServer>>>,
+    calls: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
     next_id: AtomicU64,
     /// What ended the server, once it is dead.
     death: watch::Sender<Option<String>>,
@@ -160,8 +161,16 @@ struct Conn {
     hung: AtomicBool,
     last_heard: Mutex<Instant>,
     last_stderr: Mutex<String>,
-    /// Buffers for runs' output, back from the readers of the logs.
+    /// Buffers for runs' output that crosses the socket.
     buffers: Arc<BufferPool>,
+    /// The slots shared with the server for runs' output, if the system has memfds.
+    ring: Option<Arc<HostRing>>,
+}
+
+/// What reaches a call in flight: a frame about it, or a chunk of its output.
+enum Event {
+    Frame(FromServer),
+    Output(Lent),
 }
 
 impl Conn {
@@ -187,6 +196,7 @@ impl Conn {
     fn spawn(server: &Arc<Server>) -> std::io::Result<Arc<Conn>> {
         let (ours, theirs) = socketpair()?;
         let (diag_read, diag_write) = crate::probe::pipe()?;
+        let ring_fd = ring::memfd();
         let mut cmd = std::process::Command::new(&server.exe);
         cmd.arg(SERVER_ARG)
             .env(
@@ -196,10 +206,13 @@ impl Conn {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::from(diag_write.try_clone()?))
             .stderr(std::process::Stdio::from(diag_write));
-        let moves = [
+        let mut moves = vec![
             (server.file.as_raw_fd(), FILE_FD),
             (theirs.as_raw_fd(), SOCKET_FD),
         ];
+        if let Some(fd) = &ring_fd {
+            moves.push((fd.as_raw_fd(), ring::RING_FD));
+        }
         // SAFETY: the closure only calls async-signal-safe functions (setpgid, dup2, fcntl).
         unsafe {
             use std::os::unix::process::CommandExt as _;
@@ -221,6 +234,10 @@ impl Conn {
             state: Mutex::new(OutState::default()),
             wake: tokio::sync::Notify::new(),
         });
+        let ring = ring_fd.and_then(|fd| {
+            let out = Arc::clone(&out);
+            HostRing::new(&fd, move |free| out.send(&ToServer::Slots { free })).ok()
+        });
         let conn = Arc::new(Conn {
             alias: server.alias.clone(),
             pid,
@@ -233,6 +250,7 @@ impl Conn {
             hung: AtomicBool::new(false),
             last_heard: Mutex::new(Instant::now()),
             buffers: BufferPool::new(SPARE_BUFFERS),
+            ring,
             last_stderr: Mutex::new(String::new()),
         });
         tracing::debug!(backend = %server.alias, pid, "plugin server started");
@@ -300,7 +318,7 @@ impl Conn {
     async fn call(self: &Arc<Self>, call: Call) -> Result<Reply, BackendError> {
         let mut pending = self.begin(call);
         loop {
-            if let FromServer::Reply { result, .. } = pending.next().await? {
+            if let Event::Frame(FromServer::Reply { result, .. }) = pending.next().await? {
                 pending.done = true;
                 return result.map_err(BackendError::from);
             }
@@ -319,12 +337,12 @@ struct Pending {
     conn: Arc<Conn>,
     id: u64,
     name: &'static str,
-    rx: mpsc::UnboundedReceiver<FromServer>,
+    rx: mpsc::UnboundedReceiver<Event>,
     done: bool,
 }
 
 impl Pending {
-    async fn next(&mut self) -> Result<FromServer, BackendError> {
+    async fn next(&mut self) -> Result<Event, BackendError> {
         match self.rx.recv().await {
             Some(frame) => Ok(frame),
             None => {
@@ -445,25 +463,53 @@ async fn read_frames(conn: &Arc<Conn>, reader: tokio::net::unix::OwnedReadHalf) 
     // past it, straight into the chunk's own buffer.
     let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
     let mut buf = Vec::new();
-    while let Ok(Some(frame)) =
-        wire::read_from_server(&mut reader, &mut buf, || conn.buffers.take()).await
-    {
+    loop {
+        let frame =
+            match wire::read_from_server(&mut reader, &mut buf, || conn.buffers.take()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(e) => {
+                    if conn.alive() {
+                        tracing::debug!(backend = %conn.alias, "plugin server's socket: {e}");
+                    }
+                    return;
+                }
+            };
         *lock(&conn.last_heard) = Instant::now();
-        match frame {
-            FromServer::Reply { id, .. } => {
-                if let Some(tx) = lock(&conn.calls).remove(&id) {
-                    let _ = tx.send(frame);
+        // Which call the frame is for, and whether it is the call's last.
+        let (id, event, last) = match frame {
+            Incoming::Output { id, chunk } => (id, Event::Output(conn.buffers.lend(chunk)), false),
+            Incoming::Message(FromServer::Slot { id, slot, len }) => {
+                let lent = match &conn.ring {
+                    Some(ring) => ring.lend(slot, len),
+                    None => Err(std::io::Error::other("output in a slot, but no slots")),
+                };
+                match lent {
+                    Ok(lent) => (id, Event::Output(lent), false),
+                    Err(e) => {
+                        // The server broke the protocol: its connection ends (see `spawn`).
+                        tracing::warn!(target: "backend", backend = %conn.alias, "plugin server sent bad output: {e}");
+                        return;
+                    }
                 }
             }
-            FromServer::Output { id, .. } | FromServer::Progress { id, .. } => {
-                if let Some(tx) = lock(&conn.calls).get(&id) {
-                    let _ = tx.send(frame);
-                }
+            Incoming::Message(FromServer::Log { level, message }) => {
+                crate::abi::logger::emit(&conn.alias, level, &message);
+                continue;
             }
-            FromServer::Log { level, message } => {
-                crate::abi::logger::emit(&conn.alias, level, &message)
-            }
-            FromServer::Pong { .. } => {}
+            Incoming::Message(FromServer::Pong { .. }) => continue,
+            Incoming::Message(m @ FromServer::Reply { id, .. }) => (id, Event::Frame(m), true),
+            Incoming::Message(m @ FromServer::Progress { id, .. }) => (id, Event::Frame(m), false),
+        };
+        let mut calls = lock(&conn.calls);
+        let tx = if last {
+            calls.remove(&id)
+        } else {
+            calls.get(&id).cloned()
+        };
+        drop(calls);
+        if let Some(tx) = tx {
+            let _ = tx.send(event);
         }
     }
 }
@@ -633,12 +679,12 @@ impl RemoteProvider {
         });
         loop {
             match pending.next().await? {
-                FromServer::Progress { entry, .. } => {
+                Event::Frame(FromServer::Progress { entry, .. }) => {
                     if let Some(f) = &progress {
                         f(ProgressEntry::from(entry));
                     }
                 }
-                FromServer::Reply { result, .. } => {
+                Event::Frame(FromServer::Reply { result, .. }) => {
                     pending.done = true;
                     let Reply::Instance {
                         object,
@@ -713,11 +759,11 @@ impl RemoteInstance {
         let mut taken = 0;
         loop {
             match pending.next().await? {
-                FromServer::Output { chunk, .. } => {
+                Event::Output(chunk) => {
                     if !open {
                         continue;
                     }
-                    if sink.write_pooled(chunk, &self.conn.buffers).await.is_ok() {
+                    if sink.write_lent(chunk).await.is_ok() {
                         // Credits go back in batches: one frame (and one wake-up of the
                         // server) per half window of chunks, not per chunk.
                         taken += 1;
@@ -733,8 +779,13 @@ impl RemoteInstance {
                         pending.send(ToServer::OutputClosed { id: pending.id });
                     }
                 }
-                FromServer::Reply { result, .. } => {
+                Event::Frame(FromServer::Reply { result, .. }) => {
                     pending.done = true;
+                    if let Some(ring) = &self.conn.ring {
+                        // Slots the log's reader is done with go back now, not with a
+                        // later run's.
+                        ring.flush();
+                    }
                     return match result.map_err(BackendError::from)? {
                         Reply::Run {
                             exit_code,

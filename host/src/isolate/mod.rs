@@ -6,8 +6,10 @@
 //!
 //! - **Protocol**: length-prefixed postcard frames; calls multiplexed by id; a run's log
 //!   streamed in chunks with credits (at most 16 chunks in flight per run: a stalled
-//!   reader bounds the server's memory); dropping a call's future cancels it in the server;
-//!   the plugin's log events reach the host's log as in process.
+//!   reader bounds the server's memory), each chunk in a slot of memory the server shares
+//!   with the host (lent to the log's reader as it is, given back when read; see
+//!   `ring.rs`) or, when none is free, raw on the socket; dropping a call's future cancels
+//!   it in the server; the plugin's log events reach the host's log as in process.
 //! - **Crashes**: when the server dies (a signal, an abort, an exit, an OOM kill) or hangs
 //!   (silent for [`HANG_AFTER`] while pinged every second; the server polls every call on
 //!   one thread, so a plugin blocking it is a hang), every call in flight on it fails as not
@@ -21,6 +23,7 @@
 //! [`Instance`]: crate::Instance
 
 mod client;
+mod ring;
 mod server;
 mod wire;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use plugin_api::{BackendError, ProviderConfig};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::ring::ServerRing;
 use super::wire::{
     self, Call, FrameWriter, FromServer, Outgoing, Reply, ToServer, WireError, WireProgress,
 };
@@ -80,6 +81,8 @@ struct Shared {
     instances: Mutex<HashMap<u64, Arc<InstanceObj>>>,
     calls: Mutex<HashMap<u64, CallState>>,
     next_object: Mutex<u64>,
+    /// The slots shared with the host for output, when it handed them over.
+    ring: Option<ServerRing>,
 }
 
 struct CallState {
@@ -147,6 +150,7 @@ async fn run(module: Module, socket: tokio::net::UnixStream) {
         instances: Mutex::default(),
         calls: Mutex::default(),
         next_object: Mutex::new(0),
+        ring: ServerRing::open(),
     });
     let writing = tokio::spawn(write_frames(writer, out_rx, queued_logs));
     let mut buf = Vec::new();
@@ -170,6 +174,11 @@ async fn run(module: Module, socket: tokio::net::UnixStream) {
                 }
             }
             ToServer::Ping { n } => shared.send(FromServer::Pong { n }),
+            ToServer::Slots { free } => {
+                if let Some(ring) = &shared.ring {
+                    ring.free(&free);
+                }
+            }
             ToServer::Release { object } => {
                 let provider = lock(&shared.providers).remove(&object);
                 let instance = lock(&shared.instances).remove(&object);
@@ -337,7 +346,15 @@ async fn answer(
                         Ok(permit) => permit.forget(),
                         Err(_) => break,
                     }
-                    let _ = shared.out.send(Outgoing::Output { id, chunk });
+                    let frame = match shared.ring.as_ref().and_then(|r| r.put(&chunk)) {
+                        Some(slot) => Outgoing::Message(FromServer::Slot {
+                            id,
+                            slot,
+                            len: chunk.len() as u32,
+                        }),
+                        None => Outgoing::Output { id, chunk },
+                    };
+                    let _ = shared.out.send(frame);
                 }
                 // Refuse what comes after a close; wait for the plugin to drop its sink.
                 rx.close();

@@ -1,6 +1,7 @@
 //! The plugin-server protocol: frames of a `u32` little-endian length, a kind byte and a
 //! body, each way over one socketpair. The body is a postcard message, except a run's output
-//! from the server, which travels raw. Byte fields of messages go as byte strings
+//! from the server, which travels raw when it does not travel in a slot of the shared ring
+//! ([`FromServer::Slot`], see [`super::ring`]). Byte fields of messages go as byte strings
 //! (`serde_bytes`): serde's default for a `Vec<u8>` is a sequence, encoded and decoded one
 //! element at a time, which cost 0.6 ms per 256 KiB chunk of log. Calls carry an id chosen by the host; everything about a
 //! call (its output, its progress, its reply) carries that id, so any number of calls are
@@ -33,6 +34,8 @@ pub(crate) enum ToServer {
     Ping { n: u64 },
     /// A provider or instance the host no longer holds.
     Release { object: u64 },
+    /// Slots of the shared ring the host is done with (see [`super::ring`]).
+    Slots { free: Vec<u32> },
 }
 
 /// One call on the plugin's objects. Objects are numbered by the server.
@@ -94,12 +97,9 @@ pub(crate) enum FromServer {
         id: u64,
         result: Result<Reply, WireError>,
     },
-    /// A chunk of the log of run `id`.
-    Output {
-        id: u64,
-        #[serde(with = "serde_bytes")]
-        chunk: Vec<u8>,
-    },
+    /// A chunk of the log of run `id`, in a slot of the shared ring. (A chunk that crosses
+    /// the socket is a raw frame: [`Incoming::Output`].)
+    Slot { id: u64, slot: u32, len: u32 },
     /// A step of start `id`.
     Progress { id: u64, entry: WireProgress },
     /// A log event of the plugin's (level 1 error ... 5 trace).
@@ -341,13 +341,23 @@ pub(crate) async fn read_frame<R: tokio::io::AsyncRead + Unpin, T: serde::de::De
     decode(buf).map(Some)
 }
 
-/// Reads one frame from the server; a run's output lands in a buffer of its own.
-/// `chunk_buffer` gives the (empty) buffer a chunk of output is read into.
+/// A frame from the server, read.
+pub(crate) enum Incoming {
+    Message(FromServer),
+    /// A chunk of the log of run `id` that crossed the socket.
+    Output {
+        id: u64,
+        chunk: Vec<u8>,
+    },
+}
+
+/// Reads one frame from the server; a run's output lands in a buffer of its own, which
+/// `chunk_buffer` gives (empty).
 pub(crate) async fn read_from_server<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     chunk_buffer: impl FnOnce() -> Vec<u8>,
-) -> std::io::Result<Option<FromServer>> {
+) -> std::io::Result<Option<Incoming>> {
     let Some((len, kind)) = read_head(r).await? else {
         return Ok(None);
     };
@@ -355,7 +365,7 @@ pub(crate) async fn read_from_server<R: tokio::io::AsyncRead + Unpin>(
         MESSAGE => {
             buf.resize(len, 0);
             r.read_exact(buf).await?;
-            decode(buf).map(Some)
+            decode(buf).map(|m| Some(Incoming::Message(m)))
         }
         OUTPUT if len >= 8 => {
             let mut id = [0u8; 8];
@@ -370,7 +380,7 @@ pub(crate) async fn read_from_server<R: tokio::io::AsyncRead + Unpin>(
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
-            Ok(Some(FromServer::Output {
+            Ok(Some(Incoming::Output {
                 id: u64::from_le_bytes(id),
                 chunk,
             }))
@@ -406,17 +416,20 @@ mod tests {
         drop(a);
         let mut buf = Vec::new();
         let got = read_from_server(&mut b, &mut buf, Vec::new).await.unwrap();
-        assert!(matches!(got, Some(FromServer::Pong { n: 7 })), "{got:?}");
+        assert!(
+            matches!(got, Some(Incoming::Message(FromServer::Pong { n: 7 }))),
+            "a pong first"
+        );
         match read_from_server(&mut b, &mut buf, Vec::new).await.unwrap() {
-            Some(FromServer::Output { id: 42, chunk: c }) => assert!(c == chunk),
-            other => panic!("{other:?}"),
+            Some(Incoming::Output { id: 42, chunk: c }) => assert!(c == chunk),
+            _ => panic!("not the output"),
         }
         match read_from_server(&mut b, &mut buf, Vec::new).await.unwrap() {
-            Some(FromServer::Reply {
+            Some(Incoming::Message(FromServer::Reply {
                 id: 42,
                 result: Ok(Reply::Bytes(v)),
-            }) => assert_eq!(v, [1, 2, 3]),
-            other => panic!("{other:?}"),
+            })) => assert_eq!(v, [1, 2, 3]),
+            _ => panic!("not the reply"),
         }
         assert!(read_from_server(&mut b, &mut buf, Vec::new)
             .await
