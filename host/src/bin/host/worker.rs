@@ -170,6 +170,9 @@ fn queue_name(name: &Option<String>) -> Result<String, CliError> {
     })
 }
 
+/// How long the line printer waits after a batch's first line for more.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Prints a line per job event, as text or JSON lines. The lines go to stderr from a thread
 /// of their own through a bounded queue: a stderr that blocks (a stalled pipe, a full
 /// terminal buffer) must never stop the jobs, so when the queue is full lines are dropped
@@ -193,8 +196,11 @@ impl Lines {
                 let mut reported = 0;
                 let mut text = String::new();
                 // One write for every line waiting: a busy worker's lines cost a wake-up and
-                // a write per batch, not per line.
+                // a write per batch, not per line. After the first line of a batch the thread
+                // sleeps a moment (not parked on the queue: a job's `emit` then wakes no one),
+                // so at thousands of jobs a second it wakes [`LINGER`]-often, not per line.
                 while let Ok(first) = rx.recv() {
+                    std::thread::sleep(LINGER);
                     text.clear();
                     let lost = seen.load(std::sync::atomic::Ordering::Relaxed);
                     if lost > reported {
