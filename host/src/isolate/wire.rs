@@ -217,11 +217,29 @@ const OUTPUT: u8 = 1;
 
 /// One message frame, encoded.
 pub(crate) fn encode<T: Serialize>(message: &T) -> std::io::Result<Vec<u8>> {
-    let mut body = postcard::to_extend(message, vec![0, 0, 0, 0, MESSAGE])
-        .map_err(|e| std::io::Error::other(format!("cannot encode a frame: {e}")))?;
-    let len = (body.len() - 4) as u32;
-    body[..4].copy_from_slice(&len.to_le_bytes());
-    Ok(body)
+    let mut frame = Vec::new();
+    encode_into(&mut frame, message)?;
+    Ok(frame)
+}
+
+/// Appends one message frame to `buf`; on an error `buf` is as it was.
+fn encode_into<T: Serialize>(buf: &mut Vec<u8>, message: &T) -> std::io::Result<()> {
+    /// `buf` as the `Extend` postcard writes into.
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl Extend<u8> for Append<'_> {
+        fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+            self.0.extend(bytes);
+        }
+    }
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, MESSAGE]);
+    if let Err(e) = postcard::to_extend(message, Append(buf)) {
+        buf.truncate(start);
+        return Err(std::io::Error::other(format!("cannot encode a frame: {e}")));
+    }
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 /// What the server writes: a message, or a run's output still in the buffer the plugin
@@ -253,12 +271,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) async fn push(&mut self, frame: &Outgoing) -> std::io::Result<()> {
         match frame {
             Outgoing::Message(message) => {
-                let start = self.buf.len();
-                self.buf.extend_from_slice(&[0, 0, 0, 0, MESSAGE]);
-                self.buf = postcard::to_extend(message, std::mem::take(&mut self.buf))
-                    .map_err(|e| std::io::Error::other(format!("cannot encode a frame: {e}")))?;
-                let len = (self.buf.len() - start - 4) as u32;
-                self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                encode_into(&mut self.buf, message)?;
                 if self.buf.len() >= WRITE_BUFFER {
                     self.flush().await?;
                 }
