@@ -203,6 +203,20 @@ struct Run {
     jobs_per_s: f64,
     p50: f64,
     p99: f64,
+    /// CPU time of the worker processes per job (user + system), in microseconds.
+    worker_cpu_us: Option<f64>,
+}
+
+/// User + system CPU time of process `pid` so far, in seconds (`/proc/PID/stat`).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| (utime + stime) / hz)
 }
 
 fn measure(
@@ -228,8 +242,13 @@ fn measure(
     }
     // Let the workers connect and start consuming.
     std::thread::sleep(Duration::from_millis(if baseline { 200 } else { 1500 }));
+    let cpu_at = || -> Option<f64> { children.iter().map(|c| cpu_secs(c.id())).sum() };
+    let cpu_before = cpu_at();
     let (secs, mut lat) = rt.block_on(drive(&conn, &n, jobs));
     let _ = stop_tx.send(true);
+    let cpu = cpu_at()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     for c in &mut children {
         // SIGINT drains: an idle worker exits at once.
         let _ = Command::new("kill")
@@ -244,6 +263,9 @@ fn measure(
         jobs_per_s: jobs as f64 / secs,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
+        worker_cpu_us: cpu
+            .filter(|_| !children.is_empty())
+            .map(|s| s * 1e6 / jobs as f64),
     }
 }
 
@@ -316,8 +338,12 @@ pub fn rows(a: &Artifacts, jobs: usize, rounds: usize) -> Vec<Row> {
     let _ = std::fs::remove_dir_all(&plugins);
     let (base, one, three) = (median(base), median(one), median(three));
     let fmt = |r: &Run| {
+        let cpu = r
+            .worker_cpu_us
+            .map(|us| format!(", worker CPU {us:.0} us/job"))
+            .unwrap_or_default();
         format!(
-            "{:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms",
+            "{:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms{cpu}",
             r.jobs_per_s, r.p50, r.p99
         )
     };
