@@ -366,8 +366,11 @@ impl<Q: JobQueue> Worker<Q> {
                 }
             };
             let ctx = Arc::clone(&ctx);
+            // Boxed: the task then holds a pointer, not the job's whole state, which tokio
+            // would copy as the task's stage changes.
+            let job = Box::pin(async move { ctx.process(delivery).await });
             jobs.spawn(async move {
-                ctx.process(delivery).await;
+                job.await;
                 drop(permit);
             });
         }
@@ -532,8 +535,9 @@ impl Ctx {
 
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let observer = Forward(events_tx);
-        let run = run_job(&self.provider, job, log, &mut cancel, &observer);
-        tokio::pin!(run);
+        // Boxed: the job's future is large, and this one's would hold it twice (as built and
+        // as pinned).
+        let mut run = Box::pin(run_job(&self.provider, job, log, &mut cancel, &observer));
         let mut instance_id = None;
         let report = loop {
             tokio::select! {

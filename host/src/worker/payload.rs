@@ -119,7 +119,12 @@ pub struct Payload {
 
 /// The job id of a document: `job.id`, a number or a string of digits.
 pub(crate) fn job_id(doc: &Value) -> Option<u64> {
-    match doc.get("job")?.get("id")? {
+    job_id_of_job(doc.get("job")?)
+}
+
+/// The job id of a document's `job` object.
+pub(crate) fn job_id_of_job(job: &Value) -> Option<u64> {
+    match job.get("id")? {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
@@ -147,11 +152,10 @@ impl Payload {
         let id = job_id(&document).ok_or_else(|| {
             PayloadError::Unreadable("the payload has no job id (job.id, a whole number)".into())
         })?;
-        let raw: Raw =
-            serde_json::from_value(document.clone()).map_err(|e| PayloadError::Invalid {
-                id,
-                reason: format!("the payload does not have the expected shape: {e}"),
-            })?;
+        let raw = Raw::deserialize(&document).map_err(|e| PayloadError::Invalid {
+            id,
+            reason: format!("the payload does not have the expected shape: {e}"),
+        })?;
         let timeouts = raw.timeouts.unwrap_or_default();
         let hard_limit = seconds(id, "hard_limit", timeouts.hard_limit)?;
         let log_silence = seconds(id, "log_silence", timeouts.log_silence)?;

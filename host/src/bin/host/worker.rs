@@ -435,8 +435,11 @@ impl Serve {
             "host: worker {worker_id} on {place} with backend {}, {pool} job(s) at once",
             self.alias
         );
-        worker.run().await;
-        Ok(())
+        // On a worker thread, beside the jobs it spawns (the thread that blocks on the
+        // runtime would take a wake-up of its own per job).
+        tokio::spawn(worker.run())
+            .await
+            .map_err(|e| CliError::TempFail(format!("the worker's task failed: {e}")))
     }
 }
 

@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -39,7 +40,8 @@ use lapin::types::FieldTable;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
@@ -133,6 +135,14 @@ fn persistent(kind: &str) -> BasicProperties {
         .with_delivery_mode(2)
         .with_timestamp(now)
         .with_type(kind.into())
+}
+
+/// Polls `f` once: what lapin does at once (queue a frame, register a confirm) is done, and
+/// the rest (waiting for its I/O thread) is left to whoever keeps `f`.
+async fn poll_once<F: std::future::Future + ?Sized>(
+    mut f: std::pin::Pin<&mut F>,
+) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
 }
 
 /// Publishes one message and waits for the broker's confirm.
@@ -264,8 +274,12 @@ struct Shared {
     settings: AmqpSettings,
     /// The current link; `None` while reconnecting.
     link: watch::Receiver<Option<Link>>,
-    /// Deliveries from the current consumer.
-    deliveries: tokio::sync::Mutex<mpsc::Receiver<lapin::message::Delivery>>,
+    /// The jobs consumer [`JobQueue::next`] reads (polled there: no task in between), and
+    /// the one a new connection made, until `next` takes it over.
+    consumer: tokio::sync::Mutex<Option<lapin::Consumer>>,
+    fresh_consumer: Mutex<Option<lapin::Consumer>>,
+    /// Bumped when `fresh_consumer` is set.
+    consumer_generation: watch::Sender<u64>,
     /// Jobs this worker runs now or finished lately, by id: a redelivery of one is answered
     /// here instead of running it twice.
     seen: Mutex<Seen>,
@@ -283,6 +297,60 @@ struct Seen {
 #[derive(Clone)]
 pub struct AmqpQueue {
     shared: Arc<Shared>,
+    /// Dropped with the last clone of the queue: the connection is then closed.
+    _alive: Arc<watch::Sender<()>>,
+}
+
+impl Shared {
+    /// Hands a new connection's jobs consumer to [`JobQueue::next`].
+    fn set_consumer(&self, consumer: lapin::Consumer) {
+        *self
+            .fresh_consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(consumer);
+        self.consumer_generation.send_modify(|g| *g += 1);
+    }
+
+    /// The next delivery from the jobs consumer, across reconnections. Cancel-safe: the
+    /// consumer stays in `consumer` when the future is dropped.
+    async fn next_delivery(&self) -> lapin::message::Delivery {
+        let mut current = self.consumer.lock().await;
+        loop {
+            // Subscribed before the look at `fresh_consumer`, so that none set after it is
+            // missed.
+            let mut generation = self.consumer_generation.subscribe();
+            if let Some(c) = self
+                .fresh_consumer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                *current = Some(c);
+            }
+            match current.as_mut() {
+                Some(consumer) => tokio::select! {
+                    d = consumer.next() => match d {
+                        Some(Ok(d)) => return d,
+                        // The channel or the connection is gone: wait for the next one.
+                        Some(Err(e)) => {
+                            tracing::debug!("the jobs consumer ended ({e}); waiting for a new one");
+                            *current = None;
+                        }
+                        None => {
+                            tracing::warn!("the broker cancelled the jobs consumer; waiting for a new connection");
+                            *current = None;
+                        }
+                    },
+                    _ = generation.changed() => {}
+                },
+                None => {
+                    if generation.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl AmqpQueue {
@@ -290,48 +358,37 @@ impl AmqpQueue {
     /// once), declares the topology and starts consuming; later losses of the connection are
     /// repaired in the background. Cancel commands arrive on the returned receiver.
     pub async fn open(settings: AmqpSettings) -> std::io::Result<(Self, mpsc::Receiver<u64>)> {
-        let (deliveries_tx, deliveries_rx) = mpsc::channel(usize::from(settings.prefetch.max(1)));
         let (cancel_tx, cancel_rx) = mpsc::channel(64);
         let (link_tx, link_rx) = watch::channel(None);
+        let (alive_tx, alive_rx) = watch::channel(());
         let conn = connect(&settings.url).await?;
         let queue = Self {
             shared: Arc::new(Shared {
                 settings: settings.clone(),
                 link: link_rx,
-                deliveries: tokio::sync::Mutex::new(deliveries_rx),
+                consumer: tokio::sync::Mutex::new(None),
+                fresh_consumer: Mutex::new(None),
+                consumer_generation: watch::Sender::new(0),
                 seen: Mutex::new(Seen::default()),
                 waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
+            _alive: Arc::new(alive_tx),
         };
-        let first = session(
-            &conn,
-            &settings,
-            &deliveries_tx,
-            &cancel_tx,
-            &queue.shared,
-            0,
-        )
-        .await?;
+        let first = session(&conn, &settings, &cancel_tx, &queue.shared, 0).await?;
         link_tx.send_replace(Some(first));
         let shared = Arc::clone(&queue.shared);
         tokio::spawn(supervise(
-            conn,
-            settings,
-            link_tx,
-            deliveries_tx,
-            cancel_tx,
-            shared,
+            conn, settings, link_tx, alive_rx, cancel_tx, shared,
         ));
         Ok((queue, cancel_rx))
     }
 }
 
-/// Opens the channels of one connection: declares, starts the jobs consumer and the command
-/// consumer, whose messages go to `deliveries` and `cancels`.
+/// Opens the channels of one connection: declares, starts the jobs consumer (handed to
+/// [`JobQueue::next`]) and the command consumer, whose messages go to `cancels`.
 async fn session(
     conn: &Connection,
     s: &AmqpSettings,
-    deliveries: &mpsc::Sender<lapin::message::Delivery>,
     cancels: &mpsc::Sender<u64>,
     shared: &Arc<Shared>,
     generation: u64,
@@ -350,7 +407,7 @@ async fn session(
     jobs.basic_qos(s.prefetch.max(1), BasicQosOptions::default())
         .await
         .map_err(|e| io("prefetch", e))?;
-    let mut consumer = jobs
+    let consumer = jobs
         .basic_consume(
             s.queue_name.as_str().into(),
             "".into(),
@@ -359,14 +416,7 @@ async fn session(
         )
         .await
         .map_err(|e| io(&format!("consume {}", s.queue_name), e))?;
-    let to_worker = deliveries.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            if to_worker.send(d).await.is_err() {
-                break;
-            }
-        }
-    });
+    shared.set_consumer(consumer);
 
     let commands = conn.create_channel().await.map_err(|e| io("channel", e))?;
     commands
@@ -458,12 +508,12 @@ async fn session(
 }
 
 /// Waits for the connection to fail, then reconnects with backoff, for as long as the worker
-/// runs.
+/// runs (until `alive`'s sender, held by the queue, is dropped).
 async fn supervise(
     mut conn: Connection,
     s: AmqpSettings,
     link: watch::Sender<Option<Link>>,
-    deliveries: mpsc::Sender<lapin::message::Delivery>,
+    alive: watch::Receiver<()>,
     cancels: mpsc::Sender<u64>,
     shared: Arc<Shared>,
 ) {
@@ -471,7 +521,7 @@ async fn supervise(
     loop {
         while conn.status().connected() {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if deliveries.is_closed() {
+            if alive.has_changed().is_err() {
                 let _ = conn.close(200, "worker stopped".into()).await;
                 return;
             }
@@ -489,7 +539,7 @@ async fn supervise(
                 continue;
             };
             generation += 1;
-            match session(&c, &s, &deliveries, &cancels, &shared, generation).await {
+            match session(&c, &s, &cancels, &shared, generation).await {
                 Ok(l) => {
                     link.send_replace(Some(l));
                     tracing::warn!("reconnected to {}", masked_url(&s.url));
@@ -506,27 +556,23 @@ impl JobQueue for AmqpQueue {
 
     async fn next(&self) -> AmqpDelivery {
         loop {
-            let d = {
-                let mut rx = self.shared.deliveries.lock().await;
-                match rx.recv().await {
-                    Some(d) => d,
-                    None => std::future::pending().await,
-                }
-            };
-            let doc = serde_json::from_slice::<Value>(&d.data).ok();
-            let id = doc.as_ref().and_then(super::payload::job_id);
-            let uuid = doc.as_ref().and_then(|v| v.get("uuid")).cloned();
-            let queued_at = doc
-                .as_ref()
-                .and_then(|v| v.get("job")?.get("queued_at"))
-                .cloned();
+            let d = self.shared.next_delivery().await;
+            let peek = Peek::of(&d.data);
+            let id = peek.job.as_ref().and_then(super::payload::job_id_of_job);
+            let queued_at = peek.job.as_ref().and_then(|j| j.get("queued_at")).cloned();
             // As the original's first log part after the start carries them.
-            let started_meta = json!({
-                "queued_at": queued_at.clone().unwrap_or(Value::Null),
-                "repo": doc.as_ref().and_then(|v| v.get("repository")?.get("slug")).cloned().unwrap_or(Value::Null),
-                "queue": doc.as_ref().and_then(|v| v.get("queue")).cloned().unwrap_or(Value::Null),
-                "infra": self.shared.settings.infra,
+            let started_meta = Arc::new(StartedMeta {
+                infra: self.shared.settings.infra.clone(),
+                queue: peek.queue.unwrap_or(Value::Null),
+                queued_at: queued_at.clone().unwrap_or(Value::Null),
+                repo: peek
+                    .repository
+                    .as_ref()
+                    .and_then(|r| r.get("slug"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
             });
+            let uuid = peek.uuid;
             // A redelivery of a job this worker runs or ran: answered here, not run twice.
             if let Some(id) = id {
                 let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -534,7 +580,7 @@ impl JobQueue for AmqpQueue {
                     ackers.push(d.acker.clone());
                     continue;
                 }
-                if seen.finished.contains(&id) && d.redelivered {
+                if d.redelivered && seen.finished.contains(&id) {
                     let acker = d.acker.clone();
                     tokio::spawn(async move {
                         let _ = acker.ack(BasicAckOptions::default()).await;
@@ -569,6 +615,88 @@ impl JobQueue for AmqpQueue {
     }
 }
 
+/// What [`JobQueue::next`] reads of a payload before the job runs: what every state update
+/// and the first log part echo. The rest (a real payload's `config` may be large) is
+/// skipped, not built.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Peek {
+    job: Option<Value>,
+    uuid: Option<Value>,
+    repository: Option<Value>,
+    queue: Option<Value>,
+}
+
+impl Peek {
+    fn of(data: &[u8]) -> Self {
+        serde_json::from_slice(data).unwrap_or_else(|_| {
+            // Not JSON (then nothing), or JSON this shape refuses (a duplicated key): the
+            // fields as a whole document has them.
+            let doc = serde_json::from_slice::<Value>(data).unwrap_or_default();
+            let field = |k: &str| doc.get(k).cloned();
+            Self {
+                job: field("job"),
+                uuid: field("uuid"),
+                repository: field("repository"),
+                queue: field("queue"),
+            }
+        })
+    }
+}
+
+/// The first log part's `meta`, as the original's (keys in the order `json!` gives them, so
+/// the bytes are as before these were structs).
+#[derive(Serialize)]
+struct StartedMeta {
+    infra: String,
+    queue: Value,
+    queued_at: Value,
+    repo: Value,
+}
+
+/// A state update's body (keys in alphabetical order, as a `serde_json::Value` writes them).
+#[derive(Serialize)]
+struct StateBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<&'a str>,
+    id: u64,
+    meta: StateMeta<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_at: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<&'a str>,
+    state: &'a str,
+}
+
+#[derive(Serialize)]
+struct StateMeta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    state_update_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uuid: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmed: Option<bool>,
+}
+
+/// A log part's body.
+#[derive(Serialize)]
+struct LogPartBody<'a> {
+    r#final: bool,
+    id: u64,
+    log: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a StartedMeta>,
+    number: u64,
+    uuid: &'a Value,
+}
+
 #[derive(Default)]
 struct Times {
     received: Option<String>,
@@ -587,7 +715,7 @@ pub struct AmqpDelivery {
     uuid: Option<Value>,
     queued_at: Option<Value>,
     /// The first log part's `meta`: `{queued_at, repo, queue, infra}`.
-    started_meta: Value,
+    started_meta: Arc<StartedMeta>,
     count: u64,
     times: Times,
     instance_id: Option<String>,
@@ -623,14 +751,17 @@ impl AmqpDelivery {
             }
             None => Vec::new(),
         };
-        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+        // Queued, not waited for (lapin writes it): an ack lost with the connection brings
+        // the job back, and this worker answers the redelivery.
+        let ack = self.acker.ack(BasicAckOptions::default());
+        if let Poll::Ready(Err(e)) = poll_once(std::pin::pin!(ack)).await {
             tracing::warn!(
                 "ack of job {:?} lost ({e}); the broker will deliver it again",
                 self.job_id
             );
         }
         for a in extra {
-            let _ = a.ack(BasicAckOptions::default()).await;
+            let _ = poll_once(std::pin::pin!(a.ack(BasicAckOptions::default()))).await;
         }
     }
 
@@ -680,35 +811,22 @@ impl Delivery for AmqpDelivery {
             self.instance_id = Some(i.clone());
         }
         self.count += 1;
-        let mut meta = json!({ "state_update_count": self.count });
-        if let Some(i) = &self.instance_id {
-            meta["instance_id"] = json!(i);
-        }
-        if let Some(u) = &self.uuid {
-            meta["uuid"] = u.clone();
-        }
-        let mut body = json!({ "id": job_id, "state": state, "meta": meta });
-        if let Some(q) = &self.queued_at {
-            body["queued_at"] = q.clone();
-        }
-        for (k, v) in [
-            ("received_at", &self.times.received),
-            ("started_at", &self.times.started),
-            ("finished_at", &self.times.finished),
-        ] {
-            if let Some(v) = v {
-                body[k] = json!(v);
-            }
-        }
-        if let Some(reason) = &update.reason {
-            body["meta"]["reason"] = json!(reason);
-        }
-        if let Some(image) = &update.image_name {
-            body["meta"]["image_name"] = json!(image);
-        }
-        if let Some(warmed) = update.warmed {
-            body["meta"]["warmed"] = json!(warmed);
-        }
+        let body = StateBody {
+            finished_at: self.times.finished.as_deref(),
+            id: job_id,
+            meta: StateMeta {
+                image_name: update.image_name.as_deref(),
+                instance_id: self.instance_id.as_deref(),
+                reason: update.reason.as_deref(),
+                state_update_count: self.count,
+                uuid: self.uuid.as_ref(),
+                warmed: update.warmed,
+            },
+            queued_at: self.queued_at.as_ref(),
+            received_at: self.times.received.as_deref(),
+            started_at: self.times.started.as_deref(),
+            state,
+        };
         let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
         let key = &self.queue.shared.settings.state_queue;
         self.outbox.send("", key, kind, bytes).await;
@@ -722,7 +840,7 @@ impl Delivery for AmqpDelivery {
         let uuid = self.uuid.clone().unwrap_or(Value::Null);
         let key = self.queue.shared.settings.log_queue.clone();
         let outbox = Outbox::new(self.queue.shared.link.clone());
-        let meta = self.started_meta.clone();
+        let meta = Arc::clone(&self.started_meta);
         self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, meta, rx)));
         Ok(AmqpLog {
             tx: tokio_util::sync::PollSender::new(tx),
@@ -854,18 +972,20 @@ async fn log_parts(
     key: String,
     job_id: u64,
     uuid: Value,
-    meta: Value,
+    meta: Arc<StartedMeta>,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> Outbox {
     let body_of = |number: u64, text: String, last: bool| {
-        let body =
-            json!({"id": job_id, "log": text, "number": number, "uuid": uuid, "final": last});
-        // The first part after the start carries the job's meta, as the original's does.
-        let mut body = body;
-        if number == 0 {
-            body["meta"] = meta.clone();
-        }
-        serde_json::to_vec(&body).unwrap_or_default()
+        serde_json::to_vec(&LogPartBody {
+            r#final: last,
+            id: job_id,
+            log: &text,
+            // The first part after the start carries the job's meta, as the original's does.
+            meta: (number == 0).then_some(&*meta),
+            number,
+            uuid: &uuid,
+        })
+        .unwrap_or_default()
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut number = 0u64;

@@ -2,13 +2,20 @@
 //! confirms it.
 //!
 //! A message goes out without waiting for the confirm of the one before (the channel keeps
-//! their order on the wire and in the queues); the job's delivery is acked only once
+//! their order on the wire and in the queues), nor for lapin's I/O thread to write it: its
+//! frames are queued on the channel, in order, when it is sent, and the write and the
+//! confirm are awaited together later (so a job's messages share the I/O thread's wake-ups
+//! instead of taking one round trip each); the job's delivery is acked only once
 //! [`Outbox::flush`] has seen every confirm. A connection lost on the way takes the
 //! unconfirmed messages with it: they go out again on the next connection, in their order.
 //! A message the broker had taken in before the loss but whose confirm was lost with it goes
 //! out twice (same contents); nothing is left out.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
@@ -16,7 +23,7 @@ use lapin::Confirmation;
 use lapin::PublisherConfirm;
 use tokio::sync::watch;
 
-use super::{persistent, Link};
+use super::{persistent, poll_once, Link};
 
 /// Messages out but not yet confirmed, at most, before a send waits for the oldest confirm:
 /// with the job's log channel, this bounds what a job holds while the broker is away.
@@ -26,9 +33,18 @@ struct Message {
     exchange: &'static str,
     key: String,
     kind: &'static str,
-    body: Vec<u8>,
-    /// The connection it went out on and its confirm; `None` until it has gone out (again).
-    sent: Option<(u64, PublisherConfirm)>,
+    /// Shared with the publish still in progress (it may have to go out again).
+    body: Arc<Vec<u8>>,
+    /// The connection it went out on and how far it got; `None` until it has gone out
+    /// (again).
+    sent: Option<(u64, Sent)>,
+}
+
+/// A publish whose frames are queued on the channel: lapin's I/O thread has yet to write
+/// them (then it gives the confirm to wait for), or has written them.
+enum Sent {
+    Writing(Pin<Box<dyn Future<Output = Result<PublisherConfirm, lapin::Error>> + Send>>),
+    Written(PublisherConfirm),
 }
 
 /// See the module's doc.
@@ -38,7 +54,17 @@ pub(super) struct Outbox {
 }
 
 /// Whether the broker took the message in.
-async fn confirmed(confirm: PublisherConfirm) -> bool {
+async fn confirmed(sent: Sent) -> bool {
+    let confirm = match sent {
+        Sent::Written(confirm) => confirm,
+        Sent::Writing(write) => match write.await {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                tracing::debug!("a publish was not written ({e}); the message goes out again");
+                return false;
+            }
+        },
+    };
     match confirm.await {
         Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => true,
         Ok(Confirmation::Nack(_)) => {
@@ -75,7 +101,7 @@ impl Outbox {
             exchange,
             key: key.to_owned(),
             kind,
-            body,
+            body: Arc::new(body),
             sent: None,
         });
         self.go_out().await;
@@ -162,17 +188,26 @@ impl Outbox {
 
     async fn publish_unsent(&mut self, link: &Link) -> Result<(), lapin::Error> {
         for m in self.pending.iter_mut().filter(|m| m.sent.is_none()) {
-            let confirm = link
-                .publish
-                .basic_publish(
-                    m.exchange.into(),
-                    m.key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    persistent(m.kind),
-                )
-                .await?;
-            m.sent = Some((link.generation, confirm));
+            let (channel, body) = (link.publish.clone(), Arc::clone(&m.body));
+            let (exchange, key, kind) = (m.exchange, m.key.as_str().into(), m.kind);
+            let mut write: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        key,
+                        BasicPublishOptions::default(),
+                        &body,
+                        persistent(kind),
+                    )
+                    .await
+            });
+            // The first poll queues the frames (and takes the confirm's place in the
+            // channel's order); the write is awaited with the confirm.
+            let sent = match poll_once(write.as_mut()).await {
+                Poll::Ready(confirm) => Sent::Written(confirm?),
+                Poll::Pending => Sent::Writing(write),
+            };
+            m.sent = Some((link.generation, sent));
         }
         Ok(())
     }
