@@ -265,9 +265,29 @@ pub async fn enqueue(url: &str, queue_name: &str, body: &[u8]) -> std::io::Resul
 /// One connection's worth of channels, shared by the jobs while it lives.
 #[derive(Clone)]
 struct Link {
-    publish: Channel,
+    /// State updates (and requeued jobs) go out here.
+    states: Channel,
+    /// Log parts go out here: a channel of their own, as the original's log writer has (the
+    /// broker works a channel's messages one after another; two share its load).
+    logs: Channel,
     /// Counts connections: a message that went out on an older one may have been lost.
     generation: u64,
+}
+
+/// Which of a [`Link`]'s channels an [`Outbox`] publishes on.
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    States,
+    Logs,
+}
+
+impl Link {
+    fn channel(&self, lane: Lane) -> &Channel {
+        match lane {
+            Lane::States => &self.states,
+            Lane::Logs => &self.logs,
+        }
+    }
 }
 
 struct Shared {
@@ -394,14 +414,17 @@ async fn session(
     generation: u64,
 ) -> std::io::Result<Link> {
     declare_jobs_queue(conn, &s.queue_name).await?;
-    let publish = conn.create_channel().await.map_err(|e| io("channel", e))?;
-    declare(&publish, s)
+    let states = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    declare(&states, s)
         .await
         .map_err(|e| io("declare the queues", e))?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| io("confirm mode", e))?;
+    let logs = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    for channel in [&states, &logs] {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| io("confirm mode", e))?;
+    }
 
     let jobs = conn.create_channel().await.map_err(|e| io("channel", e))?;
     jobs.basic_qos(s.prefetch.max(1), BasicQosOptions::default())
@@ -502,7 +525,8 @@ async fn session(
         }
     });
     Ok(Link {
-        publish,
+        states,
+        logs,
         generation,
     })
 }
@@ -602,7 +626,7 @@ impl JobQueue for AmqpQueue {
                 times: Times::default(),
                 instance_id: None,
                 log: None,
-                outbox: Outbox::new(self.shared.link.clone()),
+                outbox: Outbox::new(self.shared.link.clone(), Lane::States),
             };
         }
     }
@@ -839,7 +863,7 @@ impl Delivery for AmqpDelivery {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
         let uuid = self.uuid.clone().unwrap_or(Value::Null);
         let key = self.queue.shared.settings.log_queue.clone();
-        let outbox = Outbox::new(self.queue.shared.link.clone());
+        let outbox = Outbox::new(self.queue.shared.link.clone(), Lane::Logs);
         let meta = Arc::clone(&self.started_meta);
         self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, meta, rx)));
         Ok(AmqpLog {

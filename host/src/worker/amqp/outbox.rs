@@ -23,7 +23,7 @@ use lapin::Confirmation;
 use lapin::PublisherConfirm;
 use tokio::sync::watch;
 
-use super::{persistent, poll_once, Link};
+use super::{persistent, poll_once, Lane, Link};
 
 /// Messages out but not yet confirmed, at most, before a send waits for the oldest confirm:
 /// with the job's log channel, this bounds what a job holds while the broker is away.
@@ -50,6 +50,7 @@ enum Sent {
 /// See the module's doc.
 pub(super) struct Outbox {
     link: watch::Receiver<Option<Link>>,
+    lane: Lane,
     pending: VecDeque<Message>,
 }
 
@@ -80,9 +81,10 @@ async fn confirmed(sent: Sent) -> bool {
 }
 
 impl Outbox {
-    pub(super) fn new(link: watch::Receiver<Option<Link>>) -> Self {
+    pub(super) fn new(link: watch::Receiver<Option<Link>>, lane: Lane) -> Self {
         Self {
             link,
+            lane,
             pending: VecDeque::new(),
         }
     }
@@ -188,7 +190,7 @@ impl Outbox {
 
     async fn publish_unsent(&mut self, link: &Link) -> Result<(), lapin::Error> {
         for m in self.pending.iter_mut().filter(|m| m.sent.is_none()) {
-            let (channel, body) = (link.publish.clone(), Arc::clone(&m.body));
+            let (channel, body) = (link.channel(self.lane).clone(), Arc::clone(&m.body));
             let (exchange, key, kind) = (m.exchange, m.key.as_str().into(), m.kind);
             let mut write: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 channel
