@@ -12,7 +12,9 @@
 //!   500 ms or at [`LOG_PART_BYTES`], the last one empty and `final`;
 //! - cancel commands: fanout exchange `worker.commands`, `{type: "cancel_job", job_id, ...}`.
 //!
-//! Publishing is confirmed (publisher confirms) but pipelined: a job's messages go out without
+//! State updates and log parts go out on two channels of one connection (the original's log
+//! writer has a channel of its own too). Publishing is confirmed (publisher confirms) but
+//! pipelined: a job's messages go out without
 //! waiting for one another's confirm, and its delivery is acked only after every one of them
 //! (the final state, or for a requeue the reset and the job republished with its requeue
 //! count) is confirmed: a worker that dies leaves its deliveries unacked and the broker hands
