@@ -9,7 +9,9 @@
 //! - log parts: topic exchange `reporting`, routing key `reporting.jobs.logs`, type
 //!   `job:test:log`, body `{id, log, number, uuid, final}` (the first part also `meta
 //!   {queued_at, repo, queue, infra}`), numbers from 0, flushed every
-//!   500 ms or at [`LOG_PART_BYTES`], the last one empty and `final`;
+//!   500 ms or at [`LOG_PART_BYTES`], the last one `final` (it carries the rest of the
+//!   text; the original sends that rest, then an empty final part: one message more per job
+//!   for the broker, and travis-logs stores a final part's text as any other's);
 //! - cancel commands: fanout exchange `worker.commands`, `{type: "cancel_job", job_id, ...}`.
 //!
 //! State updates and log parts go out on two channels of one connection (the original's log
@@ -991,8 +993,8 @@ pub(crate) fn take_text(buf: &mut Vec<u8>, flush_all: bool) -> String {
 }
 
 /// Cuts a job's log into parts: every [`LOG_FLUSH_EVERY`] or [`LOG_PART_BYTES`], numbered
-/// from 0, then an empty final part when the writer is gone. Returns the parts not yet
-/// confirmed.
+/// from 0. When the writer is gone, the part carrying the rest of the text is the final one;
+/// if nothing was left, an empty final part follows. Returns the parts not yet confirmed.
 async fn log_parts(
     mut outbox: Outbox,
     key: String,
@@ -1014,59 +1016,64 @@ async fn log_parts(
         .unwrap_or_default()
     };
     let mut buf: Vec<u8> = Vec::new();
+    let mut parts: Vec<(String, bool)> = Vec::new();
     let mut number = 0u64;
     let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     loop {
-        if open {
-            tokio::select! {
-                chunk = rx.recv() => match chunk {
-                    Some(c) => {
-                        buf.extend_from_slice(&c);
-                        if buf.len() < LOG_PART_BYTES {
-                            continue;
-                        }
+        tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(c) => {
+                    buf.extend_from_slice(&c);
+                    if buf.len() < LOG_PART_BYTES {
+                        continue;
                     }
-                    None => open = false,
-                },
-                _ = tick.tick() => {}
-            }
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {}
         }
-        // Whole parts while more than a part is buffered; then, on a tick or at the end, the
-        // rest (but for a character cut short, while more may come).
-        while !buf.is_empty() {
-            let take = buf.len().min(LOG_PART_BYTES);
-            let mut part: Vec<u8> = buf.drain(..take).collect();
-            let text = take_text(&mut part, !open && buf.is_empty());
-            if !part.is_empty() {
-                part.append(&mut buf);
-                buf = part;
-            }
-            if text.is_empty() {
-                break;
-            }
+        cut_parts(&mut buf, open, &mut parts);
+        for (text, last) in parts.drain(..) {
             outbox
-                .send(LOG_EXCHANGE, &key, LOG_TYPE, body_of(number, text, false))
+                .send(LOG_EXCHANGE, &key, LOG_TYPE, body_of(number, text, last))
                 .await;
             number += 1;
-            if open && buf.len() < LOG_PART_BYTES {
-                break;
-            }
         }
-        if !open && buf.is_empty() {
+        if !open {
             break;
         }
     }
     outbox
-        .send(
-            LOG_EXCHANGE,
-            &key,
-            LOG_TYPE,
-            body_of(number, String::new(), true),
-        )
-        .await;
-    outbox
+}
+
+/// Appends to `parts`, as `(text, final)`, what goes out now of a job's buffered log `buf`:
+/// whole parts while more than a part is buffered, then the rest, but for a character cut
+/// short while the writer is `open` (it waits for its next bytes). Once the writer is gone,
+/// everything goes and the last part is final: the one with the rest of the text, or an
+/// empty one if nothing was left.
+fn cut_parts(buf: &mut Vec<u8>, open: bool, parts: &mut Vec<(String, bool)>) {
+    let before = parts.len();
+    while !buf.is_empty() {
+        let take = buf.len().min(LOG_PART_BYTES);
+        let mut part: Vec<u8> = buf.drain(..take).collect();
+        let text = take_text(&mut part, !open && buf.is_empty());
+        if !part.is_empty() {
+            part.append(buf);
+            *buf = part;
+        }
+        if text.is_empty() {
+            break;
+        }
+        parts.push((text, !open && buf.is_empty()));
+        if open && buf.len() < LOG_PART_BYTES {
+            break;
+        }
+    }
+    if !open && !parts[before..].last().is_some_and(|p| p.1) {
+        parts.push((String::new(), true));
+    }
 }
 
 #[cfg(test)]
@@ -1092,5 +1099,48 @@ mod tests {
         assert_eq!(take_text(&mut buf, false), "€");
         let mut bad = vec![b'x', 0xFF, 0xFE, b'y'];
         assert_eq!(take_text(&mut bad, true), "x\u{FFFD}\u{FFFD}y");
+    }
+
+    fn cut(buf: &mut Vec<u8>, open: bool) -> Vec<(String, bool)> {
+        let mut parts = Vec::new();
+        cut_parts(buf, open, &mut parts);
+        parts
+    }
+
+    #[test]
+    fn the_rest_of_a_log_is_its_final_part() {
+        // A short log written and closed: one part, final (the original would send two).
+        assert_eq!(
+            cut(&mut b"hello\n".to_vec(), false),
+            [("hello\n".to_owned(), true)]
+        );
+        // Nothing left when the writer goes: an empty final part.
+        assert_eq!(cut(&mut Vec::new(), false), [(String::new(), true)]);
+        // While the writer is there, nothing is final and a cut character waits.
+        let mut buf = "ab\u{e9}".as_bytes().to_vec();
+        buf.pop();
+        assert_eq!(cut(&mut buf, true), [("ab".to_owned(), false)]);
+        assert_eq!(buf, [0xC3]);
+    }
+
+    #[test]
+    fn a_long_log_goes_in_whole_parts_and_only_the_last_is_final() {
+        let text: String = (0..LOG_PART_BYTES * 5 / 2)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        // Buffered while the writer is there: whole parts only; the half part waits.
+        let mut buf = text.clone().into_bytes();
+        let open = cut(&mut buf, true);
+        assert_eq!(open.len(), 2, "whole parts until less than a part is left");
+        assert_eq!(buf.len(), LOG_PART_BYTES / 2);
+        // The writer gone: the rest, the last part final.
+        let closed = cut(&mut buf, false);
+        assert!(buf.is_empty());
+        let all: Vec<_> = open.iter().chain(&closed).collect();
+        let lens: Vec<usize> = all.iter().map(|p| p.0.len()).collect();
+        assert_eq!(lens, [LOG_PART_BYTES, LOG_PART_BYTES, LOG_PART_BYTES / 2]);
+        let finals: Vec<bool> = all.iter().map(|p| p.1).collect();
+        assert_eq!(finals, [false, false, true]);
+        assert_eq!(all.iter().map(|p| p.0.as_str()).collect::<String>(), text);
     }
 }
