@@ -753,3 +753,26 @@ fn poison_messages_are_dead_lettered_when_the_jobs_queue_has_a_dlx() {
     assert_eq!(b.waiting(), 0);
     drop(w);
 }
+
+#[test]
+fn a_worker_whose_consumer_the_broker_cancels_consumes_again() {
+    let b = Broker::new();
+    let w = b.spawn_worker("fake", &["--pool-size", "2", "-c", "ECHO_SCRIPT=true"]);
+    b.publish_jobs(&[job(1, "echo one\n")]);
+    let r = b.collect(30, |r| r.all_finished(1..=1));
+    assert_eq!(r.finished(1), ["passed"]);
+    // Deleting the queue cancels the worker's consumer; its connection stays up.
+    b.rt.block_on(async {
+        let ch = b.conn.create_channel().await.unwrap();
+        ch.queue_delete(b.jobs.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Published to the queue as declared again (by the test or by the worker).
+    b.publish_jobs(&[job(2, "echo two\n")]);
+    let r = b.collect(30, |r| r.all_finished(2..=2));
+    assert_eq!(r.finished(2), ["passed"], "the worker consumes again");
+    assert_eq!(r.log_text(2), "echo two\n");
+    drop(w);
+}

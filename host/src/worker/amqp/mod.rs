@@ -300,10 +300,15 @@ struct Shared {
     link: watch::Receiver<Option<Link>>,
     /// The jobs consumer [`JobQueue::next`] reads (polled there: no task in between), and
     /// the one a new connection made, until `next` takes it over.
-    consumer: tokio::sync::Mutex<Option<lapin::Consumer>>,
-    fresh_consumer: Mutex<Option<lapin::Consumer>>,
-    /// Bumped when `fresh_consumer` is set.
+    consumer: tokio::sync::Mutex<Option<(u64, lapin::Consumer)>>,
+    fresh_consumer: Mutex<Option<(u64, lapin::Consumer)>>,
+    /// Bumped when `fresh_consumer` is set: each consumer's number.
     consumer_generation: watch::Sender<u64>,
+    /// The number of a consumer that ended while its connection may still be up (the broker
+    /// cancelled it, or closed its channel); 0 for none. The supervisor then consumes again.
+    consumer_lost: std::sync::atomic::AtomicU64,
+    /// The channel of the current jobs consumer, closed when it is replaced.
+    jobs_channel: Mutex<Option<Channel>>,
     /// Jobs this worker runs now or finished lately, by id: a redelivery of one is answered
     /// here instead of running it twice.
     seen: Mutex<Seen>,
@@ -326,13 +331,19 @@ pub struct AmqpQueue {
 }
 
 impl Shared {
-    /// Hands a new connection's jobs consumer to [`JobQueue::next`].
-    fn set_consumer(&self, consumer: lapin::Consumer) {
-        *self
+    /// Hands a new jobs consumer to [`JobQueue::next`]; returns its number.
+    fn set_consumer(&self, consumer: lapin::Consumer) -> u64 {
+        let mut slot = self
             .fresh_consumer
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(consumer);
-        self.consumer_generation.send_modify(|g| *g += 1);
+            .unwrap_or_else(|e| e.into_inner());
+        let mut number = 0;
+        self.consumer_generation.send_modify(|g| {
+            *g += 1;
+            number = *g;
+        });
+        *slot = Some((number, consumer));
+        number
     }
 
     /// The next delivery from the jobs consumer, across reconnections. Cancel-safe: the
@@ -352,18 +363,24 @@ impl Shared {
                 *current = Some(c);
             }
             match current.as_mut() {
-                Some(consumer) => tokio::select! {
-                    d = consumer.next() => match d {
-                        Some(Ok(d)) => return d,
-                        // The channel or the connection is gone: wait for the next one.
-                        Some(Err(e)) => {
-                            tracing::debug!("the jobs consumer ended ({e}); waiting for a new one");
-                            *current = None;
+                Some((number, consumer)) => tokio::select! {
+                    d = consumer.next() => {
+                        match d {
+                            Some(Ok(d)) => return d,
+                            // The channel or the connection is gone.
+                            Some(Err(e)) => {
+                                tracing::debug!("the jobs consumer ended ({e}); waiting for a new one");
+                            }
+                            None => tracing::warn!(
+                                "the broker cancelled the jobs consumer (was the queue {} deleted?); consuming again",
+                                self.settings.queue_name
+                            ),
                         }
-                        None => {
-                            tracing::warn!("the broker cancelled the jobs consumer; waiting for a new connection");
-                            *current = None;
-                        }
+                        // The supervisor consumes again on the same connection if it is up,
+                        // else on the next one.
+                        self.consumer_lost
+                            .store(*number, std::sync::atomic::Ordering::SeqCst);
+                        *current = None;
                     },
                     _ = generation.changed() => {}
                 },
@@ -393,6 +410,8 @@ impl AmqpQueue {
                 consumer: tokio::sync::Mutex::new(None),
                 fresh_consumer: Mutex::new(None),
                 consumer_generation: watch::Sender::new(0),
+                consumer_lost: std::sync::atomic::AtomicU64::new(0),
+                jobs_channel: Mutex::new(None),
                 seen: Mutex::new(Seen::default()),
                 waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
@@ -408,28 +427,15 @@ impl AmqpQueue {
     }
 }
 
-/// Opens the channels of one connection: declares, starts the jobs consumer (handed to
-/// [`JobQueue::next`]) and the command consumer, whose messages go to `cancels`.
-async fn session(
+/// Declares the jobs queue and consumes it on a channel of its own (the one it replaces is
+/// closed), handing the consumer to [`JobQueue::next`]; and keeps the count of waiting
+/// messages fresh while that channel lives.
+async fn consume_jobs(
     conn: &Connection,
     s: &AmqpSettings,
-    cancels: &mpsc::Sender<u64>,
     shared: &Arc<Shared>,
-    generation: u64,
-) -> std::io::Result<Link> {
+) -> std::io::Result<()> {
     declare_jobs_queue(conn, &s.queue_name).await?;
-    let states = conn.create_channel().await.map_err(|e| io("channel", e))?;
-    declare(&states, s)
-        .await
-        .map_err(|e| io("declare the queues", e))?;
-    let logs = conn.create_channel().await.map_err(|e| io("channel", e))?;
-    for channel in [&states, &logs] {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| io("confirm mode", e))?;
-    }
-
     let jobs = conn.create_channel().await.map_err(|e| io("channel", e))?;
     jobs.basic_qos(s.prefetch.max(1), BasicQosOptions::default())
         .await
@@ -443,7 +449,70 @@ async fn session(
         )
         .await
         .map_err(|e| io(&format!("consume {}", s.queue_name), e))?;
-    shared.set_consumer(consumer);
+    let number = shared.set_consumer(consumer);
+    let old = shared
+        .jobs_channel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(jobs);
+    if let Some(old) = old {
+        if old.status().connected() {
+            let _ = old.close(200, "replaced".into()).await;
+        }
+    }
+
+    // How much is waiting, refreshed while this consumer lives.
+    let peek = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    let shared = Arc::clone(shared);
+    let name = s.queue_name.clone();
+    tokio::spawn(async move {
+        loop {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match peek
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => shared.waiting.store(
+                    u64::from(q.message_count()),
+                    std::sync::atomic::Ordering::SeqCst,
+                ),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if *shared.consumer_generation.borrow() != number {
+                let _ = peek.close(200, "replaced".into()).await;
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Opens the channels of one connection: declares, starts the jobs consumer (handed to
+/// [`JobQueue::next`]) and the command consumer, whose messages go to `cancels`.
+async fn session(
+    conn: &Connection,
+    s: &AmqpSettings,
+    cancels: &mpsc::Sender<u64>,
+    shared: &Arc<Shared>,
+    generation: u64,
+) -> std::io::Result<Link> {
+    let states = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    declare(&states, s)
+        .await
+        .map_err(|e| io("declare the queues", e))?;
+    let logs = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    for channel in [&states, &logs] {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| io("confirm mode", e))?;
+    }
+
+    consume_jobs(conn, s, shared).await?;
 
     let commands = conn.create_channel().await.map_err(|e| io("channel", e))?;
     commands
@@ -505,29 +574,6 @@ async fn session(
         }
     });
 
-    // How much is waiting, refreshed while the connection lives.
-    let peek = conn.create_channel().await.map_err(|e| io("channel", e))?;
-    let shared = Arc::clone(shared);
-    let name = s.queue_name.clone();
-    tokio::spawn(async move {
-        loop {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            match peek
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(q) => shared.waiting.store(
-                    u64::from(q.message_count()),
-                    std::sync::atomic::Ordering::SeqCst,
-                ),
-                Err(_) => break,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
     Ok(Link {
         states,
         logs,
@@ -546,12 +592,34 @@ async fn supervise(
     shared: Arc<Shared>,
 ) {
     let mut generation = 0;
+    let mut consume_wait = Duration::from_millis(100);
     loop {
         while conn.status().connected() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if alive.has_changed().is_err() {
                 let _ = conn.close(200, "worker stopped".into()).await;
                 return;
+            }
+            // The jobs consumer ended on a connection that is still up: consume again (with
+            // backoff while that fails), unless a newer consumer replaced it meanwhile.
+            let lost = shared
+                .consumer_lost
+                .swap(0, std::sync::atomic::Ordering::SeqCst);
+            if lost != 0 && lost == *shared.consumer_generation.borrow() {
+                match consume_jobs(&conn, &s, &shared).await {
+                    Ok(()) => {
+                        tracing::warn!("consuming {} again", s.queue_name);
+                        consume_wait = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!("consuming {} again: {e}", s.queue_name);
+                        shared
+                            .consumer_lost
+                            .store(lost, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(consume_wait).await;
+                        consume_wait = (consume_wait * 2).min(Duration::from_secs(5));
+                    }
+                }
             }
         }
         link.send_replace(None);
