@@ -27,6 +27,15 @@
 //! their order (a message whose confirm alone was lost arrives twice, the same both times),
 //! and new ones wait for it (at most 64 unconfirmed per job, then the log's bounded buffer).
 //!
+//! **A message is not a job.** Deduplication identifies a *message*: the job id and a
+//! SHA-256 digest of the body ([`MessageKey`]). Only a delivery the broker marks
+//! `redelivered` may be answered from what this worker ran (joined to a run of the same
+//! message still going on here, or acked when such a run ended with a final state); any other
+//! delivery runs, whatever its job id. A requeue publishes a *new* message (its body carries
+//! the raised requeue count) and is never remembered as finished. travis publishes the same
+//! job id again when a build is restarted: a different message, which runs (after the run of
+//! the same id on this worker ends: the worker never runs one job id twice at once).
+//!
 //! Log text that is not UTF-8 becomes U+FFFD as the original's JSON encoding makes it (each
 //! invalid byte one replacement character); a character split across two parts is kept whole.
 
@@ -309,17 +318,97 @@ struct Shared {
     consumer_lost: std::sync::atomic::AtomicU64,
     /// The channel of the current jobs consumer, closed when it is replaced.
     jobs_channel: Mutex<Option<Channel>>,
-    /// Jobs this worker runs now or finished lately, by id: a redelivery of one is answered
+    /// Messages this worker runs now or finished lately: a redelivery of one is answered
     /// here instead of running it twice.
     seen: Mutex<Seen>,
     /// Messages waiting in the jobs queue at the last look (for `--exit-when-idle`).
     waiting: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Default)]
-struct Seen {
-    running: HashMap<u64, Vec<lapin::Acker>>,
-    finished: VecDeque<u64>,
+/// What identifies a message: its job id and the digest of its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MessageKey {
+    job_id: u64,
+    digest: [u8; 32],
+}
+
+impl MessageKey {
+    fn of(job_id: u64, body: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self {
+            job_id,
+            digest: sha2::Sha256::digest(body).into(),
+        }
+    }
+}
+
+/// How many finished messages are remembered for answering their redeliveries.
+const FINISHED_REMEMBERED: usize = 10_000;
+
+/// The messages this worker runs or ran (see the module doc for the rule). `A` is what
+/// answers a delivery (lapin's acker; a stand-in in the unit tests).
+struct Seen<A = lapin::Acker> {
+    /// Messages being run here, each with the redeliveries of it that arrived meanwhile
+    /// (acked with it).
+    running: HashMap<MessageKey, Vec<A>>,
+    /// Messages whose run here ended with a final state, oldest first.
+    finished: VecDeque<MessageKey>,
+    finished_set: std::collections::HashSet<MessageKey>,
+}
+
+/// What [`Seen::arrived`] says of a delivery.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Run it.
+    Run,
+    /// A redelivery of a message running here: acked when that run ends.
+    Joined,
+    /// A redelivery of a message that finished here: ack it, do not run it.
+    AlreadyFinished,
+}
+
+impl<A> Default for Seen<A> {
+    fn default() -> Self {
+        Self {
+            running: HashMap::new(),
+            finished: VecDeque::new(),
+            finished_set: std::collections::HashSet::new(),
+        }
+    }
+}
+
+impl<A: Clone> Seen<A> {
+    /// Applies the rule to a delivery of `key`; `acker` is kept when it joins a run.
+    fn arrived(&mut self, key: MessageKey, redelivered: bool, acker: &A) -> Arrival {
+        if redelivered {
+            if let Some(ackers) = self.running.get_mut(&key) {
+                ackers.push(acker.clone());
+                return Arrival::Joined;
+            }
+            if self.finished_set.contains(&key) {
+                return Arrival::AlreadyFinished;
+            }
+        }
+        // A fresh message (even one whose twin runs here: published twice) runs; the
+        // worker serialises runs of one job id.
+        self.running.entry(key).or_default();
+        Arrival::Run
+    }
+
+    /// The run of `key` ended, with a final state or not (a requeue, a reject); returns the
+    /// redeliveries to ack with it.
+    fn ended(&mut self, key: MessageKey, finished: bool) -> Vec<A> {
+        let extra = self.running.remove(&key).unwrap_or_default();
+        if finished && self.finished_set.insert(key) {
+            self.finished.push_back(key);
+            if self.finished.len() > FINISHED_REMEMBERED {
+                if let Some(old) = self.finished.pop_front() {
+                    self.finished_set.remove(&old);
+                }
+            }
+        }
+        extra
+    }
 }
 
 /// A connected RabbitMQ queue.
@@ -669,23 +758,30 @@ impl JobQueue for AmqpQueue {
                     .unwrap_or(Value::Null),
             });
             let uuid = peek.uuid;
-            // A redelivery of a job this worker runs or ran: answered here, not run twice.
-            if let Some(id) = id {
-                let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(ackers) = seen.running.get_mut(&id) {
-                    ackers.push(d.acker.clone());
-                    continue;
+            // A redelivery of a message this worker runs or ran: answered here, not run
+            // twice (the rule in the module doc).
+            let key = id.map(|id| MessageKey::of(id, &d.data));
+            if let Some(key) = key {
+                let arrival = self
+                    .shared
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .arrived(key, d.redelivered, &d.acker);
+                match arrival {
+                    Arrival::Run => {}
+                    Arrival::Joined => continue,
+                    Arrival::AlreadyFinished => {
+                        let acker = d.acker.clone();
+                        tokio::spawn(async move {
+                            let _ = acker.ack(BasicAckOptions::default()).await;
+                        });
+                        continue;
+                    }
                 }
-                if d.redelivered && seen.finished.contains(&id) {
-                    let acker = d.acker.clone();
-                    tokio::spawn(async move {
-                        let _ = acker.ack(BasicAckOptions::default()).await;
-                    });
-                    continue;
-                }
-                seen.running.insert(id, Vec::new());
             }
             return AmqpDelivery {
+                key,
                 queue: self.clone(),
                 redelivered: d.redelivered,
                 data: d.data,
@@ -803,6 +899,8 @@ struct Times {
 /// A job delivered by the broker.
 pub struct AmqpDelivery {
     queue: AmqpQueue,
+    /// The message, when it is a job (see [`Seen`]).
+    key: Option<MessageKey>,
     redelivered: bool,
     data: Vec<u8>,
     acker: lapin::Acker,
@@ -826,25 +924,19 @@ fn now() -> String {
 }
 
 impl AmqpDelivery {
-    /// Acks this delivery and any redelivery of the same job that arrived meanwhile, and
-    /// remembers the job as finished. An ack on a channel that died is lost; the broker
-    /// then delivers the job again, and this worker answers that redelivery.
-    async fn ack_all(&mut self) {
-        let extra = match self.job_id {
-            Some(id) => {
-                let mut seen = self
-                    .queue
-                    .shared
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let extra = seen.running.remove(&id).unwrap_or_default();
-                seen.finished.push_back(id);
-                if seen.finished.len() > 10_000 {
-                    seen.finished.pop_front();
-                }
-                extra
-            }
+    /// Acks this delivery and any redelivery of the same message that arrived meanwhile;
+    /// with `finished`, remembers the message as finished (a requeue is not: the job goes
+    /// on in a new message). An ack on a channel that died is lost; the broker then
+    /// delivers the message again, and this worker answers that redelivery.
+    async fn ack_all(&mut self, finished: bool) {
+        let extra = match self.key {
+            Some(key) => self
+                .queue
+                .shared
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ended(key, finished),
             None => Vec::new(),
         };
         // Queued, not waited for (lapin writes it): an ack lost with the connection brings
@@ -946,7 +1038,7 @@ impl Delivery for AmqpDelivery {
     async fn finish(mut self) -> std::io::Result<()> {
         self.log_done().await;
         self.outbox.flush().await;
-        self.ack_all().await;
+        self.ack_all(true).await;
         Ok(())
     }
 
@@ -955,20 +1047,28 @@ impl Delivery for AmqpDelivery {
         let name = &self.queue.shared.settings.queue_name;
         self.outbox.send("", name, "job", document).await;
         self.outbox.flush().await;
-        self.ack_all().await;
+        self.ack_all(false).await;
         Ok(())
     }
 
     async fn reject(self, reason: &str) -> std::io::Result<()> {
         tracing::warn!("rejecting a message that is not a job ({reason}); dead-lettered if the queue has a DLX");
-        if let Some(id) = self.job_id {
-            self.queue
+        let extra = match self.key {
+            Some(key) => self
+                .queue
                 .shared
                 .seen
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .running
-                .remove(&id);
+                .ended(key, false),
+            None => Vec::new(),
+        };
+        // Redeliveries of this same message are as bad: rejected with it.
+        for a in extra {
+            let _ = poll_once(std::pin::pin!(
+                a.reject(BasicRejectOptions { requeue: false })
+            ))
+            .await;
         }
         self.acker
             .reject(BasicRejectOptions { requeue: false })
@@ -1147,6 +1247,62 @@ fn cut_parts(buf: &mut Vec<u8>, open: bool, parts: &mut Vec<(String, bool)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(id: u64, body: &str) -> MessageKey {
+        MessageKey::of(id, body.as_bytes())
+    }
+
+    /// D1: a requeue republishes the job; the broker may hand the new message back before
+    /// the old one is acked. A message is not a job: the new one runs.
+    #[test]
+    fn a_requeued_jobs_new_message_runs_while_the_old_one_is_still_unacked() {
+        let mut seen = Seen::<u32>::default();
+        let first = key(7, r#"{"job":{"id":7}}"#);
+        assert_eq!(seen.arrived(first, false, &1), Arrival::Run);
+        let requeued = key(7, r#"{"job":{"id":7},"meta":{"requeue_count":1}}"#);
+        assert_eq!(seen.arrived(requeued, false, &2), Arrival::Run);
+        assert!(seen.ended(first, false).is_empty());
+        assert!(seen.ended(requeued, true).is_empty());
+    }
+
+    /// D2: a requeue is never finished: the requeued message, or the old one redelivered,
+    /// runs again here.
+    #[test]
+    fn a_requeue_is_never_remembered_as_finished() {
+        let mut seen = Seen::<u32>::default();
+        let m = key(7, "a");
+        assert_eq!(seen.arrived(m, false, &1), Arrival::Run);
+        seen.ended(m, false);
+        assert_eq!(seen.arrived(m, true, &2), Arrival::Run);
+    }
+
+    /// Only a redelivery may be answered from what this worker ran.
+    #[test]
+    fn only_a_redelivery_of_the_same_message_is_answered_from_what_ran_here() {
+        let mut seen = Seen::<u32>::default();
+        let m = key(7, "a");
+        assert_eq!(seen.arrived(m, false, &1), Arrival::Run);
+        assert_eq!(seen.arrived(m, true, &2), Arrival::Joined);
+        // The same job id in another body (a restarted build) is another message.
+        assert_eq!(seen.arrived(key(7, "b"), true, &3), Arrival::Run);
+        assert_eq!(seen.ended(m, true), vec![2]);
+        assert_eq!(seen.arrived(m, true, &4), Arrival::AlreadyFinished);
+        // Published again, not redelivered: it runs.
+        assert_eq!(seen.arrived(m, false, &5), Arrival::Run);
+    }
+
+    #[test]
+    fn finished_messages_are_remembered_within_a_bound() {
+        let mut seen = Seen::<u32>::default();
+        for i in 0..(FINISHED_REMEMBERED as u64 + 10) {
+            let m = key(i, "x");
+            seen.arrived(m, false, &0);
+            seen.ended(m, true);
+        }
+        assert_eq!(seen.finished.len(), FINISHED_REMEMBERED);
+        assert_eq!(seen.finished_set.len(), FINISHED_REMEMBERED);
+        assert_eq!(seen.arrived(key(0, "x"), true, &0), Arrival::Run);
+    }
 
     #[test]
     fn a_password_is_masked() {
