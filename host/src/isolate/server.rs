@@ -41,7 +41,10 @@ pub(crate) fn serve() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("plugin server: no runtime: {e}");
+            {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "plugin server: no runtime: {e}");
+            }
             return 70;
         }
     };
@@ -50,7 +53,10 @@ pub(crate) fn serve() -> i32 {
         let module = match crate::abi::load::open_root_module(&path, &mut Progress::default()) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("plugin server: {e}");
+                {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr(), "plugin server: {e}");
+                }
                 return 70;
             }
         };
@@ -63,7 +69,10 @@ pub(crate) fn serve() -> i32 {
         {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("plugin server: bad socket: {e}");
+                {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr(), "plugin server: bad socket: {e}");
+                }
                 return 71;
             }
         };

@@ -135,3 +135,19 @@ pub fn print_out(text: &str) -> Result<(), CliError> {
         ))),
     }
 }
+
+/// Writes one line to stderr, and never panics: a stderr whose reader went away (a log
+/// shipper that restarted, `2>&1 | head -1`) or that fails loses the line, nothing else.
+/// `eprintln!` panics then, which in the signal task of a worker left every later signal
+/// unanswered.
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let line = format!("{args}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `eprintln!` that cannot panic: see [`say_line`].
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::exit::say_line(format_args!($($arg)*)) };
+}
+pub(crate) use say;

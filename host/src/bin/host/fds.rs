@@ -7,36 +7,36 @@ pub struct StdFds {
     pub stdout_closed: bool,
 }
 
+/// Whether fd 1 was closed when the process started, as seen by [`STDOUT_CHECK`].
+static STDOUT_CLOSED_AT_EXEC: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Looks at fd 1 before Rust's runtime does. The runtime puts a read-write `/dev/null` on
+/// every closed standard descriptor before `main` (so that no file opened later becomes fd
+/// 1 and receives a job's log); after that, a closed stdout cannot be told from a read-write
+/// `/dev/null` given on purpose (Python's `subprocess.DEVNULL`, `daemon(3)`, `1<>/dev/null`).
+/// Functions in `.init_array` run before `main`, and so before the runtime's own set-up.
+#[used]
+#[link_section = ".init_array"]
+static STDOUT_CHECK: extern "C" fn() = {
+    extern "C" fn check() {
+        // SAFETY: F_GETFD only queries the descriptor table; nothing else runs yet.
+        if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
+            STDOUT_CLOSED_AT_EXEC.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    check
+};
+
 /// Tells whether standard output was closed when the host started, and marks every
 /// inherited descriptor above 2 close-on-exec, so that jobs and anything a plugin spawns get
 /// 0, 1 and 2 only.
-///
-/// Rust's runtime has already put `/dev/null` on any closed standard descriptor before
-/// `main` (so no file opened later lands on fd 1 and receives a job's log), opened
-/// read-write; a shell's `>/dev/null` opens it write-only. So a read-write `/dev/null` on fd 1
-/// means it was closed.
 pub fn sanitize() -> StdFds {
     let found = StdFds {
-        stdout_closed: is_runtime_dev_null(1),
+        stdout_closed: STDOUT_CLOSED_AT_EXEC.load(std::sync::atomic::Ordering::Relaxed),
     };
     close_on_exec_from(3);
     found
-}
-
-fn is_runtime_dev_null(fd: i32) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(null) = std::fs::metadata("/dev/null") else {
-        return false;
-    };
-    // SAFETY: fstat into a zeroed struct and F_GETFL only query the descriptor.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return true;
-        }
-        let rdwr = libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE == libc::O_RDWR;
-        (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == null.rdev() && rdwr
-    }
 }
 
 fn close_on_exec_from(first: i32) {

@@ -7,6 +7,7 @@ use host::{PluginPolicy, Registry};
 use plugin_api::config::env_prefix;
 use serde::Serialize;
 
+use crate::exit::say;
 use crate::exit::{print_out, CliError, SOME_REJECTED};
 
 #[derive(clap::Args, Debug)]
@@ -192,7 +193,7 @@ fn write_lock(path: &std::path::Path, registry: &Registry) -> std::io::Result<()
         files.push((name, hash));
     }
     host::trust::Lock::write(path, &files)?;
-    eprintln!(
+    say!(
         "host: wrote {} with {} plugin(s)",
         path.display(),
         files.len()

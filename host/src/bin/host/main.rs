@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use exit::CliError;
+use exit::{say, CliError};
 use host::PluginPolicy;
 
 const ABOUT: &str =
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if !matches!(e, CliError::Quiet(_)) {
-                eprintln!("host: {e}");
+                say!("host: {e}");
             }
             ExitCode::from(e.exit_code())
         }

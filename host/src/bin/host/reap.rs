@@ -7,6 +7,7 @@ use host::PluginPolicy;
 use plugin_api::config::parse_duration;
 use plugin_api::ErrorKind;
 
+use crate::exit::say;
 use crate::exit::{print_out, CliError};
 
 #[derive(clap::Args, Debug)]
@@ -43,7 +44,7 @@ pub fn run(args: &Args, policy: &PluginPolicy) -> Result<u8, CliError> {
     };
     let text: String = lines.iter().map(|l| format!("{verb}: {l}\n")).collect();
     print_out(&text)?;
-    eprintln!(
+    say!(
         "host: {verb} {} item(s) of backend {} older than {}",
         lines.len(),
         backend.alias,

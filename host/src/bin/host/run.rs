@@ -15,6 +15,7 @@ use host::PluginPolicy;
 use plugin_api::config::{parse_byte_size, parse_duration};
 use plugin_api::{ProgressEntry, ProgressState, StartAttributes};
 
+use crate::exit::say;
 use crate::exit::{self, CliError};
 use crate::fds::StdFds;
 
@@ -180,7 +181,7 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
                     )));
                 }
             }
-            Err(why) => eprintln!("host: no trace saved to {}: {why}", path.display()),
+            Err(why) => say!("host: no trace saved to {}: {why}", path.display()),
         }
     }
     if let (Some(file), Some(path)) = (summary, &args.json_summary) {
@@ -316,19 +317,19 @@ fn signals() -> std::io::Result<host::job::CancelReceiver> {
 fn summarize(report: &JobReport, code: u8, quiet: bool) {
     match &report.outcome {
         Outcome::NotCompleted(f) if f.is_config_error() => {
-            eprintln!("host: bad backend config: {f}")
+            say!("host: bad backend config: {f}")
         }
-        Outcome::NotCompleted(f) => eprintln!(
-            "host: job not completed (infrastructure failure; a worker would requeue it): {f}"
-        ),
+        Outcome::NotCompleted(f) => {
+            say!("host: job not completed (infrastructure failure; a worker would requeue it): {f}")
+        }
         Outcome::OutputClosed => {
-            eprintln!("host: the log's destination failed (its reader went away or a write failed); the job was stopped")
+            say!("host: the log's destination failed (its reader went away or a write failed); the job was stopped")
         }
-        Outcome::Errored { exit_code } if i32::from(code) != *exit_code => eprintln!(
-            "host: job errored with exit code {exit_code}, outside 0..=255: exiting {code}"
-        ),
+        Outcome::Errored { exit_code } if i32::from(code) != *exit_code => {
+            say!("host: job errored with exit code {exit_code}, outside 0..=255: exiting {code}")
+        }
         _ if quiet => {}
-        outcome @ (Outcome::Passed | Outcome::Failed | Outcome::Errored { .. }) => eprintln!(
+        outcome @ (Outcome::Passed | Outcome::Failed | Outcome::Errored { .. }) => say!(
             "host: job {} (exit code {})",
             outcome.name(),
             report.script_exit_code.unwrap_or_default()
@@ -387,7 +388,7 @@ impl Reporter {
             }
         }
         if self.plain_progress {
-            eprintln!("host: {head} {message}");
+            say!("host: {head} {message}");
         }
     }
 
@@ -451,7 +452,7 @@ impl JobObserver for Reporter {
                     } else {
                         format!(", image {image_name}")
                     };
-                    eprintln!(
+                    say!(
                         "host: worker info: backend {} ({}), instance {instance_id}{image}{}, startup {}",
                         self.alias,
                         self.name,
@@ -463,27 +464,27 @@ impl JobObserver for Reporter {
             JobEvent::Running | JobEvent::Stopping { .. } => {}
             JobEvent::LimitReached { kind, limit } => {
                 self.finish_spinner();
-                eprintln!("host: {}; ending the job", limit_reached(*kind, *limit));
+                say!("host: {}; ending the job", limit_reached(*kind, *limit));
             }
             JobEvent::Cancelled(reason) => {
                 self.finish_spinner();
-                eprintln!(
+                say!(
                     "host: {} received; cancelling the job and stopping the instance (send another signal to abandon the stop)",
                     signal_name(*reason)
                 );
             }
-            JobEvent::CancelDuringStop(reason) => eprintln!(
+            JobEvent::CancelDuringStop(reason) => say!(
                 "host: {} received while stopping the instance; letting the stop finish (send another signal to abandon it)",
                 signal_name(*reason)
             ),
             JobEvent::StopFailed { instance_id, error } => {
-                eprintln!("host: stopping instance {instance_id} failed: {error}")
+                say!("host: stopping instance {instance_id} failed: {error}")
             }
-            JobEvent::StopTimedOut { instance_id, limit } => eprintln!(
+            JobEvent::StopTimedOut { instance_id, limit } => say!(
                 "host: stopping instance {instance_id} did not finish within {}; it may be left running",
                 fmt_duration(*limit)
             ),
-            JobEvent::StopAbandoned { instance_id, reason } => eprintln!(
+            JobEvent::StopAbandoned { instance_id, reason } => say!(
                 "host: second signal ({}): abandoning the stop of instance {instance_id} on backend {}: it may be left running (`host reap --backend {}` removes it later)",
                 signal_name(*reason),
                 self.alias,
