@@ -73,6 +73,7 @@ impl BuildApi {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
         let mut request = agent

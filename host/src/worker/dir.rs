@@ -12,8 +12,25 @@
 //!
 //! A worker id names the worker's process (`w<pid>.<start time>@<host>`): at start-up a worker
 //! puts back in `new/` the claims of workers on this host whose process is gone (a `kill -9`
-//! loses no job), counting it as a requeue. File operations are small and local, so they run
+//! loses no job), counting it as a requeue. It first takes the dead worker's claim directory
+//! whole, by one rename (`claimed/<self>~<dead>`), so that of several workers starting at
+//! once exactly one requeues each claim. File operations are small and local, so they run
 //! inline on the worker's threads.
+//!
+//! Rules this module holds:
+//! - **A claim is one rename**: no job file is taken by two workers.
+//! - **One run of a job id at a time** on a queue: a run holds an exclusive `flock` on its
+//!   state file (`state/<id>.jsonl`) from its turn to its end; another run of the same id
+//!   (the same job queued twice) waits. Every state line names its run (`"run"`: the
+//!   worker, its claim number and the file), and a run's log never overwrites another's: an
+//!   earlier run's `log/<id>.log` (a requeued attempt, a duplicate) is kept as
+//!   `log/<id>.<n>.log` before the new one is made.
+//! - **Nothing is followed**: logs, state files and reason files are opened without
+//!   following a symlink; one where such a file should be is refused with the path named,
+//!   never written through.
+//! - **A queue that cannot be used is not an empty queue**: a vanished directory is made
+//!   again; a read-only one, or no descriptors left, is reported (once a minute at most),
+//!   retried with backoff, and makes the worker not ready until it passes.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -27,6 +44,12 @@ use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
 
 /// The largest job file read; a larger one is rejected.
 pub const MAX_JOB_BYTES: u64 = 16 << 20;
+
+/// How often a queue that cannot be used is reported again.
+const PROBLEM_REPEAT: Duration = Duration::from_secs(60);
+
+/// The longest wait between two tries of a queue that cannot be used.
+const PROBLEM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 const DIRS: [&str; 6] = ["new", "claimed", "log", "state", "done", "rejected"];
 
@@ -42,6 +65,10 @@ struct Inner {
     claimed: PathBuf,
     /// Names seen in `new/` and not yet tried: one directory listing serves many claims.
     waiting: Mutex<VecDeque<OsString>>,
+    /// Claims made, for each run's name.
+    claims: std::sync::atomic::AtomicU64,
+    /// Why the queue cannot be used now, and since when it has been said.
+    problem: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// This process's start time in clock ticks since boot (`/proc/self/stat`, field 22).
@@ -87,6 +114,28 @@ fn is_job_file(name: &std::ffi::OsStr) -> bool {
     n.ends_with(".json") && !n.starts_with('.')
 }
 
+/// Opens `path` for writing without following a symlink there: one is refused with an error
+/// that names the path (`O_NOFOLLOW` alone says "Too many levels of symbolic links").
+fn open_nofollow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link: not written through (remove it)",
+                        path.display()
+                    ),
+                )
+            } else {
+                std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+            }
+        })
+}
+
 /// Writes `bytes` as `dir/name` atomically: a hidden temporary file, then a rename.
 fn write_atomic(dir: &Path, name: &std::ffi::OsStr, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(
@@ -95,7 +144,16 @@ fn write_atomic(dir: &Path, name: &std::ffi::OsStr, bytes: &[u8]) -> std::io::Re
         std::process::id()
     ));
     let written = (|| {
-        let mut f = File::create(&tmp)?;
+        // A new file: never one that is there already (a link planted in new/).
+        let create = || open_nofollow(&tmp, OpenOptions::new().write(true).create_new(true));
+        let mut f = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Left by a process of the same pid that died mid-write.
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         f.write_all(bytes)?;
         f.sync_data()
     })();
@@ -108,25 +166,47 @@ fn write_atomic(dir: &Path, name: &std::ffi::OsStr, bytes: &[u8]) -> std::io::Re
     }
 }
 
-fn append_state(root: &Path, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(update).map_err(std::io::Error::other)?;
+/// A state line: the update and the run it belongs to.
+#[derive(serde::Serialize)]
+struct StateLine<'a> {
+    #[serde(flatten)]
+    update: &'a StateUpdate,
+    run: &'a str,
+}
+
+fn state_line(update: &StateUpdate, run: &str) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&StateLine { update, run }).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("state").join(format!("{job_id}.jsonl")))?;
+    Ok(line)
+}
+
+fn open_state(root: &Path, job_id: u64) -> std::io::Result<File> {
+    open_nofollow(
+        &root.join("state").join(format!("{job_id}.jsonl")),
+        OpenOptions::new().create(true).append(true),
+    )
+}
+
+fn append_state(root: &Path, job_id: u64, update: &StateUpdate, run: &str) -> std::io::Result<()> {
+    let line = state_line(update, run)?;
     // One write: lines of concurrent writers never interleave (O_APPEND).
-    f.write_all(&line)
+    open_state(root, job_id)?.write_all(&line)
+}
+
+/// Makes the queue's directories that are missing.
+fn make_dirs(root: &Path) -> std::io::Result<()> {
+    for d in DIRS {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", root.join(d).display()))
+        })?;
+    }
+    Ok(())
 }
 
 impl DirQueue {
     /// Opens (creating what is missing) the queue at `root` for this process.
     pub fn open(root: &Path) -> std::io::Result<Self> {
-        for d in DIRS {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("{}: {e}", root.join(d).display()))
-            })?;
-        }
+        make_dirs(root)?;
         let worker_id = worker_id();
         let claimed = root.join("claimed").join(&worker_id);
         std::fs::create_dir_all(&claimed)?;
@@ -136,6 +216,8 @@ impl DirQueue {
                 worker_id,
                 claimed,
                 waiting: Mutex::new(VecDeque::new()),
+                claims: std::sync::atomic::AtomicU64::new(0),
+                problem: Mutex::new(None),
             }),
         })
     }
@@ -152,31 +234,46 @@ impl DirQueue {
 
     /// Puts the jobs claimed by workers of this host that are gone back in `new/`, each with
     /// a `requeued` state line and its requeue count raised. Returns what it did, a line per
-    /// job.
+    /// job. Of several workers doing this at once, each dead worker's claims go to exactly
+    /// one: the one whose rename of its claim directory succeeds.
     pub fn recover(&self) -> Vec<String> {
         let mut done = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.inner.root.join("claimed")) else {
+        let claimed = self.inner.root.join("claimed");
+        let Ok(entries) = std::fs::read_dir(&claimed) else {
             return done;
         };
         for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if id == self.inner.worker_id || worker_alive(&id) != Some(false) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `<owner>~<dead>`: a recovery that `owner` began and did not finish.
+            let owner = name.split('~').next().unwrap_or(&name);
+            let dead = name.rsplit('~').next().unwrap_or(&name);
+            if owner == self.inner.worker_id || worker_alive(owner) != Some(false) {
                 continue;
             }
-            let Ok(files) = std::fs::read_dir(entry.path()) else {
+            let taken = claimed.join(format!("{}~{dead}", self.inner.worker_id));
+            match std::fs::rename(entry.path(), &taken) {
+                Ok(()) => {}
+                // Another worker took it first: its claims are that worker's to requeue.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    done.push(format!("cannot take the claims of {name}: {e}"));
+                    continue;
+                }
+            }
+            let Ok(files) = std::fs::read_dir(&taken) else {
                 continue;
             };
             for file in files.flatten() {
-                let name = file.file_name();
-                if !is_job_file(&name) {
+                let file_name = file.file_name();
+                if !is_job_file(&file_name) {
                     continue;
                 }
-                match self.put_back(&file.path(), &name, &id) {
+                match self.put_back(&file.path(), &file_name, dead) {
                     Ok(line) => done.push(line),
                     Err(e) => done.push(format!("cannot requeue {}: {e}", file.path().display())),
                 }
             }
-            let _ = std::fs::remove_dir(entry.path());
+            let _ = std::fs::remove_dir(&taken);
         }
         done
     }
@@ -188,7 +285,8 @@ impl DirQueue {
             Some((doc, count, id)) => {
                 let update = StateUpdate::now(JobState::Requeued)
                     .because(format!("worker {gone} went away while running it"));
-                let _ = append_state(&self.inner.root, id, &update);
+                let run = format!("{gone}:{}", name.to_string_lossy());
+                let _ = append_state(&self.inner.root, id, &update, &run);
                 write_atomic(&new, name, &doc)?;
                 std::fs::remove_file(path)?;
                 Ok(format!(
@@ -206,47 +304,129 @@ impl DirQueue {
         }
     }
 
-    /// Claims the next waiting job, if there is one.
-    fn try_claim(&self) -> Option<DirDelivery> {
+    /// Claims the next waiting job, if there is one. An error is the queue's, not a job's:
+    /// `new/` cannot be listed, or a claim cannot be renamed for another reason than
+    /// another worker's taking the file first.
+    fn try_claim(&self) -> std::io::Result<Option<DirDelivery>> {
         let mut waiting = self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let new = self.inner.root.join("new");
         loop {
             if waiting.is_empty() {
-                let mut names: Vec<OsString> = std::fs::read_dir(self.inner.root.join("new"))
-                    .ok()?
+                let listing = match std::fs::read_dir(&new) {
+                    Ok(l) => l,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // The queue directory went away (an operator's `rm -rf`): made again,
+                        // so that jobs can be queued again.
+                        self.remake()?;
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot list {}: {e}", new.display()),
+                        ))
+                    }
+                };
+                let mut names: Vec<OsString> = listing
                     .flatten()
                     .map(|e| e.file_name())
                     .filter(|n| is_job_file(n))
                     .collect();
                 if names.is_empty() {
-                    return None;
+                    return Ok(None);
                 }
                 names.sort();
                 waiting.extend(names);
             }
-            let name = waiting.pop_front()?;
-            let from = self.inner.root.join("new").join(&name);
+            let Some(name) = waiting.pop_front() else {
+                return Ok(None);
+            };
+            let from = new.join(&name);
             let to = self.inner.claimed.join(&name);
             match std::fs::rename(&from, &to) {
                 Ok(()) => {
                     drop(waiting);
                     let (payload, unreadable) = match read_bounded(&to) {
                         Ok(p) => (p, None),
-                        Err(e) => (Vec::new(), Some(e.to_string())),
+                        Err(e) => (Vec::new(), Some(unreadable_reason(&e))),
                     };
-                    return Some(DirDelivery {
+                    let n = self
+                        .inner
+                        .claims
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let run = format!(
+                        "{}/{}:{}",
+                        self.inner.worker_id,
+                        n + 1,
+                        name.to_string_lossy()
+                    );
+                    return Ok(Some(DirDelivery {
                         queue: Arc::clone(&self.inner),
                         name,
                         path: to,
                         payload,
                         unreadable,
                         state: None,
-                    });
+                        run,
+                    }));
                 }
-                // Another worker took it first.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if self.inner.claimed.is_dir() {
+                        continue; // another worker took it first
+                    }
+                    // Our claim directory went away: made again, and the claim tried again.
+                    waiting.push_front(name);
+                    drop(waiting);
+                    self.remake()?;
+                    return Ok(None);
+                }
                 Err(e) => {
-                    tracing::warn!("cannot claim {}: {e}", from.display());
-                    continue;
+                    waiting.push_front(name);
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot claim {}: {e}", from.display()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Makes the queue's directories and this worker's claim directory again.
+    fn remake(&self) -> std::io::Result<()> {
+        make_dirs(&self.inner.root)?;
+        std::fs::create_dir_all(&self.inner.claimed).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", self.inner.claimed.display()))
+        })?;
+        tracing::warn!(
+            "the queue directory {} had gone; made it again",
+            self.inner.root.display()
+        );
+        Ok(())
+    }
+
+    /// Records that the queue cannot be used (said at once, then once a minute at most),
+    /// or that it can again.
+    fn note(&self, result: &std::io::Result<()>) {
+        let mut problem = self.inner.problem.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                if problem.take().is_some() {
+                    tracing::warn!("the queue {} can be used again", self.inner.root.display());
+                }
+            }
+            Err(e) => {
+                let now = std::time::Instant::now();
+                let say = problem
+                    .as_ref()
+                    .is_none_or(|(_, at)| now.duration_since(*at) >= PROBLEM_REPEAT);
+                if say {
+                    tracing::warn!(
+                        "the queue {} cannot be used: {e}; trying again with backoff",
+                        self.inner.root.display()
+                    );
+                    *problem = Some((e.to_string(), now));
+                } else if let Some((text, _)) = problem.as_mut() {
+                    *text = e.to_string();
                 }
             }
         }
@@ -300,21 +480,43 @@ impl JobQueue for DirQueue {
 
     async fn next(&self) -> DirDelivery {
         let mut idle = Duration::from_millis(2);
+        let mut failing = Duration::from_millis(100);
         loop {
-            if let Some(d) = self.try_claim() {
-                return d;
+            match self.try_claim() {
+                Ok(claimed) => {
+                    self.note(&Ok(()));
+                    failing = Duration::from_millis(100);
+                    if let Some(d) = claimed {
+                        return d;
+                    }
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    self.note(&Err(e));
+                    tokio::time::sleep(failing).await;
+                    failing = (failing * 2).min(PROBLEM_BACKOFF_MAX);
+                }
             }
-            tokio::time::sleep(idle).await;
-            idle = (idle * 2).min(Duration::from_millis(100));
         }
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.inner
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(text, _)| text.clone())
     }
 
     fn is_idle(&self) -> bool {
         let waiting = self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        // A queue that cannot be listed is not idle: what waits there is not known.
         waiting.is_empty()
             && std::fs::read_dir(self.inner.root.join("new"))
                 .map(|d| !d.flatten().any(|e| is_job_file(&e.file_name())))
-                .unwrap_or(true)
+                .unwrap_or(false)
     }
 }
 
@@ -326,7 +528,44 @@ pub struct DirDelivery {
     payload: Vec<u8>,
     /// Why the file could not be read (it is then rejected with this reason).
     unreadable: Option<String>,
+    /// The job's state file, locked for this run once it has its turn.
     state: Option<File>,
+    /// This run's name in state lines: `<worker>/<claim number>:<file>`.
+    run: String,
+}
+
+/// Why a job file could not be read, in words (`O_NOFOLLOW` says "Too many levels of
+/// symbolic links" of any symlink).
+fn unreadable_reason(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        "a symbolic link (not followed)".into()
+    } else {
+        e.to_string()
+    }
+}
+
+impl DirDelivery {
+    /// The job's state file, opened (not following a link) once.
+    fn state_file(&mut self, job_id: u64) -> std::io::Result<&mut File> {
+        if self.state.is_none() {
+            self.state = Some(open_state(&self.queue.root, job_id)?);
+        }
+        self.state
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the state file is not open"))
+    }
+
+    /// Why this entry is rejected, naming it.
+    fn reject_reason(&self, reason: &str) -> String {
+        let why = if let Some(why) = &self.unreadable {
+            format!("cannot be read as a job: {why}")
+        } else if self.payload.len() as u64 > MAX_JOB_BYTES {
+            format!("larger than {MAX_JOB_BYTES} bytes")
+        } else {
+            reason.to_owned()
+        };
+        format!("new/{}: {why}", self.name.to_string_lossy())
+    }
 }
 
 impl Delivery for DirDelivery {
@@ -340,28 +579,64 @@ impl Delivery for DirDelivery {
         }
     }
 
+    fn try_exclusive(&mut self, job_id: u64) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd as _;
+        let fd = self.state_file(job_id)?.as_raw_fd();
+        // SAFETY: flock on a descriptor this delivery owns; the lock goes with it.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+
+    fn rejection(&self, reason: &str) -> String {
+        self.reject_reason(reason)
+    }
+
     async fn update(&mut self, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(update).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let file = match &mut self.state {
-            Some(f) => f,
-            None => {
-                let path = self
-                    .queue
-                    .root
-                    .join("state")
-                    .join(format!("{job_id}.jsonl"));
-                self.state
-                    .insert(OpenOptions::new().create(true).append(true).open(path)?)
-            }
-        };
+        let line = state_line(update, &self.run)?;
         // One write: lines of concurrent writers never interleave (O_APPEND).
-        file.write_all(&line)
+        self.state_file(job_id)?.write_all(&line)
     }
 
     async fn open_log(&mut self, job_id: u64) -> std::io::Result<crate::output::BlockingFile> {
-        let path = self.queue.root.join("log").join(format!("{job_id}.log"));
-        File::create(path).map(crate::output::BlockingFile::new)
+        let dir = self.queue.root.join("log");
+        let path = dir.join(format!("{job_id}.log"));
+        // An earlier run's log (this job requeued, or the same id queued twice) is kept.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link: not written through (remove it)",
+                        path.display()
+                    ),
+                ))
+            }
+            Ok(m) if m.len() > 0 => {
+                let kept = (1..)
+                    .map(|n| dir.join(format!("{job_id}.{n}.log")))
+                    .find(|p| std::fs::symlink_metadata(p).is_err())
+                    .unwrap_or_else(|| dir.join(format!("{job_id}.old.log")));
+                std::fs::rename(&path, &kept).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot keep the earlier log {}: {e}", path.display()),
+                    )
+                })?;
+            }
+            _ => {}
+        }
+        open_nofollow(
+            &path,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )
+        .map(crate::output::BlockingFile::new)
     }
 
     async fn finish(self) -> std::io::Result<()> {
@@ -379,16 +654,16 @@ impl Delivery for DirDelivery {
 
     async fn reject(self, reason: &str) -> std::io::Result<()> {
         let rejected = self.queue.root.join("rejected");
-        let reason = if let Some(why) = &self.unreadable {
-            format!("cannot be read as a job: {why}")
-        } else if self.payload.len() as u64 > MAX_JOB_BYTES {
-            format!("larger than {MAX_JOB_BYTES} bytes")
-        } else {
-            reason.to_owned()
-        };
+        // Said as the worker said it: the entry named, then why.
+        let prefix = format!("new/{}: ", self.name.to_string_lossy());
+        let reason = reason.strip_prefix(&prefix).unwrap_or(reason);
         let mut reason_name = self.name.clone();
         reason_name.push(".reason");
         std::fs::rename(&self.path, rejected.join(&self.name))?;
-        std::fs::write(rejected.join(reason_name), reason + "\n")
+        open_nofollow(
+            &rejected.join(reason_name),
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?
+        .write_all(format!("{reason}\n").as_bytes())
     }
 }

@@ -1,7 +1,7 @@
 //! The worker's HTTP endpoints, as the original's: `GET /healthz` (200 while the process
-//! lives), `GET /ready` (200 when taking jobs, 503 when paused or draining), `GET /worker`
-//! (JSON: pool, running jobs), `POST /pool/increment` and `/pool/decrement`, and
-//! `GET /metrics` (Prometheus text format). Bind it to loopback unless a proxy guards it:
+//! lives), `GET /ready` (200 when taking jobs, 503 when paused, draining or the queue cannot
+//! be used), `GET /worker` (JSON: pool, running jobs), `POST /pool/increment` and
+//! `/pool/decrement`, and `GET /metrics` (Prometheus text format). Bind it to loopback unless a proxy guards it:
 //! the pool endpoints change what the worker does.
 
 use std::net::SocketAddr;
@@ -20,11 +20,16 @@ async fn healthz() -> &'static str {
 
 async fn ready(State(c): State<Control>) -> impl IntoResponse {
     if c.ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
+    } else if let Some(problem) = c.queue_problem() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not taking jobs: the queue cannot be used: {problem}\n"),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not taking jobs (paused or draining)\n",
+            "not taking jobs (paused or draining)\n".to_owned(),
         )
     }
 }

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod payload;
 pub mod queue;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,7 +133,14 @@ struct Shared {
     worker_id: String,
     backend: String,
     metrics: metrics::Metrics,
+    /// One run of a job id at a time in this worker: the runs waiting for or holding an id.
+    job_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Why the queue cannot be used now, if it cannot ([`JobQueue::problem`]).
+    queue_problem: Box<dyn Fn() -> Option<String> + Send + Sync>,
 }
+
+/// The largest pool, on every path that sets it (flags, signals, HTTP).
+pub const MAX_POOL_SIZE: usize = 100_000;
 
 /// A handle on a running worker: what signals and the HTTP endpoints act through.
 #[derive(Clone)]
@@ -179,10 +186,22 @@ impl Control {
         paused
     }
 
-    /// One more job at once (SIGTTIN, `POST /pool/increment`); returns the new size.
+    /// One more job at once (SIGTTIN, `POST /pool/increment`), never above
+    /// [`MAX_POOL_SIZE`]; returns the new size.
     pub fn grow(&self) -> usize {
-        self.0.slots.add_permits(1);
-        self.0.pool_size.fetch_add(1, Ordering::SeqCst) + 1
+        let grown = self
+            .0
+            .pool_size
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_POOL_SIZE).then_some(n + 1)
+            });
+        match grown {
+            Ok(old) => {
+                self.0.slots.add_permits(1);
+                old + 1
+            }
+            Err(n) => n,
+        }
     }
 
     /// One job fewer at once, never below one (SIGTTOU, `POST /pool/decrement`): the slot
@@ -222,6 +241,11 @@ impl Control {
         self.cancel_all(CancelReason::Shutdown);
     }
 
+    /// Whether a shutdown began (a second one abandons stops in progress).
+    pub fn shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Cancels job `job_id` if this worker runs it (state cancelled); false if it does not.
     pub fn cancel(&self, job_id: u64) -> bool {
         let running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,9 +263,17 @@ impl Control {
         }
     }
 
-    /// Whether the worker takes jobs now (`GET /ready`).
+    /// Whether the worker takes jobs now (`GET /ready`): not paused, not draining, and its
+    /// queue usable.
     pub fn ready(&self) -> bool {
-        !self.0.paused.load(Ordering::SeqCst) && !self.0.draining.load(Ordering::SeqCst)
+        !self.0.paused.load(Ordering::SeqCst)
+            && !self.0.draining.load(Ordering::SeqCst)
+            && (self.0.queue_problem)().is_none()
+    }
+
+    /// Why the queue cannot be used now, if it cannot.
+    pub fn queue_problem(&self) -> Option<String> {
+        (self.0.queue_problem)()
     }
 
     /// The worker's state (`GET /worker`).
@@ -272,6 +304,55 @@ impl Control {
     }
 }
 
+/// What [`fence`] found.
+#[derive(Debug, Default)]
+pub struct Fenced {
+    /// A line per thing removed.
+    pub removed: Vec<String>,
+    /// Why nothing could be removed, if so (the backend has no reap, or it failed).
+    pub problem: Option<String>,
+}
+
+/// How long [`fence`] waits for the backend's reap.
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Fencing: stops and removes what workers (and other hosts) on this machine that are gone
+/// left running, before any of their jobs can run again here. Instances carry the pid of the
+/// process that started them (the worker, or its plugin server), so the backend's `reap`
+/// finds those whose process is gone; instances of live workers are not touched. A worker
+/// calls this at start-up, before it requeues a dead worker's claims (directory queue) or
+/// consumes (RabbitMQ, which redelivers a dead worker's jobs). It cannot reach another
+/// machine: a job redelivered elsewhere runs there while what its dead worker started here
+/// lives, until a worker starts here again or `host reap` runs.
+pub async fn fence(provider: &Provider) -> Fenced {
+    match tokio::time::timeout(FENCE_TIMEOUT, provider.reap(Duration::ZERO, false)).await {
+        Ok(Ok(removed)) => Fenced {
+            removed,
+            problem: None,
+        },
+        Ok(Err(e)) => {
+            Fenced {
+                removed: Vec::new(),
+                problem: Some(
+                    if e.backend_kind() == Some(plugin_api::ErrorKind::UNSUPPORTED) {
+                        format!("backend {} cannot reap: what a dead worker started is not stopped ({e})", provider.alias())
+                    } else {
+                        e.to_string()
+                    },
+                ),
+            }
+        }
+        Err(_) => Fenced {
+            removed: Vec::new(),
+            problem: Some(format!(
+                "backend {}'s reap did not end within {}",
+                provider.alias(),
+                fmt_duration(FENCE_TIMEOUT)
+            )),
+        },
+    }
+}
+
 /// A worker: a queue, a provider, and a pool.
 pub struct Worker<Q: JobQueue> {
     queue: Arc<Q>,
@@ -290,7 +371,9 @@ impl<Q: JobQueue> Worker<Q> {
         worker_id: String,
         observer: Arc<dyn WorkerObserver>,
     ) -> Self {
-        let size = settings.pool_size.max(1);
+        let size = settings.pool_size.clamp(1, MAX_POOL_SIZE);
+        let queue = Arc::new(queue);
+        let for_problem = Arc::clone(&queue);
         let shared = Arc::new(Shared {
             paused: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -304,9 +387,11 @@ impl<Q: JobQueue> Worker<Q> {
             worker_id,
             backend: provider.alias().to_owned(),
             metrics: metrics::Metrics::default(),
+            job_locks: Mutex::new(HashMap::new()),
+            queue_problem: Box::new(move || for_problem.problem()),
         });
         Self {
-            queue: Arc::new(queue),
+            queue,
             provider: Arc::new(provider),
             settings,
             shared,
@@ -385,6 +470,92 @@ struct Ctx {
     observer: Arc<dyn WorkerObserver>,
 }
 
+/// A job listed as running (from its claim on): unlisted when dropped, on every path.
+struct Registered {
+    shared: Arc<Shared>,
+    key: u64,
+}
+
+impl Registered {
+    fn new(
+        shared: &Arc<Shared>,
+        job_id: u64,
+        backend: &str,
+        cancel: mpsc::Sender<CancelReason>,
+    ) -> Self {
+        // A key of its own: the same job id may be claimed twice (runs wait their turn).
+        let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
+        // A shutdown that began while this job was being claimed reaches it too.
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            let _ = cancel.try_send(CancelReason::Shutdown);
+        }
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Running {
+                    job_id,
+                    backend: backend.to_owned(),
+                    instance_id: None,
+                    started: Instant::now(),
+                    cancel,
+                },
+            );
+        shared.metrics.running.inc();
+        Self {
+            shared: Arc::clone(shared),
+            key,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.metrics.running.dec();
+        self.shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// A run's turn at its job id in this worker; the next run of the id gets it when this one
+/// is dropped (after the job's end is recorded).
+struct JobTurn {
+    shared: Arc<Shared>,
+    id: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for JobTurn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self
+            .shared
+            .job_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Held by the map and by this turn only: no run waits for the id.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.id);
+        }
+    }
+}
+
+/// How a job cancelled before its run began ends.
+fn cancelled_before_start(reason: CancelReason) -> End {
+    match reason {
+        CancelReason::Requested => {
+            End::Final(StateUpdate::now(JobState::Cancelled).because("cancelled on request"))
+        }
+        _ => End::Requeue("the worker shut down".into()),
+    }
+}
+
 /// How a job ends.
 enum End {
     Final(StateUpdate),
@@ -424,6 +595,7 @@ impl Ctx {
         let payload = match Payload::parse(d.payload()) {
             Ok(p) => p,
             Err(PayloadError::Unreadable(reason)) => {
+                let reason = d.rejection(&reason);
                 self.shared.metrics.rejected.inc();
                 self.observer.event(&WorkerEvent::Rejected {
                     reason: reason.clone(),
@@ -454,29 +626,61 @@ impl Ctx {
             self.end(d, id, Some(&payload), end, claimed).await;
             return;
         }
-        let end = self.run(&mut d, &payload).await;
+        // The job id's turn outlives the run: the next run of the id waits until this one's
+        // end is recorded.
+        let mut turn = None;
+        let end = self.run(&mut d, &payload, &mut turn).await;
         self.end(d, id, Some(&payload), end, claimed).await;
+        drop(turn);
     }
 
-    /// Runs a parsed job and says how it ends.
-    async fn run<D: Delivery>(&self, d: &mut D, payload: &Payload) -> End {
+    /// Runs a parsed job and says how it ends. The job is registered (listed in
+    /// `/worker`, cancellable, reached by a shutdown) from here on, before anything that
+    /// may wait: the turn of its job id, the build script service, the run.
+    async fn run<D: Delivery>(
+        &self,
+        d: &mut D,
+        payload: &Payload,
+        turn: &mut Option<JobTurn>,
+    ) -> End {
         let id = payload.id;
+        let (cancel_tx, mut cancel) = mpsc::channel(4);
+        let registered = Registered::new(&self.shared, id, self.provider.alias(), cancel_tx);
+        let key = registered.key;
+
+        // One run of a job id at a time: in this worker, then among the workers sharing
+        // the queue.
+        *turn = tokio::select! {
+            t = self.turn(d, id) => match t {
+                Ok(t) => Some(t),
+                Err(reason) => return End::Requeue(reason),
+            },
+            Some(reason) = cancel.recv() => return cancelled_before_start(reason),
+        };
+
         if let Err(e) = d.update(id, &StateUpdate::now(JobState::Received)).await {
             return End::Requeue(format!("cannot record the job's state: {e}"));
         }
         let script = match (&payload.script, &self.settings.build_api) {
             (Some(s), _) => s.clone().into_bytes(),
-            (None, Some(api)) => match api.script(serde_json::to_vec(&payload.document).unwrap_or_default()).await {
-                Ok(s) => s.into_bytes(),
-                Err(ScriptError::Refused(reason)) => {
-                    if let Ok(mut log) = d.open_log(id).await {
-                        use tokio::io::AsyncWriteExt as _;
-                        let _ = log.write_all(format!("{reason}\n").as_bytes()).await;
+            (None, Some(api)) => {
+                let document = serde_json::to_vec(&payload.document).unwrap_or_default();
+                let fetched = tokio::select! {
+                    f = api.script(document) => f,
+                    Some(reason) = cancel.recv() => return cancelled_before_start(reason),
+                };
+                match fetched {
+                    Ok(s) => s.into_bytes(),
+                    Err(ScriptError::Refused(reason)) => {
+                        if let Ok(mut log) = d.open_log(id).await {
+                            use tokio::io::AsyncWriteExt as _;
+                            let _ = log.write_all(format!("{reason}\n").as_bytes()).await;
+                        }
+                        return End::Final(StateUpdate::now(JobState::Errored).because(reason));
                     }
-                    return End::Final(StateUpdate::now(JobState::Errored).because(reason));
+                    Err(e @ ScriptError::Unavailable(_)) => return End::Requeue(e.to_string()),
                 }
-                Err(e @ ScriptError::Unavailable(_)) => return End::Requeue(e.to_string()),
-            },
+            }
             (None, None) => {
                 return End::Final(StateUpdate::now(JobState::Errored).because(
                     "the payload has no script, and no build script service is configured (--build-api)",
@@ -506,33 +710,6 @@ impl Ctx {
             },
         };
 
-        let (cancel_tx, mut cancel) = mpsc::channel(4);
-        let cancel_tx_for_self = cancel_tx.clone();
-        // A key of its own: the same job may be queued twice and run twice at once.
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut running = self
-                .shared
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            running.insert(
-                key,
-                Running {
-                    job_id: id,
-                    backend: self.provider.alias().to_owned(),
-                    instance_id: None,
-                    started: Instant::now(),
-                    cancel: cancel_tx,
-                },
-            );
-        }
-        self.shared.metrics.running.inc();
-        // A shutdown that began while this job was being claimed reaches it too.
-        if self.shared.shutting_down.load(Ordering::SeqCst) {
-            let _ = cancel_tx_for_self.try_send(CancelReason::Shutdown);
-        }
-
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let observer = Forward(events_tx);
         // Boxed: the job's future is large, and this one's would hold it twice (as built and
@@ -548,12 +725,7 @@ impl Ctx {
         while let Ok(event) = events.try_recv() {
             self.on_event(d, id, key, event, &mut instance_id).await;
         }
-        self.shared.metrics.running.dec();
-        self.shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        drop(registered);
         self.shared.metrics.log_bytes.inc_by(report.log_bytes);
         if let Some(s) = report.startup_duration {
             self.shared
@@ -598,6 +770,43 @@ impl Ctx {
             )),
             Outcome::Cancelled(_) => End::Requeue("the worker shut down".into()),
             Outcome::OutputClosed => End::Requeue("the job's log could not be written".into()),
+        }
+    }
+
+    /// Waits for job `id`'s turn: no other run of it in this worker, and the queue's
+    /// exclusive hold on it (another worker's run of the same id ends first). The guard
+    /// keeps the in-worker turn; the queue's hold lives with the delivery.
+    async fn turn<D: Delivery>(&self, d: &mut D, id: u64) -> Result<JobTurn, String> {
+        let lock = Arc::clone(
+            self.shared
+                .job_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_default(),
+        );
+        let guard = Arc::clone(&lock).lock_owned().await;
+        let turn = JobTurn {
+            shared: Arc::clone(&self.shared),
+            id,
+            lock,
+            guard: Some(guard),
+        };
+        let mut said = false;
+        loop {
+            match d.try_exclusive(id) {
+                Ok(true) => return Ok(turn),
+                Ok(false) => {
+                    if !said {
+                        said = true;
+                        self.warn(format!(
+                            "job {id}: another run of it is going on; this one waits for its turn"
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("cannot take the job for this run: {e}")),
+            }
         }
     }
 

@@ -105,6 +105,12 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Whether no job is waiting, as far as this worker can tell (for
     /// [`crate::worker::WorkerSettings::exit_when_idle`]).
     fn is_idle(&self) -> bool;
+
+    /// Why the queue cannot be used now (a vanished or read-only directory, no descriptors
+    /// left), if it cannot: the worker is then not ready (`/ready` answers 503).
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A claimed job: its payload, and how its states, log and end are recorded. Exactly one of
@@ -119,6 +125,20 @@ pub trait Delivery: Send + 'static {
     /// Whether the queue delivered this job before (a broker's redelivery).
     fn redelivered(&self) -> bool {
         false
+    }
+
+    /// Takes job `job_id` for this run alone among the workers sharing the queue: false
+    /// while another run of the same id holds it (the worker waits, then tries again). Held
+    /// until the delivery ends. Within one worker, runs of one id are serialised anyway.
+    fn try_exclusive(&mut self, _job_id: u64) -> std::io::Result<bool> {
+        Ok(true)
+    }
+
+    /// What to say of this entry when it is rejected because its payload does not parse
+    /// (`reason`): the queue may know better (a file too large or not a regular file) and
+    /// name the entry.
+    fn rejection(&self, reason: &str) -> String {
+        reason.to_owned()
     }
 
     /// Records a state change of job `job_id`.
