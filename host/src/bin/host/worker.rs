@@ -16,6 +16,7 @@ use host::worker::{Control, Worker, WorkerEvent, WorkerObserver, WorkerSettings}
 use host::PluginPolicy;
 use plugin_api::config::{parse_byte_size, parse_duration};
 
+use crate::exit::say;
 use crate::exit::CliError;
 
 pub const WORKER_HELP: &str = "\
@@ -145,10 +146,27 @@ enum QueueUrl {
 }
 
 fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
-    if let Some(path) = url.strip_prefix("file://") {
-        if path.is_empty() {
+    if let Some(rest) = url.strip_prefix("file:") {
+        // RFC 8089: file:///DIR, file://localhost/DIR and file:/DIR all name /DIR; another
+        // host cannot be reached through a directory.
+        let path = match rest.strip_prefix("//") {
+            Some(authority_and_path) => {
+                let (host, path) = match authority_and_path.find('/') {
+                    Some(i) => authority_and_path.split_at(i),
+                    None => (authority_and_path, ""),
+                };
+                if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
+                    return Err(CliError::Usage(format!(
+                        "--queue {url:?}: a directory queue is on this machine; file://{host}/ names another (use file:///DIR)"
+                    )));
+                }
+                path
+            }
+            None => rest,
+        };
+        if !path.starts_with('/') {
             return Err(CliError::Usage(format!(
-                "--queue {url:?}: no directory after file://"
+                "--queue {url:?}: no absolute directory after file: (use file:///DIR, or a plain path)"
             )));
         }
         return Ok(QueueUrl::Dir(PathBuf::from(path)));
@@ -165,9 +183,23 @@ fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
 }
 
 fn queue_name(name: &Option<String>) -> Result<String, CliError> {
-    name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+    let name = name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
         CliError::Usage("an amqp:// queue needs --queue-name (e.g. builds.linux)".into())
-    })
+    })?;
+    amqp_name("--queue-name", &name)?;
+    Ok(name)
+}
+
+/// AMQP 0.9.1 names (queues, routing keys) are short strings: at most 255 bytes.
+fn amqp_name(flag: &str, name: &str) -> Result<(), CliError> {
+    if name.len() > 255 {
+        return Err(CliError::Usage(format!(
+            "{flag}: {} bytes, longer than the 255 bytes AMQP allows for a name ({}...)",
+            name.len(),
+            name.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// How long the line printer waits after a batch's first line for more.
@@ -223,7 +255,7 @@ impl Lines {
         let printer = match spawned {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("host: cannot start the thread that prints job lines: {e}");
+                say!("host: cannot start the thread that prints job lines: {e}");
                 None
             }
         };
@@ -308,6 +340,8 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
     let url = queue_url(&args.target.queue)?;
     if let QueueUrl::Amqp(_) = url {
         queue_name(&args.target.queue_name)?;
+        amqp_name("--state-queue", &args.amqp.state_queue)?;
+        amqp_name("--log-queue", &args.amqp.log_queue)?;
     }
     let registry = policy.load();
     let (backend, provider) = args.backend.provider(&registry)?;
@@ -337,6 +371,15 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
             exit_when_idle: args.exit_when_idle,
             progress_type: args.progress_type.clone().unwrap_or_default(),
         };
+        // Fencing: what dead workers on this host left running goes before any of their
+        // jobs can run again here.
+        let fenced = host::worker::fence(&provider).await;
+        for line in &fenced.removed {
+            say!("host: reaped what a worker that is gone left: {line}");
+        }
+        if let Some(problem) = &fenced.problem {
+            say!("host: warning: {problem}");
+        }
         let (lines, printer) = Lines::new(args.log_format == "json");
         let observer: Arc<dyn WorkerObserver> = Arc::new(lines);
         let at = Serve {
@@ -349,7 +392,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     CliError::Io(format!("cannot open the queue {}: {e}", dir.display()))
                 })?;
                 for line in queue.recover() {
-                    eprintln!("host: requeued {line}");
+                    say!("host: requeued {line}");
                 }
                 let id = queue.worker_id().to_owned();
                 let place = dir.display().to_string();
@@ -391,7 +434,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
             let _ = p.join();
         }
     }
-    eprintln!("host: worker {id} stopped");
+    say!("host: worker {id} stopped");
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(0)
 }
@@ -418,7 +461,7 @@ impl Serve {
             tokio::spawn(async move {
                 while let Some(id) = cancels.recv().await {
                     if control.cancel(id) {
-                        eprintln!("host: cancel_job {id}: cancelling it");
+                        say!("host: cancel_job {id}: cancelling it");
                     }
                 }
             });
@@ -427,11 +470,11 @@ impl Serve {
             let bound = host::worker::http::serve(addr, control.clone())
                 .await
                 .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
-            eprintln!("host: worker HTTP endpoints on http://{bound}");
+            say!("host: worker HTTP endpoints on http://{bound}");
         }
         signals(control)
             .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;
-        eprintln!(
+        say!(
             "host: worker {worker_id} on {place} with backend {}, {pool} job(s) at once",
             self.alias
         );
@@ -472,10 +515,10 @@ fn signals(control: Control) -> std::io::Result<()> {
                 Some(()) = int.recv() => {
                     interrupts += 1;
                     if interrupts == 1 {
-                        eprintln!("host: SIGINT: draining (no new jobs; running jobs finish; send it again to requeue them)");
+                        say!("host: SIGINT: draining (no new jobs; running jobs finish; send it again to requeue them)");
                         control.drain();
                     } else {
-                        eprintln!("host: SIGINT again: cancelling and requeueing the running jobs");
+                        say!("host: SIGINT again: cancelling and requeueing the running jobs");
                         control.shutdown();
                     }
                 }
@@ -484,10 +527,10 @@ fn signals(control: Control) -> std::io::Result<()> {
                 Some(()) = quit.recv() => shutdown(&control, "SIGQUIT"),
                 Some(()) = usr2.recv() => {
                     let paused = control.toggle_pause();
-                    eprintln!("host: SIGUSR2: intake {}", if paused { "paused" } else { "resumed" });
+                    say!("host: SIGUSR2: intake {}", if paused { "paused" } else { "resumed" });
                 }
-                Some(()) = ttin.recv() => eprintln!("host: SIGTTIN: pool size {}", control.grow()),
-                Some(()) = ttou.recv() => eprintln!("host: SIGTTOU: pool size {}", control.shrink()),
+                Some(()) = ttin.recv() => say!("host: SIGTTIN: pool size {}", control.grow()),
+                Some(()) = ttou.recv() => say!("host: SIGTTOU: pool size {}", control.shrink()),
                 else => break,
             }
         }
@@ -496,7 +539,28 @@ fn signals(control: Control) -> std::io::Result<()> {
 }
 
 fn shutdown(control: &Control, name: &str) {
-    eprintln!("host: {name}: cancelling the running jobs, requeueing them, and stopping");
+    if control.shutting_down() {
+        let running = control.status().running;
+        if running.is_empty() {
+            say!("host: {name} again: stopping");
+        } else {
+            let jobs: Vec<String> = running
+                .iter()
+                .map(|r| match &r.instance_id {
+                    Some(i) => format!("job {} (instance {i})", r.job_id),
+                    None => format!("job {}", r.job_id),
+                })
+                .collect();
+            say!(
+                "host: {name} again: abandoning the stops in progress; what these jobs started may be left running: {}. \
+                 The next worker started on this machine removes it before their jobs run again here (or `host reap --backend {} --older-than 0s`)",
+                jobs.join(", "),
+                running[0].backend
+            );
+        }
+    } else {
+        say!("host: {name}: cancelling the running jobs, requeueing them, and stopping");
+    }
     control.shutdown();
 }
 
@@ -505,7 +569,7 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
     let limit = host::worker::dir::MAX_JOB_BYTES;
     let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
-            eprintln!("host: reading the job payload from standard input (end with Ctrl-D)");
+            say!("host: reading the job payload from standard input (end with Ctrl-D)");
         }
         (Box::new(std::io::stdin()), "standard input".into())
     } else {
@@ -529,7 +593,7 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
             let path = DirQueue::enqueue(Path::new(&dir), &bytes, payload.id).map_err(|e| {
                 CliError::Io(format!("cannot put the job on {}: {e}", dir.display()))
             })?;
-            eprintln!("host: queued job {} as {}", payload.id, path.display());
+            say!("host: queued job {} as {}", payload.id, path.display());
         }
         QueueUrl::Amqp(url) => {
             let name = queue_name(&args.target.queue_name)?;
@@ -540,7 +604,7 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
             runtime
                 .block_on(host::worker::amqp::enqueue(&url, &name, &bytes))
                 .map_err(|e| CliError::Io(format!("cannot put the job on {name}: {e}")))?;
-            eprintln!(
+            say!(
                 "host: queued job {} on {} queue {name}",
                 payload.id,
                 masked_url(&url)
