@@ -186,6 +186,28 @@ impl Control {
         paused
     }
 
+    /// Pauses intake (the original's `DELETE /worker {"graceful": true, "pause": true}`).
+    pub fn pause(&self) {
+        self.0.paused.store(true, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Sets the pool's size (the original's `PATCH /worker {"poolSize": N}`), within 1 and
+    /// [`MAX_POOL_SIZE`]; returns the new size. Slots taken away go once jobs free them.
+    pub fn set_pool_size(&self, n: usize) -> usize {
+        let n = n.clamp(1, MAX_POOL_SIZE);
+        loop {
+            let now = self.0.pool_size.load(Ordering::SeqCst);
+            if now == n {
+                return n;
+            }
+            let moved = if now < n { self.grow() } else { self.shrink() };
+            if moved == now {
+                return now; // at a bound
+            }
+        }
+    }
+
     /// One more job at once (SIGTTIN, `POST /pool/increment`), never above
     /// [`MAX_POOL_SIZE`]; returns the new size.
     pub fn grow(&self) -> usize {

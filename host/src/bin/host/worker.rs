@@ -50,6 +50,20 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
 
+    /// Basic auth for every endpoint but /healthz, /ready and /metrics (the original's
+    /// HTTP_API_AUTH); needed to serve on an address other than loopback
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "HOST_HTTP_AUTH",
+        hide_env_values = true
+    )]
+    http_auth: Option<String>,
+
+    /// Serve --http on a non-loopback address without --http-auth (a proxy guards it)
+    #[arg(long)]
+    http_allow_unauthenticated: bool,
+
     /// A travis-build compatible service to turn payloads without a script into scripts
     #[arg(long, value_name = "URL")]
     build_api: Option<String>,
@@ -338,6 +352,20 @@ fn humantime_now() -> String {
 
 pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
     let url = queue_url(&args.target.queue)?;
+    let http_settings = host::worker::http::HttpSettings {
+        auth: args.http_auth.clone().filter(|a| !a.is_empty()),
+    };
+    if let Some(auth) = &http_settings.auth {
+        if !auth.contains(':') {
+            return Err(CliError::Usage(
+                "--http-auth: expected USER:PASS (the value is not shown)".into(),
+            ));
+        }
+    }
+    if let Some(addr) = args.http {
+        host::worker::http::check_bind(addr, &http_settings, args.http_allow_unauthenticated)
+            .map_err(CliError::Usage)?;
+    }
     if let QueueUrl::Amqp(_) = url {
         queue_name(&args.target.queue_name)?;
         amqp_name("--state-queue", &args.amqp.state_queue)?;
@@ -384,6 +412,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         let observer: Arc<dyn WorkerObserver> = Arc::new(lines);
         let at = Serve {
             http: args.http,
+            http_settings,
             alias: alias.clone(),
         };
         match url {
@@ -442,6 +471,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
 /// What a worker serves beside its queue.
 struct Serve {
     http: Option<SocketAddr>,
+    http_settings: host::worker::http::HttpSettings,
     alias: String,
 }
 
@@ -467,7 +497,7 @@ impl Serve {
             });
         }
         if let Some(addr) = self.http {
-            let bound = host::worker::http::serve(addr, control.clone())
+            let bound = host::worker::http::serve(addr, self.http_settings, control.clone())
                 .await
                 .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
             say!("host: worker HTTP endpoints on http://{bound}");
