@@ -193,20 +193,92 @@ fn append_state(root: &Path, job_id: u64, update: &StateUpdate, run: &str) -> st
     open_state(root, job_id)?.write_all(&line)
 }
 
-/// Makes the queue's directories that are missing.
+/// Makes the queue's directories that are missing (mode 0755 less the umask).
 fn make_dirs(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
     for d in DIRS {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{}: {e}", root.join(d).display()))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root.join(d))
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", root.join(d).display()))
+            })?;
+    }
+    Ok(())
+}
+
+/// Who may write where in a queue directory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirAccess {
+    /// `new/` may be writable by its group: the users of that group submit jobs (a shared
+    /// queue). Everything else stays the worker's alone.
+    pub shared_new: bool,
+}
+
+/// Checks the queue's directories as the host checks plugin directories: each a real
+/// directory (a subdirectory is not a symlink, which would send logs or states elsewhere),
+/// owned by root or this user, writable by no one else (`new/` by its group too with
+/// [`DirAccess::shared_new`]). Anyone who can write into `log/` or `state/` could plant
+/// links or read what jobs write; into `claimed/`, make the worker run what they like.
+pub fn check_access(root: &Path, access: DirAccess) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    let mut dirs = vec![(root.to_owned(), false)];
+    dirs.extend(DIRS.iter().map(|d| (root.join(d), true)));
+    for (dir, sub) in dirs {
+        let meta = if sub {
+            std::fs::symlink_metadata(&dir)
+        } else {
+            std::fs::metadata(&dir)
+        }
+        .map_err(|e| format!("cannot examine {}: {e}", dir.display()))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symbolic link; the queue's subdirectories must be directories of its own (replace it with a directory)",
+                dir.display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(format!(
+                "{} is owned by uid {}; a queue directory must be owned by root or by the user running the worker (uid {euid}): chown {euid} {}",
+                dir.display(),
+                meta.uid(),
+                dir.display()
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let group_may = access.shared_new && dir == root.join("new");
+        let forbidden = if group_may { 0o002 } else { 0o022 };
+        if mode & forbidden != 0 {
+            let fix = if group_may { "o-w" } else { "go-w" };
+            let hint = if dir == root.join("new") && !access.shared_new {
+                " (or, if a group of users submits jobs there, pass --queue-shared-new)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "{} is writable by {} (mode {mode:04o}); anyone who can write there can make the worker run or write what they like: chmod {fix} {}{hint}",
+                dir.display(),
+                if mode & 0o002 != 0 { "others" } else { "its group" },
+                dir.display()
+            ));
+        }
     }
     Ok(())
 }
 
 impl DirQueue {
     /// Opens (creating what is missing) the queue at `root` for this process.
-    pub fn open(root: &Path) -> std::io::Result<Self> {
+    /// The directories are checked ([`check_access`]) after the missing ones are made.
+    pub fn open(root: &Path, access: DirAccess) -> std::io::Result<Self> {
         make_dirs(root)?;
+        check_access(root, access)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let worker_id = worker_id();
         let claimed = root.join("claimed").join(&worker_id);
         std::fs::create_dir_all(&claimed)?;
@@ -436,7 +508,14 @@ impl DirQueue {
     /// by enqueue time, so jobs are taken first in, first out.
     pub fn enqueue(root: &Path, bytes: &[u8], job_id: u64) -> std::io::Result<PathBuf> {
         let new = root.join("new");
-        std::fs::create_dir_all(&new)?;
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            // 0755 at most: a worker refuses a queue others may write into.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&new)?;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())

@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     http_allow_unauthenticated: bool,
 
+    /// A directory queue's new/ may be writable by its group (the users who submit jobs);
+    /// everything else in the queue stays the worker's alone
+    #[arg(long)]
+    queue_shared_new: bool,
+
     /// A travis-build compatible service to turn payloads without a script into scripts
     #[arg(long, value_name = "URL")]
     build_api: Option<String>,
@@ -417,7 +422,10 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         };
         match url {
             QueueUrl::Dir(dir) => {
-                let queue = DirQueue::open(&dir).map_err(|e| {
+                let access = host::worker::dir::DirAccess {
+                    shared_new: args.queue_shared_new,
+                };
+                let queue = DirQueue::open(&dir, access).map_err(|e| {
                     CliError::Io(format!("cannot open the queue {}: {e}", dir.display()))
                 })?;
                 for line in queue.recover() {
