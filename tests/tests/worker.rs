@@ -491,7 +491,7 @@ fn bad_input_gets_an_answer_and_no_job_is_lost() {
     }
     for (id, states, why) in [
         (3, &["received", "errored"][..], "no script"),
-        (4, &["errored"][..], "negative"),
+        (4, &["received", "errored"][..], "negative"),
     ] {
         assert_eq!(q.state_names(id), states, "job {id}");
         let last = q.states(id).pop().unwrap();

@@ -630,6 +630,10 @@ impl Ctx {
                 return;
             }
             Err(PayloadError::Invalid { id, reason }) => {
+                // Received, then errored: every job's states begin with its receipt.
+                if let Err(e) = d.update(id, &StateUpdate::now(JobState::Received)).await {
+                    self.warn(format!("job {id}: cannot record the received state: {e}"));
+                }
                 let end = End::Final(StateUpdate::now(JobState::Errored).because(reason));
                 self.end(d, id, None, end, claimed).await;
                 return;
