@@ -28,6 +28,8 @@
 //! - **Nothing is followed**: logs, state files and reason files are opened without
 //!   following a symlink; one where such a file should be is refused with the path named,
 //!   never written through.
+//! - **A requeued job waits before it is claimed again** (100 ms, doubling per requeue, at
+//!   most [`REQUEUE_BACKOFF_MAX`]): its file's modification time is when it is due.
 //! - **A queue that cannot be used is not an empty queue**: a vanished directory is made
 //!   again; a read-only one, or no descriptors left, is reported (once a minute at most),
 //!   retried with backoff, and makes the worker not ready until it passes.
@@ -50,6 +52,9 @@ const PROBLEM_REPEAT: Duration = Duration::from_secs(60);
 
 /// The longest wait between two tries of a queue that cannot be used.
 const PROBLEM_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The longest wait before a requeued job may be claimed again.
+pub const REQUEUE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 const DIRS: [&str; 6] = ["new", "claimed", "log", "state", "done", "rejected"];
 
@@ -136,8 +141,35 @@ fn open_nofollow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File
         })
 }
 
+/// The wait before a job requeued for the `count`th time may be claimed again: 100 ms,
+/// doubling, at most [`REQUEUE_BACKOFF_MAX`]. A job that fails at once (a full disk, a
+/// start that cannot succeed) then does not use up its requeues in milliseconds.
+fn requeue_backoff(count: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << count.saturating_sub(1).min(16))
+        .min(REQUEUE_BACKOFF_MAX)
+}
+
+/// Whether a file in `new/` may be claimed now: a requeued job's file carries the time it
+/// may be claimed from as its modification time.
+fn due(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .map_or(true, |at| at <= std::time::SystemTime::now())
+}
+
 /// Writes `bytes` as `dir/name` atomically: a hidden temporary file, then a rename.
 fn write_atomic(dir: &Path, name: &std::ffi::OsStr, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_at(dir, name, bytes, None)
+}
+
+/// [`write_atomic`], the file's modification time set to `due` when given.
+fn write_atomic_at(
+    dir: &Path,
+    name: &std::ffi::OsStr,
+    bytes: &[u8],
+    due: Option<std::time::SystemTime>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -155,6 +187,9 @@ fn write_atomic(dir: &Path, name: &std::ffi::OsStr, bytes: &[u8]) -> std::io::Re
             other => other?,
         };
         f.write_all(bytes)?;
+        if let Some(at) = due {
+            f.set_modified(at)?;
+        }
         f.sync_data()
     })();
     match written.and_then(|()| std::fs::rename(&tmp, dir.join(name))) {
@@ -382,8 +417,13 @@ impl DirQueue {
     fn try_claim(&self) -> std::io::Result<Option<DirDelivery>> {
         let mut waiting = self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let new = self.inner.root.join("new");
+        let mut listed = false;
         loop {
             if waiting.is_empty() {
+                if listed {
+                    return Ok(None); // every file listed is due later
+                }
+                listed = true;
                 let listing = match std::fs::read_dir(&new) {
                     Ok(l) => l,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -414,6 +454,9 @@ impl DirQueue {
                 return Ok(None);
             };
             let from = new.join(&name);
+            if !due(&from) {
+                continue; // a requeued job whose backoff runs: listed again later
+            }
             let to = self.inner.claimed.join(&name);
             match std::fs::rename(&from, &to) {
                 Ok(()) => {
@@ -724,7 +767,9 @@ impl Delivery for DirDelivery {
 
     async fn requeue(self, document: Vec<u8>) -> std::io::Result<()> {
         let new = self.queue.root.join("new");
-        match write_atomic(&new, &self.name, &document) {
+        let count = super::payload::Payload::parse(&document).map_or(1, |p| p.requeue_count);
+        let due = std::time::SystemTime::now() + requeue_backoff(count);
+        match write_atomic_at(&new, &self.name, &document, Some(due)) {
             Ok(()) => std::fs::remove_file(&self.path),
             // No room for the new document (a full disk): the file goes back as it was.
             Err(_) => std::fs::rename(&self.path, new.join(&self.name)),
@@ -744,5 +789,20 @@ impl Delivery for DirDelivery {
             OpenOptions::new().write(true).create(true).truncate(true),
         )?
         .write_all(format!("{reason}\n").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requeued_job_waits_longer_each_time_within_a_bound() {
+        assert_eq!(requeue_backoff(0), Duration::from_millis(100));
+        assert_eq!(requeue_backoff(1), Duration::from_millis(100));
+        assert_eq!(requeue_backoff(2), Duration::from_millis(200));
+        assert_eq!(requeue_backoff(4), Duration::from_millis(800));
+        assert_eq!(requeue_backoff(50), REQUEUE_BACKOFF_MAX);
+        assert_eq!(requeue_backoff(u32::MAX), REQUEUE_BACKOFF_MAX);
     }
 }
