@@ -155,6 +155,15 @@ async fn worker(State(api): State<Api>) -> impl IntoResponse {
     Json(api.control.status())
 }
 
+/// 400 with the original's error body.
+fn bad_request(error: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
+}
+
 /// The original's `PATCH /worker` body.
 #[derive(serde::Deserialize)]
 struct WorkerPatch {
@@ -165,22 +174,13 @@ struct WorkerPatch {
 async fn patch_worker(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     let patch: WorkerPatch = match serde_json::from_slice(&body) {
         Ok(p) => p,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "error": e.to_string() })),
-            )
-                .into_response()
-        }
+        Err(e) => return bad_request(e.to_string()),
     };
     if patch.pool_size > MAX_POOL_SIZE {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({
-                "error": format!("poolSize {} is above the limit of {MAX_POOL_SIZE}", patch.pool_size)
-            })),
-        )
-            .into_response();
+        return bad_request(format!(
+            "poolSize {} is above the limit of {MAX_POOL_SIZE}",
+            patch.pool_size
+        ));
     }
     if patch.pool_size > 0 {
         api.control.set_pool_size(patch.pool_size);
@@ -203,13 +203,7 @@ async fn delete_worker(State(api): State<Api>, body: axum::body::Bytes) -> Respo
     } else {
         match serde_json::from_slice(&body) {
             Ok(o) => o,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(serde_json::json!({ "error": e.to_string() })),
-                )
-                    .into_response()
-            }
+            Err(e) => return bad_request(e.to_string()),
         }
     };
     match (options.graceful, options.pause) {

@@ -924,12 +924,9 @@ fn now() -> String {
 }
 
 impl AmqpDelivery {
-    /// Acks this delivery and any redelivery of the same message that arrived meanwhile;
-    /// with `finished`, remembers the message as finished (a requeue is not: the job goes
-    /// on in a new message). An ack on a channel that died is lost; the broker then
-    /// delivers the message again, and this worker answers that redelivery.
-    async fn ack_all(&mut self, finished: bool) {
-        let extra = match self.key {
+    /// This message's run here ended ([`Seen::ended`]); the redeliveries that joined it.
+    fn ended(&self, finished: bool) -> Vec<lapin::Acker> {
+        match self.key {
             Some(key) => self
                 .queue
                 .shared
@@ -938,7 +935,15 @@ impl AmqpDelivery {
                 .unwrap_or_else(|e| e.into_inner())
                 .ended(key, finished),
             None => Vec::new(),
-        };
+        }
+    }
+
+    /// Acks this delivery and any redelivery of the same message that arrived meanwhile;
+    /// with `finished`, remembers the message as finished (a requeue is not: the job goes
+    /// on in a new message). An ack on a channel that died is lost; the broker then
+    /// delivers the message again, and this worker answers that redelivery.
+    async fn ack_all(&mut self, finished: bool) {
+        let extra = self.ended(finished);
         // Queued, not waited for (lapin writes it): an ack lost with the connection brings
         // the job back, and this worker answers the redelivery.
         let ack = self.acker.ack(BasicAckOptions::default());
@@ -1053,16 +1058,7 @@ impl Delivery for AmqpDelivery {
 
     async fn reject(self, reason: &str) -> std::io::Result<()> {
         tracing::warn!("rejecting a message that is not a job ({reason}); dead-lettered if the queue has a DLX");
-        let extra = match self.key {
-            Some(key) => self
-                .queue
-                .shared
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .ended(key, false),
-            None => Vec::new(),
-        };
+        let extra = self.ended(false);
         // Redeliveries of this same message are as bad: rejected with it.
         for a in extra {
             let _ = poll_once(std::pin::pin!(
