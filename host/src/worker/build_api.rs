@@ -97,10 +97,22 @@ impl BuildApi {
             200..=299 => Ok(text),
             400..=499 => Err(Attempt::Final(format!(
                 "HTTP {status}: {}",
-                crate::text::escape_controls(text.trim())
+                crate::text::escape_controls(&shortened(text.trim(), MAX_REASON_CHARS))
             ))),
             _ => Err(Attempt::Retry(format!("HTTP {status} from {}", self.url))),
         }
+    }
+}
+
+/// The most of a refusal's answer kept as the job's reason (in its state and its log): a
+/// service's error page of megabytes says no more than its first lines.
+const MAX_REASON_CHARS: usize = 4096;
+
+/// `text`, cut to `max` characters with a note of how much was left out.
+fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}... ({} more bytes)", &text[..cut], text.len() - cut).into(),
     }
 }
 

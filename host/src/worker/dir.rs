@@ -70,21 +70,80 @@ struct Inner {
     claimed: PathBuf,
     /// Names seen in `new/` and not yet tried: one directory listing serves many claims.
     waiting: Mutex<VecDeque<OsString>>,
+    /// Who may write where: checked at start and whenever directories are made again.
+    access: DirAccess,
     /// Claims made, for each run's name.
     claims: std::sync::atomic::AtomicU64,
-    /// Why the queue cannot be used now, and since when it has been said.
-    problem: Mutex<Option<(String, std::time::Instant)>>,
+    /// Why the queue cannot be used now (for claims, for writes of states), and since when
+    /// it has been said.
+    problems: Mutex<[Option<(String, std::time::Instant)>; 2]>,
+    /// The wait before the next claim while states cannot be written: kept across claims,
+    /// so that a job put back again and again waits longer each time.
+    writes_backoff: Mutex<Duration>,
 }
 
-/// This process's start time in clock ticks since boot (`/proc/self/stat`, field 22).
-fn start_time(pid: u32) -> Option<u64> {
+/// The part of a queue a problem is about ([`Inner::note`]).
+const CLAIMS: usize = 0;
+const WRITES: usize = 1;
+
+impl Inner {
+    /// Records that a part of the queue cannot be used (said at once, then once a minute at
+    /// most), or that it can again.
+    fn note(&self, part: usize, result: &std::io::Result<()>) {
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let problem = &mut problems[part];
+        match result {
+            Ok(()) => {
+                if problem.take().is_some() {
+                    tracing::warn!("the queue {} can be used again", self.root.display());
+                }
+            }
+            Err(e) => {
+                let now = std::time::Instant::now();
+                let say = problem
+                    .as_ref()
+                    .is_none_or(|(_, at)| now.duration_since(*at) >= PROBLEM_REPEAT);
+                if say {
+                    tracing::warn!(
+                        "the queue {} cannot be used: {e}; trying again with backoff",
+                        self.root.display()
+                    );
+                    *problem = Some((e.to_string(), now));
+                } else if let Some((text, _)) = problem.as_mut() {
+                    *text = e.to_string();
+                }
+            }
+        }
+    }
+
+    /// Makes the queue's directories again (one went away), and checks them again: the
+    /// queue there now may not be the one checked at start.
+    fn remake_dirs(&self) -> std::io::Result<()> {
+        make_dirs(&self.root)?;
+        check_access(&self.root, self.access)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))
+    }
+
+    fn problem(&self, part: usize) -> Option<String> {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner())[part]
+            .as_ref()
+            .map(|(text, _)| text.clone())
+    }
+}
+
+/// A process's state letter and start time in clock ticks since boot (`/proc/PID/stat`,
+/// fields 3 and 22; the command name before them is in parentheses and may hold anything).
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// A process's start time in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
 }
 
 fn hostname() -> String {
@@ -111,7 +170,8 @@ fn worker_alive(id: &str) -> Option<bool> {
     let (pid, start) = proc_part.split_once('.')?;
     let pid: u32 = pid.parse().ok()?;
     let start: u64 = start.parse().ok()?;
-    Some(start_time(pid) == Some(start))
+    // A zombie (killed, not yet waited for by its parent) runs no more.
+    Some(matches!(proc_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X'))
 }
 
 fn is_job_file(name: &std::ffi::OsStr) -> bool {
@@ -119,12 +179,14 @@ fn is_job_file(name: &std::ffi::OsStr) -> bool {
     n.ends_with(".json") && !n.starts_with('.')
 }
 
-/// Opens `path` for writing without following a symlink there: one is refused with an error
-/// that names the path (`O_NOFOLLOW` alone says "Too many levels of symbolic links").
+/// Opens the regular file `path` for writing without following a symlink there and
+/// without waiting: a symlink, a FIFO (whose open would block the worker's thread until a
+/// reader came), a directory or a device is refused with an error that names the path
+/// (`O_NOFOLLOW` alone says "Too many levels of symbolic links").
 fn open_nofollow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
@@ -135,10 +197,31 @@ fn open_nofollow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File
                         path.display()
                     ),
                 )
+            } else if e.raw_os_error() == Some(libc::ENXIO) {
+                not_regular(path)
             } else {
                 std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
             }
-        })
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular(path));
+    }
+    Ok(file)
+}
+
+/// An error's kind and words (`std::io::Error` is not `Clone`).
+fn copy_error(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
+}
+
+fn not_regular(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{} is not a regular file (a FIFO, a directory, a device?): not written to (remove it)",
+            path.display()
+        ),
+    )
 }
 
 /// The wait before a job requeued for the `count`th time may be claimed again: 100 ms,
@@ -260,6 +343,25 @@ pub fn check_access(root: &Path, access: DirAccess) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     // SAFETY: geteuid cannot fail and touches no memory.
     let euid = unsafe { libc::geteuid() };
+    // Whoever may replace a directory above DIR may replace DIR (a rename, then a queue of
+    // their own with links in it): each one above must be as private, or sticky (/tmp).
+    let real = std::fs::canonicalize(root)
+        .map_err(|e| format!("cannot examine {}: {e}", root.display()))?;
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above)
+            .map_err(|e| format!("cannot examine {}: {e}", above.display()))?;
+        let mode = meta.permissions().mode();
+        let sticky = mode & 0o1000 != 0;
+        if (meta.uid() != 0 && meta.uid() != euid) || (mode & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} (above the queue {}) may be changed by others (owner uid {}, mode {:04o}): they could replace the queue; keep the queue under directories owned by root or uid {euid} and not writable by others",
+                above.display(),
+                root.display(),
+                meta.uid(),
+                mode & 0o7777
+            ));
+        }
+    }
     let mut dirs = vec![(root.to_owned(), false)];
     dirs.extend(DIRS.iter().map(|d| (root.join(d), true)));
     for (dir, sub) in dirs {
@@ -323,8 +425,10 @@ impl DirQueue {
                 worker_id,
                 claimed,
                 waiting: Mutex::new(VecDeque::new()),
+                access,
                 claims: std::sync::atomic::AtomicU64::new(0),
-                problem: Mutex::new(None),
+                problems: Mutex::new([None, None]),
+                writes_backoff: Mutex::new(Duration::ZERO),
             }),
         })
     }
@@ -383,6 +487,18 @@ impl DirQueue {
             let _ = std::fs::remove_dir(&taken);
         }
         done
+    }
+
+    /// Whether a worker of this host that is gone left claims.
+    pub fn has_orphans(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(self.inner.root.join("claimed")) else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name.split('~').next().unwrap_or(&name).to_owned();
+            owner != self.inner.worker_id && worker_alive(&owner) == Some(false)
+        })
     }
 
     fn put_back(&self, path: &Path, name: &std::ffi::OsStr, gone: &str) -> std::io::Result<String> {
@@ -508,7 +624,7 @@ impl DirQueue {
 
     /// Makes the queue's directories and this worker's claim directory again.
     fn remake(&self) -> std::io::Result<()> {
-        make_dirs(&self.inner.root)?;
+        self.inner.remake_dirs()?;
         std::fs::create_dir_all(&self.inner.claimed).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{}: {e}", self.inner.claimed.display()))
         })?;
@@ -517,34 +633,6 @@ impl DirQueue {
             self.inner.root.display()
         );
         Ok(())
-    }
-
-    /// Records that the queue cannot be used (said at once, then once a minute at most),
-    /// or that it can again.
-    fn note(&self, result: &std::io::Result<()>) {
-        let mut problem = self.inner.problem.lock().unwrap_or_else(|e| e.into_inner());
-        match result {
-            Ok(()) => {
-                if problem.take().is_some() {
-                    tracing::warn!("the queue {} can be used again", self.inner.root.display());
-                }
-            }
-            Err(e) => {
-                let now = std::time::Instant::now();
-                let say = problem
-                    .as_ref()
-                    .is_none_or(|(_, at)| now.duration_since(*at) >= PROBLEM_REPEAT);
-                if say {
-                    tracing::warn!(
-                        "the queue {} cannot be used: {e}; trying again with backoff",
-                        self.inner.root.display()
-                    );
-                    *problem = Some((e.to_string(), now));
-                } else if let Some((text, _)) = problem.as_mut() {
-                    *text = e.to_string();
-                }
-            }
-        }
     }
 
     /// Puts `bytes` on the queue at `root` as a new job file; returns its path. The name sorts
@@ -604,9 +692,27 @@ impl JobQueue for DirQueue {
         let mut idle = Duration::from_millis(2);
         let mut failing = Duration::from_millis(100);
         loop {
+            // States cannot be written (a read-only or full state/): a job claimed now would
+            // only go back. Wait, longer each time, until a state write passes again.
+            let wait = {
+                let mut backoff = self
+                    .inner
+                    .writes_backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *backoff = if self.inner.problem(WRITES).is_some() {
+                    (*backoff * 2).clamp(Duration::from_millis(100), PROBLEM_BACKOFF_MAX)
+                } else {
+                    Duration::ZERO
+                };
+                *backoff
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             match self.try_claim() {
                 Ok(claimed) => {
-                    self.note(&Ok(()));
+                    self.inner.note(CLAIMS, &Ok(()));
                     failing = Duration::from_millis(100);
                     if let Some(d) = claimed {
                         return d;
@@ -615,7 +721,7 @@ impl JobQueue for DirQueue {
                     idle = (idle * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => {
-                    self.note(&Err(e));
+                    self.inner.note(CLAIMS, &Err(e));
                     tokio::time::sleep(failing).await;
                     failing = (failing * 2).min(PROBLEM_BACKOFF_MAX);
                 }
@@ -623,13 +729,18 @@ impl JobQueue for DirQueue {
         }
     }
 
+    fn has_orphans(&self) -> bool {
+        DirQueue::has_orphans(self)
+    }
+
+    fn recover(&self) -> Vec<String> {
+        DirQueue::recover(self)
+    }
+
     fn problem(&self) -> Option<String> {
         self.inner
-            .problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(text, _)| text.clone())
+            .problem(CLAIMS)
+            .or_else(|| self.inner.problem(WRITES))
     }
 
     fn is_idle(&self) -> bool {
@@ -667,10 +778,21 @@ fn unreadable_reason(e: &std::io::Error) -> String {
 }
 
 impl DirDelivery {
-    /// The job's state file, opened (not following a link) once.
+    /// The job's state file, opened (not following a link) once; `state/` is made again if
+    /// it went away. A failure is the queue's problem, not the job's ([`Inner::note`]).
     fn state_file(&mut self, job_id: u64) -> std::io::Result<&mut File> {
         if self.state.is_none() {
-            self.state = Some(open_state(&self.queue.root, job_id)?);
+            let root = &self.queue.root;
+            let opened = match open_state(root, job_id) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
+                    .queue
+                    .remake_dirs()
+                    .and_then(|()| open_state(root, job_id)),
+                other => other,
+            };
+            self.queue
+                .note(WRITES, &opened.as_ref().map(drop).map_err(copy_error));
+            self.state = Some(opened?);
         }
         self.state
             .as_mut()
@@ -723,7 +845,11 @@ impl Delivery for DirDelivery {
     async fn update(&mut self, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
         let line = state_line(update, &self.run)?;
         // One write: lines of concurrent writers never interleave (O_APPEND).
-        self.state_file(job_id)?.write_all(&line)
+        let written = self.state_file(job_id)?.write_all(&line);
+        // A state that cannot be written (a full disk) is the queue's problem too.
+        self.queue
+            .note(WRITES, &written.as_ref().map(drop).map_err(copy_error));
+        written
     }
 
     async fn open_log(&mut self, job_id: u64) -> std::io::Result<crate::output::BlockingFile> {
@@ -754,10 +880,19 @@ impl Delivery for DirDelivery {
             }
             _ => {}
         }
-        open_nofollow(
-            &path,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )
+        let open = || {
+            open_nofollow(
+                &path,
+                OpenOptions::new().write(true).create(true).truncate(true),
+            )
+        };
+        match open() {
+            // log/ went away: made again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.queue.remake_dirs().and_then(|()| open())
+            }
+            other => other,
+        }
         .map(crate::output::BlockingFile::new)
     }
 
@@ -771,8 +906,14 @@ impl Delivery for DirDelivery {
         let due = std::time::SystemTime::now() + requeue_backoff(count);
         match write_atomic_at(&new, &self.name, &document, Some(due)) {
             Ok(()) => std::fs::remove_file(&self.path),
-            // No room for the new document (a full disk): the file goes back as it was.
-            Err(_) => std::fs::rename(&self.path, new.join(&self.name)),
+            // No room for the new document (a full disk): the file goes back as it was, due
+            // after the backoff all the same (a time is set without room for data).
+            Err(_) => {
+                if let Ok(f) = open_nofollow(&self.path, OpenOptions::new().write(true)) {
+                    let _ = f.set_modified(due);
+                }
+                std::fs::rename(&self.path, new.join(&self.name))
+            }
         }
     }
 

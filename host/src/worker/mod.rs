@@ -137,6 +137,8 @@ struct Shared {
     job_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Why the queue cannot be used now, if it cannot ([`JobQueue::problem`]).
     queue_problem: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    /// One fence at a time.
+    fencing: tokio::sync::Mutex<()>,
 }
 
 /// The largest pool, on every path that sets it (flags, signals, HTTP).
@@ -326,6 +328,10 @@ impl Control {
     }
 }
 
+/// How often a running worker looks for jobs of dead workers on its machine to put back
+/// (after fencing): a worker that died while this one runs leaves no job stranded.
+pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
+
 /// What [`fence`] found.
 #[derive(Debug, Default)]
 pub struct Fenced {
@@ -411,6 +417,7 @@ impl<Q: JobQueue> Worker<Q> {
             metrics: metrics::Metrics::default(),
             job_locks: Mutex::new(HashMap::new()),
             queue_problem: Box::new(move || for_problem.problem()),
+            fencing: tokio::sync::Mutex::new(()),
         });
         Self {
             queue,
@@ -435,6 +442,21 @@ impl<Q: JobQueue> Worker<Q> {
             observer: Arc::clone(&self.observer),
         });
         let mut jobs = tokio::task::JoinSet::new();
+        let recovering = {
+            let queue = Arc::clone(&self.queue);
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RECOVER_EVERY).await;
+                    if queue.has_orphans() {
+                        ctx.fence("a worker on this machine is gone").await;
+                        for line in queue.recover() {
+                            ctx.warn(format!("requeued {line}"));
+                        }
+                    }
+                }
+            })
+        };
         loop {
             // Registered before the checks, so that no change between them is missed.
             let changed = self.shared.changed.notified();
@@ -455,23 +477,31 @@ impl<Q: JobQueue> Worker<Q> {
                 },
                 () = &mut changed => continue,
             };
-            let idle_check = async {
-                if self.settings.exit_when_idle {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                } else {
-                    std::future::pending().await
-                }
-            };
-            let delivery = tokio::select! {
-                d = self.queue.next() => d,
-                () = &mut changed => continue,
-                () = idle_check => {
-                    if jobs.is_empty() && self.queue.is_idle() {
-                        self.control().drain();
+            // One `next` across the idle checks: dropping it at each check would start its
+            // waits (a queue's backoff) anew each time, and it might never claim.
+            let next = self.queue.next();
+            tokio::pin!(next);
+            let delivery = loop {
+                let idle_check = async {
+                    if self.settings.exit_when_idle {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    } else {
+                        std::future::pending().await
                     }
-                    continue;
+                };
+                tokio::select! {
+                    d = &mut next => break Some(d),
+                    () = &mut changed => break None,
+                    () = idle_check => {
+                        while jobs.try_join_next().is_some() {}
+                        if jobs.is_empty() && self.queue.is_idle() {
+                            self.control().drain();
+                            break None;
+                        }
+                    }
                 }
             };
+            let Some(delivery) = delivery else { continue };
             let ctx = Arc::clone(&ctx);
             // Boxed: the task then holds a pointer, not the job's whole state, which tokio
             // would copy as the task's stage changes.
@@ -482,6 +512,7 @@ impl<Q: JobQueue> Worker<Q> {
             });
         }
         while jobs.join_next().await.is_some() {}
+        recovering.abort();
     }
 }
 
@@ -568,6 +599,22 @@ impl Drop for JobTurn {
     }
 }
 
+/// How a job ends whose queue failed it (its state or its lock could not be written):
+/// a failure of the whole queue (read-only, full, no permission) puts it back as it was,
+/// not counted, until the queue can be used again; one of this job's alone (a link or a
+/// FIFO where its state file should be) is a requeue like any other, so it ends.
+fn queue_failed(reason: String, e: &std::io::Error) -> End {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ReadOnlyFilesystem
+        | K::StorageFull
+        | K::QuotaExceeded
+        | K::PermissionDenied
+        | K::NotFound => End::PutBack(reason),
+        _ => End::Requeue(reason),
+    }
+}
+
 /// How a job cancelled before its run began ends.
 fn cancelled_before_start(reason: CancelReason) -> End {
     match reason {
@@ -581,7 +628,11 @@ fn cancelled_before_start(reason: CancelReason) -> End {
 /// How a job ends.
 enum End {
     Final(StateUpdate),
+    /// Back on the queue, the requeue counted (the run broke).
     Requeue(String),
+    /// Back on the queue as it was, not counted: the queue failed, not the job (its state
+    /// could not be recorded).
+    PutBack(String),
 }
 
 /// Forwards job events to the task that records them.
@@ -610,6 +661,18 @@ fn limit_text(kind: TimeoutKind, limit: Limit) -> String {
 impl Ctx {
     fn warn(&self, text: String) {
         self.observer.event(&WorkerEvent::Warning(text));
+    }
+
+    /// Fences (see [`fence`]) because `why`, one fence at a time, saying what it removed.
+    async fn fence(&self, why: &str) {
+        let _one = self.shared.fencing.lock().await;
+        let fenced = fence(&self.provider).await;
+        for line in fenced.removed {
+            self.warn(format!("{why}: reaped what it left: {line}"));
+        }
+        if let Some(problem) = fenced.problem {
+            self.warn(format!("{why}, and fencing failed: {problem}"));
+        }
     }
 
     async fn process<D: Delivery>(&self, mut d: D) {
@@ -679,13 +742,18 @@ impl Ctx {
         *turn = tokio::select! {
             t = self.turn(d, id) => match t {
                 Ok(t) => Some(t),
-                Err(reason) => return End::Requeue(reason),
+                Err(e) => return queue_failed(format!("cannot take the job for this run: {e}"), &e),
             },
             Some(reason) = cancel.recv() => return cancelled_before_start(reason),
         };
 
+        // A redelivery may be of a job whose worker on this machine died while running it:
+        // what that run started goes before this one begins.
+        if d.redelivered() {
+            self.fence(&format!("job {id} was delivered again")).await;
+        }
         if let Err(e) = d.update(id, &StateUpdate::now(JobState::Received)).await {
-            return End::Requeue(format!("cannot record the job's state: {e}"));
+            return queue_failed(format!("cannot record the job's state: {e}"), &e);
         }
         let script = match (&payload.script, &self.settings.build_api) {
             (Some(s), _) => s.clone().into_bytes(),
@@ -802,7 +870,7 @@ impl Ctx {
     /// Waits for job `id`'s turn: no other run of it in this worker, and the queue's
     /// exclusive hold on it (another worker's run of the same id ends first). The guard
     /// keeps the in-worker turn; the queue's hold lives with the delivery.
-    async fn turn<D: Delivery>(&self, d: &mut D, id: u64) -> Result<JobTurn, String> {
+    async fn turn<D: Delivery>(&self, d: &mut D, id: u64) -> std::io::Result<JobTurn> {
         let lock = Arc::clone(
             self.shared
                 .job_locks
@@ -831,7 +899,7 @@ impl Ctx {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(format!("cannot take the job for this run: {e}")),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -901,6 +969,10 @@ impl Ctx {
             End::Requeue(reason) => (
                 StateUpdate::now(JobState::Requeued).because(reason),
                 payload.map(Payload::requeued_document),
+            ),
+            End::PutBack(reason) => (
+                StateUpdate::now(JobState::Requeued).because(reason),
+                Some(d.payload().to_vec()),
             ),
         };
         if let Err(e) = d.update(id, &update).await {

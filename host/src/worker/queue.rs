@@ -106,6 +106,20 @@ pub trait JobQueue: Send + Sync + 'static {
     /// [`crate::worker::WorkerSettings::exit_when_idle`]).
     fn is_idle(&self) -> bool;
 
+    /// Whether jobs of workers on this machine that are gone wait to be put back (a
+    /// directory queue's claims of a dead worker). Looked at every
+    /// [`crate::worker::RECOVER_EVERY`] by a running worker, which then fences and calls
+    /// [`JobQueue::recover`].
+    fn has_orphans(&self) -> bool {
+        false
+    }
+
+    /// Puts the jobs of workers on this machine that are gone back on the queue; a line per
+    /// job. Called only after fencing.
+    fn recover(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Why the queue cannot be used now (a vanished or read-only directory, no descriptors
     /// left), if it cannot: the worker is then not ready (`/ready` answers 503).
     fn problem(&self) -> Option<String> {

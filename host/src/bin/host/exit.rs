@@ -136,14 +136,79 @@ pub fn print_out(text: &str) -> Result<(), CliError> {
     }
 }
 
-/// Writes one line to stderr, and never panics: a stderr whose reader went away (a log
-/// shipper that restarted, `2>&1 | head -1`) or that fails loses the line, nothing else.
-/// `eprintln!` panics then, which in the signal task of a worker left every later signal
-/// unanswered.
+/// Writes one line to stderr, and never panics nor blocks for long: a stderr whose reader
+/// went away (a log shipper that restarted, `2>&1 | head -1`) or that fails loses the line,
+/// and one that stays full (a pipe nobody reads) loses it after [`STDERR_PATIENCE`].
+/// `eprintln!` panics on the first and blocks for ever on the second, which in the signal
+/// task of a worker left every later signal unanswered.
 pub fn say_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
     let line = format!("{args}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let _ = StderrNoWait.write_bounded(line.as_bytes());
+}
+
+/// How long a line waits for a full stderr before it is dropped.
+pub const STDERR_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Stderr, written with a wait for room that is bounded ([`STDERR_PATIENCE`] per write) and
+/// without Rust's stderr lock (which a writer blocked on a full pipe would hold): the
+/// writer of every line of the `host` binary, the log's included. Lines are written in
+/// pieces of at most `PIPE_BUF` bytes, each after `poll` said there is room, so a write
+/// never blocks; a pipe's writes of that size are never interleaved with another's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StderrNoWait;
+
+impl StderrNoWait {
+    /// Writes all of `bytes`, or fails once stderr has had no room for [`STDERR_PATIENCE`].
+    pub fn write_bounded(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let mut fd = libc::pollfd {
+                fd: 2,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let patience = STDERR_PATIENCE.as_millis() as libc::c_int;
+            // SAFETY: poll on one pollfd that lives across the call.
+            let ready = unsafe { libc::poll(&mut fd, 1, patience) };
+            if ready < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if ready == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "stderr stayed full",
+                ));
+            }
+            let piece = &bytes[..bytes.len().min(libc::PIPE_BUF)];
+            // SAFETY: write from a live slice of `piece.len()` bytes.
+            let n = unsafe { libc::write(2, piece.as_ptr().cast(), piece.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) {
+                    continue;
+                }
+                return Err(e);
+            }
+            bytes = &bytes[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for StderrNoWait {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_bounded(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `eprintln!` that cannot panic: see [`say_line`].

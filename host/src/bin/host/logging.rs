@@ -18,7 +18,8 @@ pub fn init(verbose: u8, quiet: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Never blocks for long on a full stderr, nor holds Rust's stderr lock meanwhile.
+        .with_writer(|| crate::exit::StderrNoWait)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host::job::JobOptions;
-use host::text::fmt_duration;
+use host::text::{escape_controls, fmt_duration};
 use host::worker::amqp::{masked_url, AmqpQueue, AmqpSettings};
 use host::worker::build_api::BuildApi;
 use host::worker::dir::DirQueue;
@@ -243,7 +243,6 @@ impl Lines {
         let spawned = std::thread::Builder::new()
             .name("host-lines".into())
             .spawn(move || {
-                use std::io::Write as _;
                 let mut reported = 0;
                 let mut text = String::new();
                 // One write for every line waiting: a busy worker's lines cost a wake-up and
@@ -253,6 +252,7 @@ impl Lines {
                 while let Ok(first) = rx.recv() {
                     std::thread::sleep(LINGER);
                     text.clear();
+                    let before = reported;
                     let lost = seen.load(std::sync::atomic::Ordering::Relaxed);
                     if lost > reported {
                         text.push_str(&format!(
@@ -263,12 +263,22 @@ impl Lines {
                     }
                     text.push_str(&first);
                     text.push('\n');
+                    let mut lines = 1;
                     while text.len() < 64 * 1024 {
                         let Ok(line) = rx.try_recv() else { break };
                         text.push_str(&line);
                         text.push('\n');
+                        lines += 1;
                     }
-                    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+                    // A stderr that stays full costs this batch, not the worker (a
+                    // blocking write here would hold every line behind it, signals' too).
+                    if crate::exit::StderrNoWait
+                        .write_bounded(text.as_bytes())
+                        .is_err()
+                    {
+                        seen.fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+                        reported = before; // the count, if it was in the batch, is said later
+                    }
                 }
             });
         let printer = match spawned {
@@ -333,9 +343,11 @@ impl WorkerObserver for Lines {
                 let code = exit_code
                     .map(|c| format!(" (exit code {c})"))
                     .unwrap_or_default();
+                // Reasons may hold what a queue entry's name or a service's answer said:
+                // control characters are shown escaped, never sent to a terminal.
                 let why = reason
                     .as_deref()
-                    .map(|r| format!(": {r}"))
+                    .map(|r| format!(": {}", escape_controls(r)))
                     .unwrap_or_default();
                 self.emit(format!(
                     "host: job {job_id} {}{code} after {}{why}",
@@ -343,10 +355,13 @@ impl WorkerObserver for Lines {
                     fmt_duration(*duration)
                 ))
             }
-            WorkerEvent::Rejected { reason } => {
-                self.emit(format!("host: rejected a queue entry: {reason}"))
+            WorkerEvent::Rejected { reason } => self.emit(format!(
+                "host: rejected a queue entry: {}",
+                escape_controls(reason)
+            )),
+            WorkerEvent::Warning(text) => {
+                self.emit(format!("host: warning: {}", escape_controls(text)))
             }
-            WorkerEvent::Warning(text) => self.emit(format!("host: warning: {text}")),
         }
     }
 }
