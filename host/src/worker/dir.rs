@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
+use super::queue::{Delivery, JobQueue, JobState, StateUpdate, Turn};
 
 /// The largest job file read; a larger one is rejected.
 pub const MAX_JOB_BYTES: u64 = 16 << 20;
@@ -823,16 +823,16 @@ impl Delivery for DirDelivery {
         }
     }
 
-    fn try_exclusive(&mut self, job_id: u64) -> std::io::Result<bool> {
+    fn try_exclusive(&mut self, job_id: u64) -> std::io::Result<Turn> {
         use std::os::fd::AsRawFd as _;
         let fd = self.state_file(job_id)?.as_raw_fd();
         // SAFETY: flock on a descriptor this delivery owns; the lock goes with it.
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
+            return Ok(Turn::Mine);
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(false)
+            Ok(Turn::Wait)
         } else {
             Err(e)
         }

@@ -21,6 +21,7 @@ pub mod amqp;
 pub mod build_api;
 pub mod dir;
 pub mod http;
+pub mod machine;
 pub mod metrics;
 pub mod payload;
 pub mod queue;
@@ -40,7 +41,7 @@ use crate::job::{
 use crate::text::fmt_duration;
 use build_api::{BuildApi, ScriptError};
 use payload::{Payload, PayloadError};
-pub use queue::{Delivery, JobQueue, JobState, StateUpdate};
+pub use queue::{Delivery, JobQueue, JobState, StateUpdate, Turn};
 
 /// How a worker runs jobs.
 #[derive(Clone, Debug)]
@@ -633,6 +634,9 @@ enum End {
     /// Back on the queue as it was, not counted: the queue failed, not the job (its state
     /// could not be recorded).
     PutBack(String),
+    /// Already run to its end by another worker on this machine ([`Turn::Done`]): taken
+    /// off the queue with no state of its own.
+    Answered,
 }
 
 /// Forwards job events to the task that records them.
@@ -741,7 +745,8 @@ impl Ctx {
         // the queue.
         *turn = tokio::select! {
             t = self.turn(d, id) => match t {
-                Ok(t) => Some(t),
+                Ok(Some(t)) => Some(t),
+                Ok(None) => return End::Answered,
                 Err(e) => return queue_failed(format!("cannot take the job for this run: {e}"), &e),
             },
             Some(reason) = cancel.recv() => return cancelled_before_start(reason),
@@ -870,7 +875,7 @@ impl Ctx {
     /// Waits for job `id`'s turn: no other run of it in this worker, and the queue's
     /// exclusive hold on it (another worker's run of the same id ends first). The guard
     /// keeps the in-worker turn; the queue's hold lives with the delivery.
-    async fn turn<D: Delivery>(&self, d: &mut D, id: u64) -> std::io::Result<JobTurn> {
+    async fn turn<D: Delivery>(&self, d: &mut D, id: u64) -> std::io::Result<Option<JobTurn>> {
         let lock = Arc::clone(
             self.shared
                 .job_locks
@@ -889,8 +894,9 @@ impl Ctx {
         let mut said = false;
         loop {
             match d.try_exclusive(id) {
-                Ok(true) => return Ok(turn),
-                Ok(false) => {
+                Ok(Turn::Mine) => return Ok(Some(turn)),
+                Ok(Turn::Done) => return Ok(None),
+                Ok(Turn::Wait) => {
                     if !said {
                         said = true;
                         self.warn(format!(
@@ -965,6 +971,15 @@ impl Ctx {
             (end, _) => end,
         };
         let (update, requeue) = match end {
+            End::Answered => {
+                self.warn(format!(
+                    "job {id}: delivered again after another worker on this machine ran it to its end; taken off the queue, not run again"
+                ));
+                if let Err(e) = d.finish().await {
+                    self.warn(format!("job {id}: cannot move it on the queue: {e}"));
+                }
+                return;
+            }
             End::Final(u) => (u, None),
             End::Requeue(reason) => (
                 StateUpdate::now(JobState::Requeued).because(reason),

@@ -93,6 +93,18 @@ impl StateUpdate {
     }
 }
 
+/// Whose turn it is at a job id ([`Delivery::try_exclusive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// This run's.
+    Mine,
+    /// Another run's, of another worker on this machine: wait and try again.
+    Wait,
+    /// This very message was run to a final state by another worker on this machine (a
+    /// redelivery after that worker lost its connection): it is answered without running.
+    Done,
+}
+
 /// A job queue a worker takes jobs from.
 pub trait JobQueue: Send + Sync + 'static {
     /// A claimed job.
@@ -141,11 +153,11 @@ pub trait Delivery: Send + 'static {
         false
     }
 
-    /// Takes job `job_id` for this run alone among the workers sharing the queue: false
-    /// while another run of the same id holds it (the worker waits, then tries again). Held
-    /// until the delivery ends. Within one worker, runs of one id are serialised anyway.
-    fn try_exclusive(&mut self, _job_id: u64) -> std::io::Result<bool> {
-        Ok(true)
+    /// Takes job `job_id` for this run alone among the workers sharing the queue on this
+    /// machine ([`Turn`]). Held until the delivery ends. Within one worker, runs of one id
+    /// are serialised anyway.
+    fn try_exclusive(&mut self, _job_id: u64) -> std::io::Result<Turn> {
+        Ok(Turn::Mine)
     }
 
     /// What to say of this entry when it is rejected because its payload does not parse

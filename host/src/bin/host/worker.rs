@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     http_allow_unauthenticated: bool,
 
+    /// Where the workers of this machine keep their job locks (RabbitMQ: two workers here
+    /// never run one job at once); every worker of the machine must use the same one
+    #[arg(long, value_name = "DIR", env = "HOST_LOCK_DIR", default_value_os_t = host::worker::machine::default_dir())]
+    lock_dir: PathBuf,
+
     /// A directory queue's new/ may be writable by its group (the users who submit jobs);
     /// everything else in the queue stays the worker's alone
     #[arg(long)]
@@ -461,6 +466,11 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     state_queue: args.amqp.state_queue.clone(),
                     log_queue: args.amqp.log_queue.clone(),
                     infra: alias.clone(),
+                    machine_locks: Some(
+                        host::worker::machine::MachineLocks::open(&args.lock_dir).map_err(
+                            |e| CliError::Io(format!("cannot use the lock directory: {e}")),
+                        )?,
+                    ),
                 };
                 let place = format!("{} queue {}", masked_url(&url), amqp.queue_name);
                 let (queue, cancels) = AmqpQueue::open(amqp)

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::queue::{Delivery, JobQueue, JobState, StateUpdate};
+use super::queue::{Delivery, JobQueue, JobState, StateUpdate, Turn};
 
 mod outbox;
 use outbox::Outbox;
@@ -93,6 +93,10 @@ pub struct AmqpSettings {
     /// What the first log part's `meta.infra` says (the original's `infra` setting; the
     /// worker gives its backend's alias).
     pub infra: String,
+    /// The job locks of this machine's workers: with them, two workers on this machine
+    /// never run one job at once, and a redelivery of a message another worker here ran to
+    /// its end is answered without running it. `None`: within this worker only.
+    pub machine_locks: Option<super::machine::MachineLocks>,
 }
 
 /// `url` with its password, if any, replaced by `***`, for printing.
@@ -323,6 +327,8 @@ struct Shared {
     seen: Mutex<Seen>,
     /// Messages waiting in the jobs queue at the last look (for `--exit-when-idle`).
     waiting: std::sync::atomic::AtomicU64,
+    /// What names this queue's jobs among the machine's locks (the broker and the queue).
+    lock_prefix: String,
 }
 
 /// What identifies a message: its job id and the digest of its body.
@@ -340,6 +346,18 @@ impl MessageKey {
             digest: sha2::Sha256::digest(body).into(),
         }
     }
+}
+
+/// The machine lock key's prefix of a queue: a digest of the broker (without the password)
+/// and the queue's name, as a file name.
+fn lock_prefix(s: &AmqpSettings) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{}\n{}", masked_url(&s.url), s.queue_name));
+    hex(&digest[..8])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How many finished messages are remembered for answering their redeliveries.
@@ -503,6 +521,7 @@ impl AmqpQueue {
                 jobs_channel: Mutex::new(None),
                 seen: Mutex::new(Seen::default()),
                 waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
+                lock_prefix: lock_prefix(&settings),
             }),
             _alive: Arc::new(alive_tx),
         };
@@ -781,6 +800,7 @@ impl JobQueue for AmqpQueue {
                 }
             }
             return AmqpDelivery {
+                machine_lock: None,
                 key,
                 queue: self.clone(),
                 redelivered: d.redelivered,
@@ -899,6 +919,8 @@ struct Times {
 /// A job delivered by the broker.
 pub struct AmqpDelivery {
     queue: AmqpQueue,
+    /// This job's lock among the machine's workers, once taken.
+    machine_lock: Option<super::machine::MachineLock>,
     /// The message, when it is a job (see [`Seen`]).
     key: Option<MessageKey>,
     redelivered: bool,
@@ -981,6 +1003,28 @@ impl Delivery for AmqpDelivery {
         self.redelivered
     }
 
+    fn try_exclusive(&mut self, job_id: u64) -> std::io::Result<Turn> {
+        use super::machine::Lock;
+        let Some(locks) = &self.queue.shared.settings.machine_locks else {
+            return Ok(Turn::Mine);
+        };
+        if self.machine_lock.is_some() {
+            return Ok(Turn::Mine);
+        }
+        let key = format!("{}-{job_id}", self.queue.shared.lock_prefix);
+        match locks.try_lock(&key)? {
+            Lock::Busy => Ok(Turn::Wait),
+            Lock::Held(lock) => {
+                let done = self.redelivered
+                    && self
+                        .key
+                        .is_some_and(|k| lock.finished(&hex(&k.digest)));
+                self.machine_lock = Some(lock);
+                Ok(if done { Turn::Done } else { Turn::Mine })
+            }
+        }
+    }
+
     async fn update(&mut self, job_id: u64, update: &StateUpdate) -> std::io::Result<()> {
         if update.state.is_final() {
             // Every log part goes before the final state.
@@ -1043,6 +1087,13 @@ impl Delivery for AmqpDelivery {
     async fn finish(mut self) -> std::io::Result<()> {
         self.log_done().await;
         self.outbox.flush().await;
+        // Before the ack and before the lock goes: a redelivery of this message to another
+        // worker here is then answered without running it.
+        if let (Some(lock), Some(key)) = (&self.machine_lock, self.key) {
+            if let Err(e) = lock.record_finished(&hex(&key.digest)) {
+                tracing::warn!("job {:?}: cannot record that it finished: {e}", self.job_id);
+            }
+        }
         self.ack_all(true).await;
         Ok(())
     }
