@@ -467,9 +467,9 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     log_queue: args.amqp.log_queue.clone(),
                     infra: alias.clone(),
                     machine_locks: Some(
-                        host::worker::machine::MachineLocks::open(&args.lock_dir).map_err(
-                            |e| CliError::Io(format!("cannot use the lock directory: {e}")),
-                        )?,
+                        host::worker::machine::MachineLocks::open(&args.lock_dir).map_err(|e| {
+                            CliError::Io(format!("cannot use the lock directory: {e}"))
+                        })?,
                     ),
                 };
                 let place = format!("{} queue {}", masked_url(&url), amqp.queue_name);

@@ -1015,10 +1015,8 @@ impl Delivery for AmqpDelivery {
         match locks.try_lock(&key)? {
             Lock::Busy => Ok(Turn::Wait),
             Lock::Held(lock) => {
-                let done = self.redelivered
-                    && self
-                        .key
-                        .is_some_and(|k| lock.finished(&hex(&k.digest)));
+                let done =
+                    self.redelivered && self.key.is_some_and(|k| lock.finished(&hex(&k.digest)));
                 self.machine_lock = Some(lock);
                 Ok(if done { Turn::Done } else { Turn::Mine })
             }
