@@ -24,12 +24,18 @@ Queue: --queue file:///DIR (or HOST_QUEUE_URL) is a directory queue: DIR/new/*.j
 a worker claims one by renaming it into DIR/claimed/<worker-id>/, writes DIR/log/<id>.log and
 DIR/state/<id>.jsonl, and moves it to DIR/done/ (or back to DIR/new/ when requeued; files
 that are not jobs go to DIR/rejected/ with a .reason). Any number of workers may share DIR;
-at start-up a worker requeues the claims of workers that are gone.
+a worker requeues the claims of workers of this machine that are gone (at start-up, then
+every 10 s), after it stops what they left running (fencing). DIR and its parents must be
+writable by no one but the worker's user (new/ by its group with --queue-shared-new).
 
 Signals: SIGINT drains (takes nothing new, lets running jobs finish, exits 0; a second one
 cancels and requeues them); SIGTERM, SIGHUP and SIGQUIT cancel running jobs, requeue them and
-exit after cleanup (another one abandons stops still in progress); SIGUSR2 pauses or resumes
-intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.";
+exit after cleanup (another one abandons stops still in progress, and names what may be
+left); SIGUSR2 pauses or resumes intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.
+
+HTTP: --http ADDR serves /healthz, /ready, /worker (GET, PATCH, DELETE), /pool/* and
+/metrics; --http-auth USER:PASS guards all but /healthz, /ready and /metrics. See the README's
+\"Security\" section.";
 
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
