@@ -131,19 +131,16 @@ impl Inner {
     }
 }
 
-/// A process's state letter and start time in clock ticks since boot (`/proc/PID/stat`,
-/// fields 3 and 22; the command name before them is in parentheses and may hold anything).
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// A process's start time in clock ticks since boot.
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`, field 22; the
+/// command name before it is in parentheses and may hold anything).
 fn start_time(pid: u32) -> Option<u64> {
-    proc_stat(pid).map(|(_, start)| start)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn hostname() -> String {
@@ -170,8 +167,9 @@ fn worker_alive(id: &str) -> Option<bool> {
     let (pid, start) = proc_part.split_once('.')?;
     let pid: u32 = pid.parse().ok()?;
     let start: u64 = start.parse().ok()?;
-    // A zombie (killed, not yet waited for by its parent) runs no more.
-    Some(matches!(proc_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X'))
+    // A zombie (killed, not yet waited for by its parent) or a process being torn down
+    // runs no more.
+    Some(start_time(pid) == Some(start) && plugin_api::sdk::instances::process_alive(pid))
 }
 
 fn is_job_file(name: &std::ffi::OsStr) -> bool {

@@ -27,15 +27,15 @@ pub fn host_pid_of(name: &str, prefix: &str) -> Option<u32> {
         .ok()
 }
 
-/// Whether process `pid` runs (exists and is not a zombie). On systems without `/proc`, a
-/// process is taken to run when it exists.
+/// Whether process `pid` runs: it exists, is not a zombie, and is not exiting. A process
+/// killed with SIGKILL is still listed, as running, for a moment while the kernel tears it
+/// down (its `PF_EXITING` flag set), and on a busy machine its sockets are closed before
+/// that ends: whoever sees a peer go away (a broker that redelivers its jobs) and asks
+/// here must hear "gone". On systems without `/proc`, a process is taken to run when it
+/// exists.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold any byte.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat_alive(&stat),
         Err(_) if std::path::Path::new("/proc/self").exists() => false,
         Err(_) => std::process::Command::new("kill")
             .args(["-0", &pid.to_string()])
@@ -45,9 +45,34 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The kernel's "getting shut down" process flag (`PF_EXITING`, field 9 of `stat`).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether a `/proc/PID/stat` line is of a process that runs (see [`process_alive`]).
+fn stat_alive(stat: &str) -> bool {
+    // The fields follow the command name, which is in parentheses and may hold any byte.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return true;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("");
+    // state, ppid, pgrp, session, tty_nr, tpgid, flags: the flags are the 7th after ')'.
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    !state.starts_with('Z') && !state.starts_with('X') && flags & PF_EXITING == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_or_an_exiting_process_is_not_alive() {
+        let running = "123 (host (x) y) S 1 123 123 0 -1 4194560 100 0 0 0";
+        assert!(stat_alive(running));
+        assert!(!stat_alive("123 (h) Z 1 123 123 0 -1 4194560 100"));
+        // Killed, being torn down: still R, PF_EXITING set.
+        assert!(!stat_alive("123 (h) R 1 123 123 0 -1 4194564 100"));
+    }
 
     #[test]
     fn a_name_carries_its_host_pid_and_names_differ() {
