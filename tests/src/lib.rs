@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+pub mod worker;
+
 /// Paths of the built artifacts.
 #[derive(Debug)]
 pub struct Artifacts {

@@ -2797,7 +2797,7 @@ impl Harness {
                 // before the queue heard of it (the ack, the move to done/) leaves the job to
                 // run again. Several final states are fine when all runs but one were on
                 // workers that died; never at once (invariant 2 checks that).
-                n if finals.iter().filter(|(_, _, run)| !self.died(run)).count() <= 1
+                _ if finals.iter().filter(|(_, _, run)| !self.died(run)).count() <= 1
                     || self.redelivery_cause(id, seen.span.get(&id)) =>
                 {
                     again += 1;

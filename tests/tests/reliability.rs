@@ -5,13 +5,17 @@
 //! it prints tells the truth.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blackbox::worker::{
+    exit_within, hostname, http, is_root, job, poll, put_in, run_within, spawn_lines, tail,
+    worker_up, Lines, Mounts, Queue, FINAL,
+};
 use blackbox::{amqp_url, artifacts, host, plugin_dir, signal, workspace, Guard};
 use futures_util::StreamExt as _;
 use lapin::options::{
@@ -23,164 +27,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
-// Support
+// Support (the directory queue, a worker's stderr, bounded waits: `blackbox::worker`)
 // ---------------------------------------------------------------------------------------
-
-/// The states that end a job.
-const FINAL: [&str; 4] = ["passed", "failed", "errored", "cancelled"];
-
-/// The subdirectories of a directory queue.
-const DIRS: [&str; 6] = ["new", "claimed", "log", "state", "done", "rejected"];
-
-/// Polls `f` every 25 ms for at most `secs`; whether it held.
-fn poll(secs: f64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// The exit status of `child` if it exits within `secs`.
-fn exit_within(child: &mut Guard, secs: f64) -> Option<ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The last `n` lines of `text`, for assertion messages.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The lines a child writes to a pipe, read by a thread of their own (a test must never be
-/// what blocks the child's stderr). Keeps the first 20,000 lines and counts them all.
-#[derive(Clone)]
-struct Lines {
-    kept: Arc<Mutex<Vec<String>>>,
-    count: Arc<AtomicUsize>,
-    eof: Arc<AtomicBool>,
-}
-
-impl Lines {
-    fn new(pipe: impl Read + Send + 'static) -> Self {
-        let lines = Self {
-            kept: Arc::default(),
-            count: Arc::default(),
-            eof: Arc::default(),
-        };
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).split(b'\n') {
-                let Ok(line) = line else { break };
-                l.count.fetch_add(1, Ordering::SeqCst);
-                let mut kept = l.kept.lock().unwrap();
-                if kept.len() < 20_000 {
-                    kept.push(String::from_utf8_lossy(&line).into_owned());
-                }
-            }
-            l.eof.store(true, Ordering::SeqCst);
-        });
-        lines
-    }
-
-    fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.kept.lock().unwrap().clone()
-    }
-
-    fn text(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    /// The first line for which `f` holds, waiting up to `secs` for it.
-    fn wait_for(&self, secs: f64, f: impl Fn(&str) -> bool) -> Option<String> {
-        let mut found = None;
-        poll(secs, || {
-            found = self.lines().into_iter().find(|l| f(l));
-            found.is_some()
-        });
-        found
-    }
-
-    /// Everything, once the pipe is closed (waiting up to `secs` for that).
-    fn finish(&self, secs: f64) -> String {
-        poll(secs, || self.eof.load(Ordering::SeqCst));
-        self.text()
-    }
-}
-
-/// Spawns `cmd` with stdout to /dev/null and stderr collected.
-fn spawn_lines(mut cmd: Command) -> (Guard, Lines) {
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut g = Guard(cmd.spawn().expect("spawn host"));
-    let lines = Lines::new(g.0.stderr.take().expect("piped stderr"));
-    (g, lines)
-}
-
-/// Runs `cmd` for at most `secs` (killed then): its exit code (`None` when it did not exit
-/// in time or was killed by a signal), whether it exited in time, and its stderr.
-fn run_within(cmd: Command, secs: f64) -> (Option<i32>, bool, String) {
-    let (mut g, lines) = spawn_lines(cmd);
-    let status = exit_within(&mut g, secs);
-    drop(g);
-    let text = lines.finish(2.0);
-    (status.and_then(|s| s.code()), status.is_some(), text)
-}
-
-/// Waits (up to 30 s) for the line that says where a worker serves HTTP; returns the URL.
-fn http_url(lines: &Lines) -> String {
-    let prefix = "host: worker HTTP endpoints on ";
-    let line = lines
-        .wait_for(30.0, |l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("the worker never served HTTP:\n{}", lines.text()));
-    line[prefix.len()..].trim().to_owned()
-}
-
-/// Waits (up to 30 s) for the line a worker prints once its signal handlers are in place.
-fn worker_up(lines: &Lines) {
-    lines
-        .wait_for(30.0, |l| l.contains("job(s) at once"))
-        .unwrap_or_else(|| panic!("the worker never started:\n{}", lines.text()));
-}
-
-/// A request with curl, bounded to 2 s: (status, body); status 0 when nothing answered.
-fn http(method: &str, url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "2",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-            url,
-        ])
-        .output()
-        .expect("curl (these tests use it for the worker's HTTP endpoints)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
 
 /// A marker no other process has, for `exec -a MARKER` in a job's script.
 fn unique_marker(what: &str) -> String {
@@ -222,153 +70,6 @@ impl Drop for Sweep {
                 .status();
         }
     }
-}
-
-/// This machine's host name, as the worker puts it in worker ids.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A directory queue, a plugin directory with fake and local, and a SCRIPTS_DIR for local.
-struct Queue {
-    dir: tempfile::TempDir,
-    plugins: tempfile::TempDir,
-    scripts: tempfile::TempDir,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            plugins: plugin_dir(&[
-                ("libfake.so", &artifacts().fake),
-                ("liblocal.so", &artifacts().local),
-            ]),
-            scripts: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.root().display())
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.root().join(sub)
-    }
-
-    /// Writes a job file into `new/` atomically (as `host enqueue` does).
-    fn put(&self, name: &str, doc: &Value) {
-        put_in(&self.path("new"), name, doc.to_string().as_bytes());
-    }
-
-    fn worker(&self, backend: &str, extra: &[&str]) -> Command {
-        let mut cmd = host(self.plugins.path());
-        cmd.args(["worker", "-b", backend, "--queue", &self.url()]);
-        if backend == "local" {
-            cmd.arg("-c")
-                .arg(format!("SCRIPTS_DIR={}", self.scripts.path().display()));
-        }
-        cmd.args(extra);
-        cmd
-    }
-
-    /// A worker with HTTP on a free port: the process, its stderr, its base URL.
-    fn worker_with_http(&self, backend: &str, extra: &[&str]) -> (Guard, Lines, String) {
-        let mut args = vec!["--http", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let (g, lines) = spawn_lines(self.worker(backend, &args));
-        let url = http_url(&lines);
-        worker_up(&lines);
-        (g, lines, url)
-    }
-
-    /// The state lines of job `id` that parse (a file that is not a state file gives none).
-    fn states(&self, id: u64) -> Vec<Value> {
-        let path = self.path("state").join(format!("{id}.jsonl"));
-        let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-        if !regular {
-            return Vec::new();
-        }
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn state_names(&self, id: u64) -> Vec<String> {
-        self.states(id)
-            .iter()
-            .map(|s| s["state"].as_str().unwrap_or("?").to_owned())
-            .collect()
-    }
-
-    fn last_state(&self, id: u64) -> Option<String> {
-        self.state_names(id).pop()
-    }
-
-    /// The names in subdirectory `sub`.
-    fn names(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path(sub))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    /// The queue's files, for assertion messages.
-    fn listing(&self) -> String {
-        let mut out = String::new();
-        for sub in DIRS {
-            out.push_str(&format!("{sub}/: {:?}\n", self.names(sub)));
-        }
-        if let Ok(claims) = std::fs::read_dir(self.path("claimed")) {
-            for c in claims.flatten() {
-                let sub = format!("claimed/{}", c.file_name().to_string_lossy());
-                out.push_str(&format!("{sub}/: {:?}\n", self.names(&sub)));
-            }
-        }
-        out
-    }
-
-    /// Makes the queue's directories again (what an operator does after deleting them).
-    fn restore(&self) {
-        for d in DIRS {
-            std::fs::create_dir_all(self.path(d)).unwrap();
-        }
-    }
-}
-
-/// Writes `dir/name` atomically (a hidden temporary file, then a rename).
-fn put_in(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-fn job(id: u64, script: &str) -> Value {
-    json!({"job": {"id": id, "number": format!("{id}.1")}, "script": script})
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,7 +274,20 @@ impl Drop for Broker {
         let names = [self.jobs.clone(), self.states.clone(), self.logs.clone()];
         let conn = &self.conn;
         self.rt.block_on(async {
-            if let Ok(ch) = conn.create_channel().await {
+            // The test's connection may have been closed meanwhile (a missed heartbeat on a
+            // loaded machine): then a new one, so that no queue is left behind.
+            let fresh;
+            let ch = match conn.create_channel().await {
+                Ok(ch) => Ok(ch),
+                Err(_) => {
+                    fresh = Connection::connect(amqp_url(), ConnectionProperties::default()).await;
+                    match &fresh {
+                        Ok(c) => c.create_channel().await,
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+            };
+            if let Ok(ch) = ch {
                 for q in names {
                     let _ = ch
                         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -790,41 +504,6 @@ fn sigint_stops_a_worker_whose_queue_directories_are_deleted() {
             tail(&err.text(), 10)
         );
         assert_eq!(status.unwrap().code(), Some(0), "{}", tail(&err.text(), 10));
-    }
-}
-
-/// Bind mounts, unmounted (lazily, in reverse order) when dropped.
-#[derive(Default)]
-struct Mounts(Vec<PathBuf>);
-
-impl Mounts {
-    fn mount(&mut self, args: &[&str], target: &Path) -> Result<(), String> {
-        let out = Command::new("mount")
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        if !self.0.iter().any(|p| p == target) {
-            self.0.push(target.to_owned());
-        }
-        Ok(())
-    }
-
-    fn umount_all(&mut self) {
-        while let Some(p) = self.0.pop() {
-            let _ = Command::new("umount").arg("-l").arg(&p).status();
-        }
-    }
-}
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        self.umount_all();
     }
 }
 
@@ -1700,4 +1379,480 @@ fn workers_starting_together_requeue_each_claim_of_a_dead_worker_once() {
         noise.len(),
         noise.iter().take(2).collect::<Vec<_>>()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// F1, F4-F6, F8, F9: what a second adversarial pass found
+// ---------------------------------------------------------------------------------------
+
+/// F1 (a job the broker redelivers to a live worker on the machine where its worker died
+/// ran beside the orphaned first run). Rule (fencing before a redelivered job runs): of two
+/// RabbitMQ workers on one machine, when A is killed mid-job and the broker redelivers the
+/// job to B, which was already running, at no moment do two processes of the job live; the
+/// orphan is gone, the job passes, and B says what it reaped.
+#[test]
+fn a_job_redelivered_to_a_running_worker_never_runs_beside_its_dead_workers_orphan() {
+    let b = Broker::new();
+    let marker = unique_marker("f1");
+    let _sweep = Sweep(marker.clone());
+    let flags = tempfile::tempdir().unwrap();
+    let flag = flags.path().join("first-run");
+    // The first run sleeps 30 s; the rerun, 1 s; both under the marker.
+    let script = format!(
+        "if [ -e {f} ]; then exec -a {marker} sleep 1; fi\ntouch {f}\nexec -a {marker} sleep 30\n",
+        f = flag.display()
+    );
+    let (mut a, a_err) = spawn_lines(b.worker("local", &["--pool-size", "1"]));
+    worker_up(&a_err);
+    b.publish_jobs(&[job(1101, &script)]);
+    assert!(
+        poll(30.0, || pids_with(&marker).len() == 1),
+        "precondition: the first run never showed its marker on worker A\nA:\n{}",
+        tail(&a_err.text(), 10)
+    );
+    let orphan = pids_with(&marker)[0];
+    // B runs (idle) before A dies: the redelivery goes to a worker that is already up, so
+    // no start-up fencing can stand in for the fencing of a redelivery.
+    let (mut bw, b_err) = spawn_lines(b.worker("local", &["--pool-size", "1"]));
+    worker_up(&b_err);
+    a.0.kill().unwrap(); // SIGKILL, mid-job: the broker redelivers to B
+    a.wait();
+
+    let ended = |l: &str| {
+        FINAL
+            .iter()
+            .any(|f| l.starts_with(&format!("host: job 1101 {f}")))
+    };
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(60) {
+        let live = pids_with(&marker);
+        assert!(
+            live.len() <= 1,
+            "{} processes of job 1101 at once ({live:?}), {:?} after worker A was killed: its orphan (pid {orphan}) beside B's rerun\nB:\n{}",
+            live.len(),
+            began.elapsed(),
+            tail(&b_err.text(), 10)
+        );
+        if b_err.lines().iter().any(|l| ended(l)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !runs(orphan, &marker),
+        "worker A's job process {orphan} still runs after B ran the redelivered job\nB:\n{}",
+        tail(&b_err.text(), 10)
+    );
+    let r = b.collect(20, |r| !r.finished(1101).is_empty());
+    assert_eq!(
+        r.finished(1101),
+        ["passed"],
+        "job 1101's final states (states {:?})\nB:\n{}",
+        r.kinds(1101),
+        tail(&b_err.text(), 10)
+    );
+    assert!(
+        b_err.lines().iter().any(|l| l.contains("reaped")),
+        "worker B never said what it reaped:\n{}",
+        tail(&b_err.text(), 10)
+    );
+    signal("-TERM", bw.0.id());
+    assert!(exit_within(&mut bw, 10.0).is_some());
+}
+
+/// F4 (a vanished state/ burnt a job's requeues in milliseconds). Rule: `state/` removed
+/// under a running worker is made again: the next job passes, is moved to done/, and its
+/// state file holds its states.
+#[test]
+fn a_job_queued_after_state_dir_was_removed_passes_with_its_state_file() {
+    let q = Queue::new();
+    let (mut w, err) = spawn_lines(q.worker("fake", &[]));
+    worker_up(&err);
+    remove_tree(&q.path("state"));
+    q.put("1.json", &job(81, "echo x\n"));
+    let passed = poll(15.0, || {
+        q.last_state(81).as_deref() == Some("passed") && q.path("done/1.json").exists()
+    });
+    assert!(
+        passed,
+        "state/ removed: job 81 did not pass with a state file (states {:?})\n{}{}",
+        q.state_names(81),
+        q.listing(),
+        tail(&err.text(), 10)
+    );
+    signal("-TERM", w.0.id());
+    assert!(exit_within(&mut w, 10.0).is_some());
+}
+
+/// F4 (a read-only state/ burnt a job's requeues in milliseconds: errored, its state
+/// nowhere). Rule: a job whose state cannot be written goes back as it was, not counted;
+/// the worker is not ready (`/ready` 503 naming the problem) while state/ is read-only, and
+/// once it is writable again the job passes (in done/, as it was queued), within bounded
+/// time. Needs root and `mount`; without them it says why and checks nothing.
+#[test]
+fn a_read_only_state_dir_keeps_the_job_waiting_and_it_passes_once_writable() {
+    if !is_root() {
+        eprintln!("skipped: making state/ read-only needs root (a bind mount)");
+        return;
+    }
+    let q = Queue::new();
+    let (mut w, err, url) = q.worker_with_http("fake", &[]);
+    let state = q.path("state");
+    let s = state.to_str().unwrap().to_owned();
+    let mut mounts = Mounts::default();
+    let mounted = mounts
+        .mount(&["--bind", &s, &s], &state)
+        .and_then(|()| mounts.mount(&["-o", "remount,ro,bind", &s], &state));
+    if let Err(why) = mounted {
+        eprintln!("skipped: cannot make state/ read-only: {why}");
+        return;
+    }
+    q.put("1.json", &job(82, "echo x\n"));
+    // 4 s: long enough for three counted requeues (100, 200, 400 ms of backoff) to error it.
+    let began = Instant::now();
+    let mut ready = (0, String::new());
+    while began.elapsed() < Duration::from_secs(4) {
+        ready = http("GET", &format!("{url}/ready"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = q.listing();
+    mounts.umount_all();
+    assert_eq!(
+        ready.0,
+        503,
+        "/ready while state/ is read-only: {ready:?}\n{during}{}",
+        tail(&err.text(), 10)
+    );
+    assert!(
+        ready.1.contains("Read-only file system"),
+        "/ready does not name the problem: {:?}",
+        ready.1
+    );
+    let passed = poll(20.0, || {
+        q.last_state(82).as_deref() == Some("passed") && q.path("done/1.json").exists()
+    });
+    let names = q.state_names(82);
+    assert!(
+        passed,
+        "state/ writable again: job 82 did not pass within 20 s (states {names:?})\n{}{}",
+        q.listing(),
+        tail(&err.text(), 10)
+    );
+    assert!(
+        !names.iter().any(|n| n == "errored"),
+        "job 82 was errored while state/ was read-only: {names:?}"
+    );
+    let done: Value =
+        serde_json::from_slice(&std::fs::read(q.path("done/1.json")).unwrap()).unwrap_or_default();
+    assert_eq!(
+        done["meta"]["requeue_count"].as_u64().unwrap_or(0),
+        0,
+        "the job went back counted as a requeue: {done}"
+    );
+    signal("-TERM", w.0.id());
+    assert!(exit_within(&mut w, 10.0).is_some());
+}
+
+/// Puts a FIFO at `sub/file` (job 5's state or log file), queues job 5, and checks that
+/// the worker keeps answering, runs job 6, names the FIFO it refused, and stops on SIGTERM.
+fn a_fifo_in_the_queue_does_not_freeze_the_worker(sub: &str, file: &str) {
+    let q = Queue::new();
+    std::fs::create_dir_all(q.path(sub)).unwrap();
+    let fifo = q.path(sub).join(file);
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    q.put("a.json", &job(5, "echo x\n"));
+    let (mut w, err, url) = q.worker_with_http("fake", &[]);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let (code, _) = http("GET", &format!("{url}/healthz"));
+        assert_eq!(
+            code,
+            200,
+            "a FIFO at {sub}/{file}: /healthz did not answer within 2 s (gave up after {:?})\n{}",
+            asked.elapsed(),
+            tail(&err.text(), 10)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let named = format!("{sub}/{file}");
+    q.put("b.json", &job(6, "echo y\n"));
+    assert!(
+        poll(15.0, || q.last_state(6).as_deref() == Some("passed")),
+        "a FIFO at {named}: job 6 did not pass (states {:?})\n{}{}",
+        q.state_names(6),
+        q.listing(),
+        tail(&err.text(), 10)
+    );
+    assert!(
+        err.lines().iter().any(|l| l.contains(&named)),
+        "stderr never named the FIFO {named}: job 5 was not refused (is its open blocked?)\n{}{}",
+        q.listing(),
+        tail(&err.text(), 10)
+    );
+    signal("-TERM", w.0.id());
+    assert!(
+        exit_within(&mut w, 10.0).is_some(),
+        "a FIFO at {named}: the worker still runs 10 s after SIGTERM\n{}",
+        tail(&err.text(), 10)
+    );
+}
+
+/// F5 (a FIFO as a job's state file froze the worker: its open waited for a reader). Rule:
+/// with a FIFO at DIR/state/<id>.jsonl, /healthz keeps answering within 2 s, a job of
+/// another id passes, the FIFO is refused with its path on stderr, and SIGTERM ends the
+/// worker within 10 s.
+#[test]
+fn a_fifo_at_a_jobs_state_path_does_not_freeze_the_worker() {
+    a_fifo_in_the_queue_does_not_freeze_the_worker("state", "5.jsonl");
+}
+
+/// F5 (a FIFO as a job's log file froze the worker). Rule: with a FIFO at
+/// DIR/log/<id>.log, /healthz keeps answering within 2 s, a job of another id passes, the
+/// FIFO is refused with its path on stderr, and SIGTERM ends the worker within 10 s.
+#[test]
+fn a_fifo_at_a_jobs_log_path_does_not_freeze_the_worker() {
+    a_fifo_in_the_queue_does_not_freeze_the_worker("log", "5.log");
+}
+
+/// `O_NONBLOCK` on Linux (the tests have no `libc`).
+const O_NONBLOCK: i32 = 0o4000;
+
+/// F6 (a stderr pipe that stayed full blocked the worker: its signal task waited on it for
+/// ever). Rule: a worker whose stderr is a pipe that is held open but never read (full from
+/// the start) runs all of 1500 jobs to done/, and SIGTERM then ends it within 10 s.
+#[test]
+fn a_worker_whose_stderr_pipe_is_full_and_never_read_runs_every_job_and_stops_on_sigterm() {
+    const JOBS: u64 = 1500;
+    let q = Queue::new();
+    for id in 1..=JOBS {
+        q.put(&format!("{id:05}.json"), &job(id, "echo\n"));
+    }
+    let pipes = tempfile::tempdir().unwrap();
+    let fifo = pipes.path().join("stderr");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Read-write: the pipe has a reader (this test), which never reads. The worker's end is
+    // a blocking descriptor of its own.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    // Filled before the worker starts, through a non-blocking descriptor of its own.
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut filler = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let chunk = [b'.'; 4096];
+        let mut written = 0usize;
+        loop {
+            match filler.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the pipe: {e}"),
+            }
+        }
+        assert!(written > 0, "precondition: the pipe took nothing");
+    }
+    let mut cmd = q.worker("fake", &["--pool-size", "8"]);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::from(held.try_clone().unwrap()));
+    let mut w = Guard(cmd.spawn().unwrap());
+    let began = Instant::now();
+    let mut done = 0;
+    while began.elapsed() < Duration::from_secs(120) {
+        done = q.names("done").len();
+        if done as u64 >= JOBS || w.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        done as u64,
+        JOBS,
+        "{done} of {JOBS} jobs in done/ after {:?} (the worker {})\n{}",
+        began.elapsed(),
+        if w.0.try_wait().unwrap().is_some() {
+            "exited"
+        } else {
+            "still runs"
+        },
+        q.listing().lines().take(2).collect::<Vec<_>>().join("\n")
+    );
+    let not_passed: Vec<u64> = (1..=JOBS)
+        .filter(|&id| q.last_state(id).as_deref() != Some("passed"))
+        .collect();
+    assert!(
+        not_passed.is_empty(),
+        "{} job(s) in done/ without a passed state, e.g. {:?}",
+        not_passed.len(),
+        &not_passed[..not_passed.len().min(5)]
+    );
+    signal("-TERM", w.0.id());
+    let status = exit_within(&mut w, 10.0);
+    assert!(
+        status.is_some(),
+        "the worker still runs 10 s after SIGTERM (its stderr is full)"
+    );
+    drop(held);
+}
+
+/// F8 (a full disk under the queue looped 15,000 times in 4 s and burnt the job's
+/// requeues). Rule: on a queue whose file system fills up while a job waits, the worker backs
+/// off: stderr stays small (< 100 lines over 5 s), /ready answers 503; once there is room
+/// again the job passes. Needs root and `mount` (a 64 KiB tmpfs); without them it says why
+/// and checks nothing.
+#[test]
+fn a_full_queue_file_system_neither_floods_stderr_nor_loses_the_job() {
+    if !is_root() {
+        eprintln!("skipped: a small file system for the queue needs root (a tmpfs mount)");
+        return;
+    }
+    let q = Queue::new();
+    let root = q.root().to_str().unwrap().to_owned();
+    let mut mounts = Mounts::default();
+    let mounted = mounts.mount(
+        &["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", &root],
+        q.root(),
+    );
+    if let Err(why) = mounted {
+        eprintln!("skipped: cannot mount a tmpfs for the queue: {why}");
+        return;
+    }
+    let (mut w, err, url) = q.worker_with_http("fake", &[]);
+    // Paused while the job is queued and the disk filled, so that it waits there.
+    signal("-USR2", w.0.id());
+    assert!(
+        poll(5.0, || http("GET", &format!("{url}/ready")).0 == 503),
+        "precondition: SIGUSR2 did not pause the worker"
+    );
+    q.put("1.json", &job(91, "echo x\n"));
+    let filler = q.root().join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(28),
+                    "filling the queue's file system: {e}"
+                );
+                break;
+            }
+        }
+    }
+    let before = err.count();
+    signal("-USR2", w.0.id()); // resumed: the job is claimed on a full disk
+    let began = Instant::now();
+    let mut ready = (0, String::new());
+    while began.elapsed() < Duration::from_secs(5) {
+        ready = http("GET", &format!("{url}/ready"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flood = err.count() - before;
+    let lines = err.lines();
+    let during = q.listing();
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        flood < 100,
+        "{flood} stderr lines in 5 s on a full queue; the first:\n{}",
+        lines[before.min(lines.len())..]
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        ready.0,
+        503,
+        "/ready on a full queue: {ready:?}\n{during}{}",
+        tail(&err.text(), 10)
+    );
+    let passed = poll(20.0, || {
+        q.last_state(91).as_deref() == Some("passed") && q.path("done/1.json").exists()
+    });
+    let names = q.state_names(91);
+    assert!(
+        passed,
+        "room again: job 91 did not pass within 20 s (states {names:?})\n{}{}",
+        q.listing(),
+        tail(&err.text(), 10)
+    );
+    assert!(
+        !names.iter().any(|n| n == "errored"),
+        "job 91 was errored on the full disk: {names:?}"
+    );
+    signal("-TERM", w.0.id());
+    assert!(exit_within(&mut w, 10.0).is_some());
+}
+
+/// A process's state letter and start time (`/proc/PID/stat`, fields 3 and 22).
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// F9 (a dead worker that is still a zombie, not yet waited for by its parent, kept its
+/// claims for ever: its pid and start time still matched). Rule: a zombie is not alive: a
+/// worker started with `--exit-when-idle` requeues the claims of a worker whose process is
+/// a zombie, the job passes, and the worker exits.
+#[test]
+fn the_claims_of_a_dead_worker_that_is_still_a_zombie_are_requeued_and_run() {
+    let q = Queue::new();
+    // A child of this test that exits at once and is not waited for (until the guard goes):
+    // a zombie, with the pid and start time a worker id records.
+    let zombie = Guard(Command::new("true").spawn().unwrap());
+    let pid = zombie.0.id();
+    let mut stat = None;
+    assert!(
+        poll(10.0, || {
+            stat = proc_stat(pid);
+            stat.is_some_and(|(s, _)| s == 'Z')
+        }),
+        "precondition: process {pid} did not become a zombie: {stat:?}"
+    );
+    let start = stat.unwrap().1;
+    let dead = q
+        .path("claimed")
+        .join(format!("w{pid}.{start}@{}", hostname()));
+    put_in(&dead, "1.json", job(93, "echo x\n").to_string().as_bytes());
+    let (mut w, err) = spawn_lines(q.worker("fake", &["--exit-when-idle"]));
+    let exited = exit_within(&mut w, 30.0);
+    drop(w);
+    let stderr = err.finish(2.0);
+    let names = q.state_names(93);
+    assert!(
+        names.iter().any(|n| n == "requeued") && names.last().map(String::as_str) == Some("passed"),
+        "the zombie worker's claim was not requeued and run: states {names:?}\n{}{}",
+        q.listing(),
+        tail(&stderr, 10)
+    );
+    assert!(
+        exited.is_some(),
+        "the worker did not exit when idle within 30 s\n{}",
+        tail(&stderr, 10)
+    );
+    assert!(
+        proc_stat(pid).is_some_and(|(s, _)| s == 'Z'),
+        "precondition: process {pid} was a zombie throughout"
+    );
+    drop(zombie);
 }
