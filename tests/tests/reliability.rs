@@ -1856,3 +1856,163 @@ fn the_claims_of_a_dead_worker_that_is_still_a_zombie_are_requeued_and_run() {
     );
     drop(zombie);
 }
+
+// ---------------------------------------------------------------------------------------
+// Second attack round: the machine's job locks, a due time from elsewhere, a read-only log/
+// ---------------------------------------------------------------------------------------
+
+/// Second round F2 (a done marker left by an earlier run answered the redelivery of the
+/// same body published again, as for a restarted build, and the job was gone). Rule: a run
+/// that begins clears its job's done marker; the job published again, whose worker is
+/// killed mid-run, runs again on the next worker and ends passed.
+#[test]
+fn a_restarted_builds_message_redelivered_after_its_worker_died_runs_again() {
+    let b = Broker::new();
+    let marker = unique_marker("r2f2");
+    let _sweep = Sweep(marker.clone());
+    let flags = tempfile::tempdir().unwrap();
+    let locks = tempfile::tempdir().unwrap();
+    let lock_dir = locks.path().join("locks");
+    let lock_arg = lock_dir.display().to_string();
+    // One body for all three runs: the first passes at once, the second (the build
+    // published again) sleeps until its worker is killed, the third passes.
+    let script = format!(
+        "if [ -e {f}/second ]; then echo third; exit 0; fi\n\
+         if [ -e {f}/first ]; then touch {f}/second; exec -a {marker} sleep 30; fi\n\
+         touch {f}/first; echo first\n",
+        f = flags.path().display()
+    );
+    let doc = job(1201, &script);
+    let (mut a, a_err) =
+        spawn_lines(b.worker("local", &["--pool-size", "1", "--lock-dir", &lock_arg]));
+    worker_up(&a_err);
+    b.publish_jobs(std::slice::from_ref(&doc));
+    let r = b.collect(30, |r| r.finished(1201).len() == 1);
+    assert_eq!(
+        r.finished(1201),
+        ["passed"],
+        "the first run\nA:\n{}",
+        tail(&a_err.text(), 10)
+    );
+    b.publish_jobs(std::slice::from_ref(&doc));
+    assert!(
+        poll(30.0, || pids_with(&marker).len() == 1),
+        "precondition: the second run never showed its marker\nA:\n{}",
+        tail(&a_err.text(), 10)
+    );
+    a.0.kill().unwrap();
+    a.wait();
+    let (mut bw, b_err) =
+        spawn_lines(b.worker("local", &["--pool-size", "1", "--lock-dir", &lock_arg]));
+    // What is read now follows the first run's states (read above).
+    let r = b.collect(60, |r| !r.finished(1201).is_empty());
+    assert_eq!(
+        r.finished(1201),
+        ["passed"],
+        "the build published again was not run to its end after its worker died (states {:?})\nB:\n{}",
+        r.kinds(1201),
+        tail(&b_err.text(), 10)
+    );
+    signal("-TERM", bw.0.id());
+    assert!(exit_within(&mut bw, 10.0).is_some());
+}
+
+/// Second round F3 (the lock directory removed under running workers: every job was put
+/// back at once, thousands of times a second, and never ran). Rule: the lock directory is
+/// made again and the next job passes, with few lines on stderr.
+#[test]
+fn a_lock_directory_removed_under_a_running_worker_is_made_again() {
+    let b = Broker::new();
+    let locks = tempfile::tempdir().unwrap();
+    let lock_dir = locks.path().join("locks");
+    let lock_arg = lock_dir.display().to_string();
+    let (mut w, err) =
+        spawn_lines(b.worker("fake", &["--pool-size", "1", "--lock-dir", &lock_arg]));
+    worker_up(&err);
+    std::fs::remove_dir_all(&lock_dir).unwrap();
+    b.publish_jobs(&[job(1301, "echo hi\n")]);
+    let r = b.collect(30, |r| !r.finished(1301).is_empty());
+    assert_eq!(r.finished(1301), ["passed"], "{}", tail(&err.text(), 10));
+    assert!(lock_dir.is_dir(), "the lock directory was not made again");
+    assert!(
+        err.lines().len() < 20,
+        "{} lines on stderr:\n{}",
+        err.lines().len(),
+        tail(&err.text(), 10)
+    );
+    signal("-TERM", w.0.id());
+    assert!(exit_within(&mut w, 10.0).is_some());
+}
+
+/// Second round F5 (a job file whose modification time is far in the future, as a copy
+/// that kept its times or a clock set back leave it, was never claimed and nothing said
+/// so). Rule: a due time later than any backoff of the worker's own is taken as due now.
+#[test]
+fn a_job_file_dated_in_the_future_is_run() {
+    let q = Queue::new();
+    q.put("1.json", &job(1401, "echo x\n"));
+    let year = std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(q.path("new/1.json"))
+        .unwrap()
+        .set_modified(year)
+        .unwrap();
+    let (code, _, stderr) = run_within(q.worker("fake", &["--exit-when-idle"]), 30.0);
+    assert_eq!(code, Some(0), "{}", tail(&stderr, 10));
+    assert_eq!(
+        q.last_state(1401).as_deref(),
+        Some("passed"),
+        "{}",
+        tail(&stderr, 10)
+    );
+}
+
+/// Second round F6 (a read-only log/ used up the job's requeues in under a second: the
+/// queue's fault counted against the job). Rule: the job is put back uncounted and waits;
+/// once log/ is writable it passes, its requeue count still 0. Needs root (a bind mount).
+#[test]
+fn a_read_only_log_dir_keeps_the_job_waiting_and_it_passes_once_writable() {
+    if !is_root() {
+        eprintln!("skipped: a read-only bind mount needs root");
+        return;
+    }
+    let q = Queue::new();
+    let mut mounts = Mounts::default();
+    let (mut w, err) = spawn_lines(q.worker("fake", &[]));
+    worker_up(&err);
+    let log = q.path("log");
+    let l = log.display().to_string();
+    let mounted = mounts
+        .mount(&["--bind", &l, &l], &log)
+        .and_then(|()| mounts.mount(&["-o", "remount,ro,bind", &l], &log));
+    if let Err(why) = mounted {
+        eprintln!("skipped: cannot make log/ read-only: {why}");
+        return;
+    }
+    q.put("1.json", &job(1501, "echo x\n"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !q.state_names(1501).iter().any(|n| n == "errored"),
+        "job 1501 errored while log/ was read-only: {:?}\n{}",
+        q.state_names(1501),
+        tail(&err.text(), 10)
+    );
+    mounts.umount_all();
+    let passed = poll(20.0, || q.last_state(1501).as_deref() == Some("passed"));
+    assert!(
+        passed,
+        "job 1501 did not pass once log/ was writable: {:?}\n{}",
+        q.state_names(1501),
+        tail(&err.text(), 10)
+    );
+    let done: Value =
+        serde_json::from_slice(&std::fs::read(q.path("done/1.json")).unwrap()).unwrap_or_default();
+    assert_eq!(
+        done["meta"]["requeue_count"].as_u64().unwrap_or(0),
+        0,
+        "{done}"
+    );
+    signal("-TERM", w.0.id());
+    assert!(exit_within(&mut w, 10.0).is_some());
+}

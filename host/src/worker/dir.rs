@@ -234,9 +234,14 @@ fn requeue_backoff(count: u32) -> Duration {
 /// Whether a file in `new/` may be claimed now: a requeued job's file carries the time it
 /// may be claimed from as its modification time.
 fn due(path: &Path) -> bool {
+    let now = std::time::SystemTime::now();
     std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
-        .map_or(true, |at| at <= std::time::SystemTime::now())
+        // A time later than any backoff of ours did not come from us (a copy that kept its
+        // times, a clock set back, another machine's clock): due now, never stranded.
+        .map_or(true, |at| {
+            at <= now || at > now + REQUEUE_BACKOFF_MAX + Duration::from_secs(1)
+        })
 }
 
 /// Writes `bytes` as `dir/name` atomically: a hidden temporary file, then a rename.
@@ -332,6 +337,33 @@ pub struct DirAccess {
     pub shared_new: bool,
 }
 
+/// Checks the directories above `dir` (`what`, for the message): whoever may replace one
+/// of them may replace `dir` (a rename, then a directory of their own with links in it), so
+/// each must be owned by root or this user and writable by no one else, or sticky (/tmp).
+pub(crate) fn check_parents(dir: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    let real =
+        std::fs::canonicalize(dir).map_err(|e| format!("cannot examine {}: {e}", dir.display()))?;
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above)
+            .map_err(|e| format!("cannot examine {}: {e}", above.display()))?;
+        let mode = meta.permissions().mode();
+        let sticky = mode & 0o1000 != 0;
+        if (meta.uid() != 0 && meta.uid() != euid) || (mode & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} (above {what} {}) may be changed by others (owner uid {}, mode {:04o}): they could replace it; keep it under directories owned by root or uid {euid} and not writable by others",
+                above.display(),
+                dir.display(),
+                meta.uid(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the queue's directories as the host checks plugin directories: each a real
 /// directory (a subdirectory is not a symlink, which would send logs or states elsewhere),
 /// owned by root or this user, writable by no one else (`new/` by its group too with
@@ -341,25 +373,7 @@ pub fn check_access(root: &Path, access: DirAccess) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     // SAFETY: geteuid cannot fail and touches no memory.
     let euid = unsafe { libc::geteuid() };
-    // Whoever may replace a directory above DIR may replace DIR (a rename, then a queue of
-    // their own with links in it): each one above must be as private, or sticky (/tmp).
-    let real = std::fs::canonicalize(root)
-        .map_err(|e| format!("cannot examine {}: {e}", root.display()))?;
-    for above in real.ancestors().skip(1) {
-        let meta = std::fs::metadata(above)
-            .map_err(|e| format!("cannot examine {}: {e}", above.display()))?;
-        let mode = meta.permissions().mode();
-        let sticky = mode & 0o1000 != 0;
-        if (meta.uid() != 0 && meta.uid() != euid) || (mode & 0o022 != 0 && !sticky) {
-            return Err(format!(
-                "{} (above the queue {}) may be changed by others (owner uid {}, mode {:04o}): they could replace the queue; keep the queue under directories owned by root or uid {euid} and not writable by others",
-                above.display(),
-                root.display(),
-                meta.uid(),
-                mode & 0o7777
-            ));
-        }
-    }
+    check_parents(root, "the queue")?;
     let mut dirs = vec![(root.to_owned(), false)];
     dirs.extend(DIRS.iter().map(|d| (root.join(d), true)));
     for (dir, sub) in dirs {
@@ -884,14 +898,24 @@ impl Delivery for DirDelivery {
                 OpenOptions::new().write(true).create(true).truncate(true),
             )
         };
-        match open() {
+        let opened = match open() {
             // log/ went away: made again.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.queue.remake_dirs().and_then(|()| open())
             }
             other => other,
+        };
+        if let Err(e) = &opened {
+            use std::io::ErrorKind as K;
+            // A read-only or full log/ is the queue's problem (a link there is this job's).
+            if matches!(
+                e.kind(),
+                K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded | K::PermissionDenied
+            ) {
+                self.queue.note(WRITES, &Err(copy_error(e)));
+            }
         }
-        .map(crate::output::BlockingFile::new)
+        opened.map(crate::output::BlockingFile::new)
     }
 
     async fn finish(self) -> std::io::Result<()> {

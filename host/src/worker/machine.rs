@@ -8,20 +8,26 @@
 //! names another file (or none) and tries again, so no two holders ever hold "the" lock of
 //! one key, and no lock file stays behind. A run that ends with a final state leaves
 //! `<key>.done` with the digest of the message it ran, before it lets the lock go: a worker
-//! that then gets the same message again (redelivered) answers it without running it. Done
-//! files older than [`DONE_KEPT`] are removed at start.
+//! that then gets the same message again (redelivered) answers it without running it. A run
+//! that begins removes the done file of its key (the same body published again is a new
+//! message). Done files older than [`DONE_KEPT`] are removed at start and every
+//! [`SWEEP_EVERY`] recorded.
 //!
-//! The directory is the worker's alone (mode 0700, its owner), made if missing and checked
-//! as the queue directories are: a lock directory others can write into would let them
-//! hold every job.
+//! The directory is the worker's alone (mode 0700, its owner, its parents writable by no one
+//! else), made if missing (at start, or when it went away) and checked each time: a lock
+//! directory others can write into would let them hold every job.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a done file is kept.
-pub const DONE_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How long a done file is kept: long enough for the redeliveries of a lost connection
+/// (seconds to minutes), short enough that a busy worker's done files stay few.
+pub const DONE_KEPT: Duration = Duration::from_secs(3600);
+
+/// Done files are swept (those older than [`DONE_KEPT`] removed) every this many recorded.
+const SWEEP_EVERY: u64 = 256;
 
 /// The default lock directory: `/run/host-worker` for root, else one in the runtime or
 /// temporary directory named after the user.
@@ -41,6 +47,7 @@ pub fn default_dir() -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct MachineLocks {
     dir: PathBuf,
+    recorded: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What [`MachineLocks::try_lock`] found.
@@ -58,12 +65,24 @@ pub struct MachineLock {
     file: File,
     path: PathBuf,
     done: PathBuf,
+    locks: MachineLocks,
 }
 
 impl MachineLocks {
     /// Opens (making it, mode 0700) the lock directory `dir`, checks it, and removes done
     /// files older than [`DONE_KEPT`].
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::check(dir)?;
+        let locks = Self {
+            dir: dir.to_owned(),
+            recorded: Default::default(),
+        };
+        locks.forget_old_done();
+        Ok(locks)
+    }
+
+    /// Makes `dir` if missing and checks it and its parents.
+    fn check(dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -85,11 +104,8 @@ impl MachineLocks {
                 ),
             ));
         }
-        let locks = Self {
-            dir: dir.to_owned(),
-        };
-        locks.forget_old_done();
-        Ok(locks)
+        super::dir::check_parents(dir, "the lock directory")
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))
     }
 
     /// The directory.
@@ -121,16 +137,28 @@ impl MachineLocks {
         use std::os::fd::AsRawFd as _;
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let path = self.dir.join(format!("{key}.lock"));
+        let mut remade = false;
         loop {
-            let file = OpenOptions::new()
+            let opened = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(&path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                .open(&path);
+            let file = match opened {
+                // The directory went away (a service manager's runtime directory removed
+                // when another unit stopped): made again, and checked again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !remade => {
+                    remade = true;
+                    Self::check(&self.dir)?;
+                    continue;
+                }
+                other => other.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?,
+            };
             // SAFETY: flock on a descriptor this function owns.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let e = std::io::Error::last_os_error();
@@ -149,6 +177,7 @@ impl MachineLocks {
                         file,
                         path,
                         done: self.dir.join(format!("{key}.done")),
+                        locks: self.clone(),
                     }))
                 }
                 _ => continue,
@@ -163,12 +192,27 @@ impl MachineLock {
         std::fs::read_to_string(&self.done).is_ok_and(|d| d.trim() == digest)
     }
 
+    /// A new run of the key begins: what an earlier run finished no longer answers a
+    /// redelivery (the same body published again, as for a restarted build, is another
+    /// message that this run now owns).
+    pub fn begin(&self) {
+        let _ = std::fs::remove_file(&self.done);
+    }
+
     /// Records that the message with `digest` (hex) finished here, before the lock goes.
     pub fn record_finished(&self, digest: &str) -> std::io::Result<()> {
         let tmp = self.done.with_extension("done.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(digest.as_bytes())?;
-        std::fs::rename(&tmp, &self.done)
+        std::fs::rename(&tmp, &self.done)?;
+        let n = self
+            .locks
+            .recorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.locks.forget_old_done();
+        }
+        Ok(())
     }
 }
 

@@ -140,6 +140,9 @@ struct Shared {
     queue_problem: Box<dyn Fn() -> Option<String> + Send + Sync>,
     /// One fence at a time.
     fencing: tokio::sync::Mutex<()>,
+    /// Jobs put back in a row because their queue failed ([`End::PutBack`]): each waits
+    /// longer before it goes back, so a queue that fails every job is not hammered.
+    put_backs: std::sync::atomic::AtomicU32,
 }
 
 /// The largest pool, on every path that sets it (flags, signals, HTTP).
@@ -333,6 +336,9 @@ impl Control {
 /// (after fencing): a worker that died while this one runs leaves no job stranded.
 pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
 
+/// The longest a job put back because its queue failed waits before it goes back.
+pub const PUT_BACK_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// What [`fence`] found.
 #[derive(Debug, Default)]
 pub struct Fenced {
@@ -419,6 +425,7 @@ impl<Q: JobQueue> Worker<Q> {
             job_locks: Mutex::new(HashMap::new()),
             queue_problem: Box::new(move || for_problem.problem()),
             fencing: tokio::sync::Mutex::new(()),
+            put_backs: std::sync::atomic::AtomicU32::new(0),
         });
         Self {
             queue,
@@ -788,8 +795,10 @@ impl Ctx {
         };
         let log = match d.open_log(id).await {
             Ok(l) => l,
-            Err(e) => return End::Requeue(format!("cannot open the job's log: {e}")),
+            Err(e) => return queue_failed(format!("cannot open the job's log: {e}"), &e),
         };
+        // The queue works again: the next put-back waits from the start.
+        self.shared.put_backs.store(0, Ordering::Relaxed);
 
         let limits = &self.settings.limits;
         let cap = |given: Option<Duration>, max: Duration| given.map_or(max, |g| g.min(max));
@@ -985,10 +994,17 @@ impl Ctx {
                 StateUpdate::now(JobState::Requeued).because(reason),
                 payload.map(Payload::requeued_document),
             ),
-            End::PutBack(reason) => (
-                StateUpdate::now(JobState::Requeued).because(reason),
-                Some(d.payload().to_vec()),
-            ),
+            End::PutBack(reason) => {
+                let n = self.shared.put_backs.fetch_add(1, Ordering::Relaxed);
+                let wait = Duration::from_millis(100)
+                    .saturating_mul(1 << n.min(16))
+                    .min(PUT_BACK_WAIT_MAX);
+                tokio::time::sleep(wait).await;
+                (
+                    StateUpdate::now(JobState::Requeued).because(reason),
+                    Some(d.payload().to_vec()),
+                )
+            }
         };
         if let Err(e) = d.update(id, &update).await {
             self.warn(format!(

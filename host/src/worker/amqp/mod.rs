@@ -348,12 +348,50 @@ impl MessageKey {
     }
 }
 
-/// The machine lock key's prefix of a queue: a digest of the broker (without the password)
-/// and the queue's name, as a file name.
+/// The machine lock key's prefix of a queue: a digest of its vhost and name, as a file
+/// name. Not of the broker's address: one broker has many names (`localhost`,
+/// `127.0.0.1`, a DNS alias), and two workers of a machine naming it differently must still
+/// share their locks. (Two brokers whose vhost and queue names agree share them too: runs
+/// of equal job ids then wait for each other, which is safe.)
 fn lock_prefix(s: &AmqpSettings) -> String {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(format!("{}\n{}", masked_url(&s.url), s.queue_name));
+    let digest = sha2::Sha256::digest(format!("{}\n{}", vhost_of(&s.url), s.queue_name));
     hex(&digest[..8])
+}
+
+/// The vhost an AMQP URL names, as amqp091-go and pika read it: the path after the
+/// authority, percent-decoded; none (or a bare `/`) is the default vhost `/`.
+fn vhost_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let bytes = path.as_bytes();
+    let hex_at = |j: usize| {
+        bytes
+            .get(j)
+            .and_then(|b| char::from(*b).to_digit(16))
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match (b, hex_at(i + 1), hex_at(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let vhost = String::from_utf8_lossy(&out).into_owned();
+    if vhost.is_empty() {
+        "/".into()
+    } else {
+        vhost
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1017,6 +1055,9 @@ impl Delivery for AmqpDelivery {
             Lock::Held(lock) => {
                 let done =
                     self.redelivered && self.key.is_some_and(|k| lock.finished(&hex(&k.digest)));
+                if !done {
+                    lock.begin();
+                }
                 self.machine_lock = Some(lock);
                 Ok(if done { Turn::Done } else { Turn::Mine })
             }
@@ -1089,7 +1130,8 @@ impl Delivery for AmqpDelivery {
         // worker here is then answered without running it.
         if let (Some(lock), Some(key)) = (&self.machine_lock, self.key) {
             if let Err(e) = lock.record_finished(&hex(&key.digest)) {
-                tracing::warn!("job {:?}: cannot record that it finished: {e}", self.job_id);
+                let id = self.job_id.unwrap_or_default();
+                tracing::warn!("job {id}: cannot record that it finished on this machine: {e}");
             }
         }
         self.ack_all(true).await;
@@ -1292,6 +1334,24 @@ fn cut_parts(buf: &mut Vec<u8>, open: bool, parts: &mut Vec<(String, bool)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_broker_named_two_ways_gives_one_lock_prefix() {
+        let settings = |url: &str| AmqpSettings {
+            url: url.into(),
+            queue_name: "builds.linux".into(),
+            prefetch: 1,
+            state_queue: String::new(),
+            log_queue: String::new(),
+            infra: String::new(),
+            machine_locks: None,
+        };
+        let a = lock_prefix(&settings("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert_eq!(a, lock_prefix(&settings("amqp://u:p@localhost:5672/")));
+        assert_eq!(a, lock_prefix(&settings("amqp://localhost")));
+        assert_ne!(a, lock_prefix(&settings("amqp://localhost/other")));
+        assert_eq!(vhost_of("amqp://h/a%2Fb?heartbeat=10"), "a/b");
+    }
 
     fn key(id: u64, body: &str) -> MessageKey {
         MessageKey::of(id, body.as_bytes())
