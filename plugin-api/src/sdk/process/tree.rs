@@ -23,7 +23,7 @@
 //! The first process is our child, and only this module reaps it (`waitpid` on its pid,
 //! never on "any child"), exactly once, so its pid cannot be confused with a later process's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt as _;
@@ -180,6 +180,8 @@ struct ProcInfo {
     pgrp: i32,
     session: i32,
     zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, names one process.
+    start: u64,
 }
 
 /// Whether process `pid` is alive (exists and is not a zombie).
@@ -196,10 +198,13 @@ fn read_stat(pid: i32) -> Option<ProcInfo> {
     let _ppid = f.next()?;
     let pgrp = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
+    // Field 22, the start time: 18 fields after the session (field 6).
+    let start = f.nth(15).and_then(|s| s.parse().ok()).unwrap_or(0);
     Some(ProcInfo {
         pgrp,
         session,
         zombie: state == "Z" || state == "X",
+        start,
     })
 }
 
@@ -227,6 +232,11 @@ pub struct ProcessTree {
     tag: String,
     cgroup: Option<Cgroup>,
     leader: Mutex<Leader>,
+    /// Processes once seen with the tag (pid, start time). A process being torn down after
+    /// SIGKILL loses its environment (so its tag) before its files (so its locks): it stays
+    /// live here until it is a zombie or gone, so that "no process left" means none holds
+    /// anything of the job any more.
+    tagged: Mutex<BTreeMap<i32, u64>>,
 }
 
 impl ProcessTree {
@@ -238,6 +248,7 @@ impl ProcessTree {
             tag,
             cgroup,
             leader: Mutex::new(Leader::Child(pid)),
+            tagged: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -249,6 +260,7 @@ impl ProcessTree {
             tag: tag.to_owned(),
             cgroup,
             leader: Mutex::new(Leader::None),
+            tagged: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -331,6 +343,12 @@ impl ProcessTree {
         let needle = format!("{TAG_VAR}={}", self.tag).into_bytes();
         let own = std::process::id() as i32;
         let mut pids = BTreeSet::new();
+        let mut tagged = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
+        // Those seen with the tag before that are still the same process and not a zombie.
+        tagged.retain(|pid, start| {
+            read_stat(*pid).is_some_and(|info| !info.zombie && info.start == *start)
+        });
+        pids.extend(tagged.keys().copied());
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return pids;
         };
@@ -347,7 +365,11 @@ impl ProcessTree {
             }
             let in_group =
                 self.group > 1 && (info.pgrp == self.group || info.session == self.group);
-            if in_group || (!self.tag.is_empty() && has_tag(pid, &needle)) {
+            let has = !self.tag.is_empty() && has_tag(pid, &needle);
+            if has {
+                tagged.insert(pid, info.start);
+            }
+            if in_group || has {
                 pids.insert(pid);
             }
         }
