@@ -519,7 +519,11 @@ fn an_unwritable_log_requeues_the_job_until_its_limit_and_the_worker_keeps_servi
     let mut cmd = q.worker("fake", &["--max-requeues", "2", "-c", "ECHO_SCRIPT=true"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut g = Guard(cmd.spawn().unwrap());
-    q.wait_for(20, "the queue's directories", |q| q.path("log").is_dir());
+    // The worker is up once its claim directory exists: it is made after the queue's
+    // directories are checked (replacing log/ before that check would stop the worker).
+    q.wait_for(20, "the worker's claim directory", |q| {
+        std::fs::read_dir(q.path("claimed")).is_ok_and(|mut d| d.next().is_some())
+    });
     // While the worker runs, the log directory becomes a file: every attempt to open a log
     // fails (as root, taking its write permission would not).
     std::fs::remove_dir_all(q.path("log")).unwrap();
