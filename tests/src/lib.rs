@@ -497,6 +497,92 @@ pub fn amqp_url() -> &'static str {
     })
 }
 
+/// The RabbitMQ node with a TLS listener that `tests/engine/rabbitmq-tls.sh` starts (a
+/// private node, `hosttls@localhost`), with the certificates it made at its start (see the
+/// script for each). A test binary that starts it stops it when it exits.
+#[derive(Debug)]
+pub struct TlsBroker {
+    /// The TLS listener's port (plain AMQP is on [`TlsBroker::PLAIN_PORT`]).
+    pub port: u16,
+    /// The directory of the certificates and keys.
+    pub certs: PathBuf,
+}
+
+impl TlsBroker {
+    /// The node's name, for `rabbitmqctl -n`.
+    pub const NODE: &'static str = "hosttls@localhost";
+    /// The node's plain AMQP port.
+    pub const PLAIN_PORT: u16 = 25680;
+
+    /// `amqps://guest:guest@localhost:PORT/`: the name the server certificate holds.
+    pub fn url(&self) -> String {
+        format!("amqps://guest:guest@localhost:{}/", self.port)
+    }
+
+    /// A file of the certificates directory (`ca.pem`, `client.key`...).
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.certs.join(name)
+    }
+
+    /// `rabbitmqctl` on this node; panics when it fails.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> Output {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", Self::NODE])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl -n {} {args:?}: {}",
+            Self::NODE,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// The TLS broker ([`TlsBroker`]), started on first use. Panics when it cannot be had (it
+/// needs Debian's rabbitmq-server, installed when missing as root, and openssl).
+pub fn tls_broker() -> &'static TlsBroker {
+    static BROKER: OnceLock<TlsBroker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let state = artifacts().target.join("rabbitmq-tls");
+        let was_up = std::net::TcpStream::connect(("127.0.0.1", 25681)).is_ok();
+        let out = Command::new("bash")
+            .arg(workspace().join("tests/engine/rabbitmq-tls.sh"))
+            .arg(&state)
+            .output()
+            .expect("run tests/engine/rabbitmq-tls.sh");
+        assert!(
+            out.status.success(),
+            "no RabbitMQ node with TLS for the TLS tests (tests/engine/rabbitmq-tls.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the TLS port the script printed");
+        if !was_up {
+            extern "C" fn stop() {
+                let state = artifacts().target.join("rabbitmq-tls");
+                let _ = Command::new("bash")
+                    .arg(workspace().join("tests/engine/rabbitmq-tls.sh"))
+                    .arg(&state)
+                    .arg("stop")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            // SAFETY: `stop` is a plain function that runs once, at exit.
+            unsafe { libc::atexit(stop) };
+        }
+        TlsBroker {
+            port,
+            certs: state.join("certs"),
+        }
+    })
+}
+
 /// `rabbitmqctl` aimed at the tests' broker: the private node `tests/engine/rabbitmq.sh`
 /// starts (port 25677) when the machine has none, else the machine's own. A broker behind an
 /// `AMQP_URL` elsewhere cannot be reached this way; the tests that need it say so.

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use blackbox::{amqp_url, artifacts, host, plugin_dir, rabbitmqctl, run, signal, Guard};
+use blackbox::{
+    amqp_url, artifacts, host, plugin_dir, rabbitmqctl, run, signal, tls_broker, Guard,
+};
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -35,10 +37,85 @@ struct Seen {
 
 /// Cutting every connection to the broker cuts the other tests' too: that test runs alone.
 static BROKER_SHARED: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// The same for the TLS broker.
+static TLS_SHARED: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// How the tests reach the broker: plain AMQP to the tests' broker, or `amqps://` to the
+/// private TLS node with its CA given (`--amqp-tls-cert-path`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Plain,
+    Tls,
+}
+
+impl Link {
+    fn url(self) -> String {
+        match self {
+            Link::Plain => amqp_url().to_owned(),
+            Link::Tls => tls_broker().url(),
+        }
+    }
+
+    /// The arguments `host worker` and `host enqueue` take for it.
+    fn args(self) -> Vec<String> {
+        match self {
+            Link::Plain => Vec::new(),
+            Link::Tls => vec![
+                "--amqp-tls-cert-path".into(),
+                tls_broker().cert("ca.pem").display().to_string(),
+            ],
+        }
+    }
+
+    /// A connection of the test's own.
+    fn connect(self, rt: &tokio::runtime::Runtime) -> Connection {
+        match self {
+            Link::Plain => rt
+                .block_on(Connection::connect(
+                    amqp_url(),
+                    ConnectionProperties::default(),
+                ))
+                .expect("connect to the test broker"),
+            Link::Tls => {
+                let tls = host::worker::amqp::TlsSettings {
+                    ca_path: Some(tls_broker().cert("ca.pem")),
+                    ..Default::default()
+                };
+                let broker = host::worker::amqp::Broker::new(
+                    &self.url(),
+                    &tls,
+                    host::worker::amqp::DEFAULT_HEARTBEAT,
+                )
+                .expect("the TLS broker's settings");
+                rt.block_on(broker.connect())
+                    .expect("connect to the TLS broker")
+            }
+        }
+    }
+
+    fn shared(self) -> &'static std::sync::RwLock<()> {
+        match self {
+            Link::Plain => &BROKER_SHARED,
+            Link::Tls => &TLS_SHARED,
+        }
+    }
+
+    fn rabbitmqctl(self, args: &[&str]) {
+        match self {
+            Link::Plain => {
+                rabbitmqctl(args);
+            }
+            Link::Tls => {
+                tls_broker().rabbitmqctl(args);
+            }
+        }
+    }
+}
 
 /// Queues of one test on the broker, and a connection to read and write them.
 struct Broker {
     _turn: BrokerTurn,
+    link: Link,
     rt: tokio::runtime::Runtime,
     conn: Connection,
     jobs: String,
@@ -50,12 +127,17 @@ struct Broker {
 
 impl Broker {
     fn new() -> Self {
-        Self::new_with(BrokerTurn::Shared(
-            BROKER_SHARED.read().unwrap_or_else(|e| e.into_inner()),
-        ))
+        Self::over(Link::Plain)
     }
 
-    fn new_with(turn: BrokerTurn) -> Self {
+    fn over(link: Link) -> Self {
+        Self::new_with(
+            BrokerTurn::Shared(link.shared().read().unwrap_or_else(|e| e.into_inner())),
+            link,
+        )
+    }
+
+    fn new_with(turn: BrokerTurn, link: Link) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let base = format!(
             "hosttest-{}-{}",
@@ -63,14 +145,10 @@ impl Broker {
             N.fetch_add(1, Ordering::Relaxed)
         );
         let rt = runtime();
-        let conn = rt
-            .block_on(Connection::connect(
-                amqp_url(),
-                ConnectionProperties::default(),
-            ))
-            .expect("connect to the test broker");
+        let conn = link.connect(&rt);
         Self {
             _turn: turn,
+            link,
             rt,
             conn,
             jobs: base.clone(),
@@ -85,27 +163,15 @@ impl Broker {
     }
 
     fn reconnect(&mut self) {
-        self.conn = self
-            .rt
-            .block_on(Connection::connect(
-                amqp_url(),
-                ConnectionProperties::default(),
-            ))
-            .expect("connect to the test broker again");
+        self.conn = self.link.connect(&self.rt);
     }
 
     fn worker(&self, backend: &str, extra: &[&str]) -> Command {
         let mut cmd = host(self.plugins.path());
-        cmd.args([
-            "worker",
-            "-b",
-            backend,
-            "--queue",
-            amqp_url(),
-            "--queue-name",
-            &self.jobs,
-        ])
-        .args(["--state-queue", &self.states, "--log-queue", &self.logs]);
+        cmd.args(["worker", "-b", backend, "--queue", &self.link.url()])
+            .args(["--queue-name", &self.jobs])
+            .args(self.link.args())
+            .args(["--state-queue", &self.states, "--log-queue", &self.logs]);
         if backend == "local" {
             cmd.arg("-c")
                 .arg(format!("SCRIPTS_DIR={}", self.scripts.path().display()));
@@ -416,8 +482,17 @@ fn job(id: u64, script: &str) -> Value {
 
 #[test]
 fn three_workers_run_300_jobs_with_the_originals_messages() {
-    let b = Broker::new();
-    let docs: Vec<Value> = (1..=300u64)
+    three_workers_run_jobs(Link::Plain, 300);
+}
+
+#[test]
+fn three_workers_run_150_jobs_over_amqps() {
+    three_workers_run_jobs(Link::Tls, 150);
+}
+
+fn three_workers_run_jobs(link: Link, n: u64) {
+    let b = Broker::over(link);
+    let docs: Vec<Value> = (1..=n)
         .map(|id| job(id, &format!("job {id}\nexit {}\n", id % 3)))
         .collect();
     b.publish_jobs(&docs);
@@ -436,9 +511,9 @@ fn three_workers_run_300_jobs_with_the_originals_messages() {
             )
         })
         .collect();
-    let r = b.collect(120, |r| r.all_finished(1..=300));
+    let r = b.collect(120, |r| r.all_finished(1..=n));
     drop(workers);
-    for id in 1..=300u64 {
+    for id in 1..=n {
         let expected = ["passed", "failed", "errored"][(id % 3) as usize];
         assert_eq!(
             r.finished(id),
@@ -553,9 +628,9 @@ fn a_worker_killed_mid_run_loses_no_job_and_redeliveries_are_counted() {
 
 /// Runs 40 local jobs of a second each on one worker, disrupts the broker 1.5 s in, and
 /// checks that every job finishes with each run's log whole and its part numbers without gap.
-fn jobs_survive(disrupt: impl FnOnce()) {
-    let alone = BROKER_SHARED.write().unwrap_or_else(|e| e.into_inner());
-    let mut b = Broker::new_with(BrokerTurn::Alone(alone));
+fn jobs_survive(link: Link, disrupt: impl FnOnce()) {
+    let alone = link.shared().write().unwrap_or_else(|e| e.into_inner());
+    let mut b = Broker::new_with(BrokerTurn::Alone(alone), link);
     let docs: Vec<Value> = (1..=40u64)
         .map(|id| {
             job(
@@ -600,8 +675,15 @@ fn jobs_survive(disrupt: impl FnOnce()) {
 
 #[test]
 fn cutting_the_broker_connection_mid_run_loses_no_job_and_no_log_part() {
-    jobs_survive(|| {
-        rabbitmqctl(&["close_all_connections", "a test cuts the connection"]);
+    jobs_survive(Link::Plain, || {
+        Link::Plain.rabbitmqctl(&["close_all_connections", "a test cuts the connection"]);
+    });
+}
+
+#[test]
+fn cutting_the_amqps_connection_mid_run_loses_no_job_and_no_log_part() {
+    jobs_survive(Link::Tls, || {
+        Link::Tls.rabbitmqctl(&["close_all_connections", "a test cuts the connection"]);
     });
 }
 
@@ -630,7 +712,7 @@ fn broker_addr() -> String {
 
 #[test]
 fn a_broker_restart_mid_run_loses_no_job_and_no_log_part() {
-    jobs_survive(|| {
+    jobs_survive(Link::Plain, || {
         let restart = StartApp;
         rabbitmqctl(&["stop_app"]);
         // Down long enough for the worker to try, and fail, to reconnect.
@@ -706,10 +788,20 @@ fn poison_messages_are_rejected_without_a_crash_loop_and_a_large_log_arrives_who
 
 #[test]
 fn host_enqueue_round_trips_through_the_broker() {
-    let b = Broker::new();
+    enqueue_round_trip(Link::Plain);
+}
+
+#[test]
+fn host_enqueue_round_trips_over_amqps() {
+    enqueue_round_trip(Link::Tls);
+}
+
+fn enqueue_round_trip(link: Link) {
+    let b = Broker::over(link);
     let f = blackbox::script(&job(9, "echo round trip\n").to_string());
     let mut cmd = host(b.plugins.path());
-    cmd.args(["enqueue", "--queue", amqp_url(), "--queue-name", &b.jobs])
+    cmd.args(["enqueue", "--queue", &link.url(), "--queue-name", &b.jobs])
+        .args(link.args())
         .arg(f.path());
     let out = run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stderr);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use host::job::JobOptions;
 use host::text::{escape_controls, fmt_duration};
-use host::worker::amqp::{masked_url, AmqpQueue, AmqpSettings};
+use host::worker::amqp::{AmqpQueue, AmqpSettings, Broker, BrokerError, TlsSettings};
 use host::worker::build_api::BuildApi;
 use host::worker::dir::DirQueue;
 use host::worker::payload::Payload;
@@ -145,6 +145,81 @@ pub struct QueueArgs {
     /// With an amqp:// queue: the durable queue of jobs (e.g. builds.linux)
     #[arg(long, value_name = "NAME", env = "HOST_QUEUE_NAME")]
     queue_name: Option<String>,
+
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// How the broker is reached: TLS for amqps://, the heartbeat.
+#[derive(clap::Args, Debug)]
+struct BrokerArgs {
+    /// With amqps://: the CA certificate(s) to verify the broker with, as PEM text; they
+    /// replace the system's CA certificates (the original's AMQP_TLS_CERT)
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "HOST_AMQP_TLS_CERT",
+        help_heading = "RabbitMQ"
+    )]
+    amqp_tls_cert: Option<String>,
+    /// With amqps://: a PEM file of the CA certificate(s) to verify the broker with; they
+    /// replace the system's CA certificates (the original's AMQP_TLS_CERT_PATH)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HOST_AMQP_TLS_CERT_PATH",
+        help_heading = "RabbitMQ"
+    )]
+    amqp_tls_cert_path: Option<PathBuf>,
+    /// With amqps:// and no CA given: do not verify the broker's certificate at all (said
+    /// loudly at every start; anyone on the path can then read and change the traffic)
+    #[arg(long, env = "HOST_AMQP_INSECURE", help_heading = "RabbitMQ")]
+    amqp_insecure: bool,
+    /// With amqps://: this worker's certificate (PEM chain), for brokers that ask for one;
+    /// with ?auth_mechanism=external in the URL the broker takes the user from it
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HOST_AMQP_TLS_CLIENT_CERT",
+        help_heading = "RabbitMQ"
+    )]
+    amqp_tls_client_cert: Option<PathBuf>,
+    /// The private key of --amqp-tls-client-cert (PEM)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HOST_AMQP_TLS_CLIENT_KEY",
+        help_heading = "RabbitMQ"
+    )]
+    amqp_tls_client_key: Option<PathBuf>,
+    /// The AMQP heartbeat asked for (the broker's, if lower, is used; 0: the broker's);
+    /// ?heartbeat=SECONDS in the URL wins
+    #[arg(long, value_name = "DURATION", env = "HOST_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_duration, help_heading = "RabbitMQ")]
+    amqp_heartbeat: Duration,
+}
+
+impl BrokerArgs {
+    /// The broker at `url`, checked; its warnings said.
+    fn broker(&self, url: &str) -> Result<Broker, CliError> {
+        let tls = TlsSettings {
+            ca_pem: self.amqp_tls_cert.clone().filter(|p| !p.trim().is_empty()),
+            ca_path: self
+                .amqp_tls_cert_path
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            insecure: self.amqp_insecure,
+            client_cert: self.amqp_tls_client_cert.clone(),
+            client_key: self.amqp_tls_client_key.clone(),
+        };
+        let broker = Broker::new(url, &tls, self.amqp_heartbeat).map_err(|e| match e {
+            BrokerError::Url(m) => CliError::Usage(format!("--queue: {m}")),
+            BrokerError::Tls(m) => CliError::Config(m),
+        })?;
+        for warning in broker.warnings() {
+            say!("host: warning: {warning}");
+        }
+        Ok(broker)
+    }
 }
 
 /// The reporting names on a RabbitMQ broker.
@@ -466,7 +541,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
             }
             QueueUrl::Amqp(url) => {
                 let amqp = AmqpSettings {
-                    url: url.clone(),
+                    broker: args.target.broker.broker(&url)?,
                     queue_name: queue_name(&args.target.queue_name)?,
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),
@@ -478,7 +553,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                         })?,
                     ),
                 };
-                let place = format!("{} queue {}", masked_url(&url), amqp.queue_name);
+                let place = format!("{} queue {}", amqp.broker.masked(), amqp.queue_name);
                 let (queue, cancels) = AmqpQueue::open(amqp)
                     .await
                     .map_err(|e| CliError::Io(format!("cannot use the queue: {e}")))?;
@@ -666,17 +741,18 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
         }
         QueueUrl::Amqp(url) => {
             let name = queue_name(&args.target.queue_name)?;
+            let broker = args.target.broker.broker(&url)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
             runtime
-                .block_on(host::worker::amqp::enqueue(&url, &name, &bytes))
+                .block_on(host::worker::amqp::enqueue(&broker, &name, &bytes))
                 .map_err(|e| CliError::Io(format!("cannot put the job on {name}: {e}")))?;
             say!(
                 "host: queued job {} on {} queue {name}",
                 payload.id,
-                masked_url(&url)
+                broker.masked()
             );
         }
     }

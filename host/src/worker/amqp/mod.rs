@@ -50,16 +50,16 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::queue::{Delivery, JobQueue, JobState, StateUpdate, Turn};
 
+mod broker;
 mod outbox;
+pub use broker::{masked_url, Broker, BrokerError, TlsSettings, DEFAULT_HEARTBEAT};
 use outbox::Outbox;
 
 /// Where state updates go (a queue on the default exchange), as the original.
@@ -80,8 +80,8 @@ pub const LOG_FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Where a worker's AMQP traffic goes.
 #[derive(Clone, Debug)]
 pub struct AmqpSettings {
-    /// `amqp://user:pass@host:port/vhost`.
-    pub url: String,
+    /// The broker (`amqp://user:pass@host:port/vhost`, or `amqps://` with TLS).
+    pub broker: Broker,
     /// The jobs queue.
     pub queue_name: String,
     /// Deliveries held at once (the pool size).
@@ -99,47 +99,8 @@ pub struct AmqpSettings {
     pub machine_locks: Option<super::machine::MachineLocks>,
 }
 
-/// `url` with its password, if any, replaced by `***`, for printing.
-pub fn masked_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-fn check_url(url: &str) -> std::io::Result<()> {
-    if url.starts_with("amqps://") {
-        return Err(std::io::Error::other(
-            "amqps:// (TLS) is not supported by this build; use amqp:// (on a trusted network or through a TLS tunnel)",
-        ));
-    }
-    if !url.starts_with("amqp://") {
-        return Err(std::io::Error::other(format!(
-            "{} is not an amqp:// URL",
-            masked_url(url)
-        )));
-    }
-    Ok(())
-}
-
 fn io(what: &str, e: lapin::Error) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
-}
-
-async fn connect(url: &str) -> std::io::Result<Connection> {
-    check_url(url)?;
-    Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("host-worker".into()),
-    )
-    .await
-    .map_err(|e| io(&format!("cannot connect to {}", masked_url(url)), e))
 }
 
 fn persistent(kind: &str) -> BasicProperties {
@@ -266,8 +227,8 @@ async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error
 }
 
 /// Puts a job on the queue `queue_name` at `url`: persistent, confirmed.
-pub async fn enqueue(url: &str, queue_name: &str, body: &[u8]) -> std::io::Result<()> {
-    let conn = connect(url).await?;
+pub async fn enqueue(broker: &Broker, queue_name: &str, body: &[u8]) -> std::io::Result<()> {
+    let conn = broker.connect().await?;
     let channel = conn.create_channel().await.map_err(|e| io("channel", e))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -355,43 +316,8 @@ impl MessageKey {
 /// of equal job ids then wait for each other, which is safe.)
 fn lock_prefix(s: &AmqpSettings) -> String {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(format!("{}\n{}", vhost_of(&s.url), s.queue_name));
+    let digest = sha2::Sha256::digest(format!("{}\n{}", s.broker.vhost(), s.queue_name));
     hex(&digest[..8])
-}
-
-/// The vhost an AMQP URL names, as amqp091-go and pika read it: the path after the
-/// authority, percent-decoded; none (or a bare `/`) is the default vhost `/`.
-fn vhost_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = rest.split_once('/').map_or("", |(_, p)| p);
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let bytes = path.as_bytes();
-    let hex_at = |j: usize| {
-        bytes
-            .get(j)
-            .and_then(|b| char::from(*b).to_digit(16))
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match (b, hex_at(i + 1), hex_at(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(h * 16 + l);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    let vhost = String::from_utf8_lossy(&out).into_owned();
-    if vhost.is_empty() {
-        "/".into()
-    } else {
-        vhost
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -547,7 +473,7 @@ impl AmqpQueue {
         let (cancel_tx, cancel_rx) = mpsc::channel(64);
         let (link_tx, link_rx) = watch::channel(None);
         let (alive_tx, alive_rx) = watch::channel(());
-        let conn = connect(&settings.url).await?;
+        let conn = settings.broker.connect().await?;
         let queue = Self {
             shared: Arc::new(Shared {
                 settings: settings.clone(),
@@ -769,22 +695,30 @@ async fn supervise(
             }
         }
         link.send_replace(None);
-        tracing::warn!(
-            "lost the connection to {}; reconnecting",
-            masked_url(&s.url)
-        );
+        tracing::warn!("lost the connection to {}; reconnecting", s.broker.masked());
         let mut wait = Duration::from_millis(100);
+        // Each new reason a reconnect fails is said once (a broker that is down says the
+        // same every time; a certificate that expired meanwhile says something new).
+        let mut said = String::new();
         conn = loop {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
-            let Ok(c) = connect(&s.url).await else {
-                continue;
+            let c = match s.broker.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != said {
+                        tracing::warn!("reconnecting: {text}");
+                        said = text;
+                    }
+                    continue;
+                }
             };
             generation += 1;
             match session(&c, &s, &cancels, &shared, generation).await {
                 Ok(l) => {
                     link.send_replace(Some(l));
-                    tracing::warn!("reconnected to {}", masked_url(&s.url));
+                    tracing::warn!("reconnected to {}", s.broker.masked());
                     break c;
                 }
                 Err(e) => tracing::warn!("reconnecting: {e}"),
@@ -1338,7 +1272,8 @@ mod tests {
     #[test]
     fn one_broker_named_two_ways_gives_one_lock_prefix() {
         let settings = |url: &str| AmqpSettings {
-            url: url.into(),
+            broker: Broker::new(url, &TlsSettings::default(), DEFAULT_HEARTBEAT)
+                .unwrap_or_else(|e| panic!("{e}")),
             queue_name: "builds.linux".into(),
             prefetch: 1,
             state_queue: String::new(),
@@ -1350,7 +1285,6 @@ mod tests {
         assert_eq!(a, lock_prefix(&settings("amqp://u:p@localhost:5672/")));
         assert_eq!(a, lock_prefix(&settings("amqp://localhost")));
         assert_ne!(a, lock_prefix(&settings("amqp://localhost/other")));
-        assert_eq!(vhost_of("amqp://h/a%2Fb?heartbeat=10"), "a/b");
     }
 
     fn key(id: u64, body: &str) -> MessageKey {

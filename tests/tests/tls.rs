@@ -1,0 +1,371 @@
+//! `host worker` and `host enqueue` over `amqps://`, against a private RabbitMQ node with a
+//! TLS listener and certificates made at test time (`tests/engine/rabbitmq-tls.sh`): the
+//! README's example jobs, mutual TLS with SASL EXTERNAL, and each failure saying what
+//! failed. (The job tests of `amqp.rs` run over TLS too: its `*_over_amqps` tests.)
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blackbox::{artifacts, host, plugin_dir, run, signal, tls_broker, Guard, TlsBroker};
+
+fn plugins() -> tempfile::TempDir {
+    plugin_dir(&[
+        ("libfake.so", &artifacts().fake),
+        ("liblocal.so", &artifacts().local),
+    ])
+}
+
+/// A queue name of this test's own.
+fn queue(what: &str) -> String {
+    format!("hosttls-{what}-{}", std::process::id())
+}
+
+/// Deletes the queue when dropped.
+struct Queue(String);
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", TlsBroker::NODE, "delete_queue", &self.0])
+            .output();
+    }
+}
+
+fn enqueue(plugins: &Path, url: &str, queue: &str, extra: &[&str], job: &Path) -> blackbox::Ran {
+    let mut cmd = host(plugins);
+    cmd.args(["enqueue", "--queue", url, "--queue-name", queue])
+        .args(extra)
+        .arg(job);
+    run(cmd)
+}
+
+fn ca() -> String {
+    tls_broker().cert("ca.pem").display().to_string()
+}
+
+/// How many messages wait in `queue` on the TLS node.
+fn waiting(queue: &str) -> Option<u64> {
+    let out = tls_broker().rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages",
+    ]);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(queue)).then(|| f.next()?.parse().ok())?
+    })
+}
+
+#[test]
+fn a_worker_on_amqps_with_a_ca_file_runs_the_readme_example_jobs() {
+    let p = plugins();
+    let b = tls_broker();
+    let q = Queue(queue("readme"));
+    let states = Queue(format!("{}.states", q.0));
+    let logs = Queue(format!("{}.logs", q.0));
+    let mut jobs: Vec<_> = std::fs::read_dir(blackbox::workspace().join("examples/jobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jobs.sort();
+    assert!(!jobs.is_empty());
+    for job in &jobs {
+        let out = enqueue(
+            p.path(),
+            &b.url(),
+            &q.0,
+            &["--amqp-tls-cert-path", &ca()],
+            job,
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("amqps://guest:***@localhost"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(waiting(&q.0), Some(jobs.len() as u64));
+    let scripts = tempfile::tempdir().unwrap();
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "-b",
+        "local",
+        "--queue",
+        &b.url(),
+        "--queue-name",
+        &q.0,
+    ])
+    .args(["--amqp-tls-cert-path", &ca(), "--exit-when-idle"])
+    .args(["--state-queue", &states.0, "--log-queue", &logs.0])
+    .arg("-c")
+    .arg(format!("SCRIPTS_DIR={}", scripts.path().display()));
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The examples end as they do on the directory queue: failing.json fails, the others
+    // pass.
+    let ended = out.stderr.matches(" passed (exit code 0)").count()
+        + out.stderr.matches(" failed (exit code 1)").count();
+    assert_eq!(ended, jobs.len(), "{}", out.stderr);
+    assert_eq!(out.stderr.matches(" failed ").count(), 1, "{}", out.stderr);
+    assert_eq!(waiting(&q.0), Some(0));
+    // Each job's received, started and finished states went out over TLS.
+    assert_eq!(waiting(&states.0), Some(3 * jobs.len() as u64));
+}
+
+#[test]
+fn mutual_tls_with_sasl_external_logs_in_as_the_certificates_user() {
+    let p = plugins();
+    let b = tls_broker();
+    let q = Queue(queue("external"));
+    let url = format!("amqps://localhost:{}/?auth_mechanism=external", b.port);
+    let cert = b.cert("client.pem").display().to_string();
+    let key = b.cert("client.key").display().to_string();
+    let mutual = [
+        "--amqp-tls-cert-path",
+        &ca(),
+        "--amqp-tls-client-cert",
+        &cert,
+        "--amqp-tls-client-key",
+        &key,
+    ];
+    let job = blackbox::script(r#"{"job": {"id": 41}, "script": "echo external\n"}"#);
+    let out = enqueue(p.path(), &url, &q.0, &mutual, job.path());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let states = Queue(format!("{}.states", q.0));
+    let logs = Queue(format!("{}.logs", q.0));
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "-b",
+        "fake",
+        "-c",
+        "ECHO_SCRIPT=true",
+        "--queue",
+        &url,
+    ])
+    .args(["--queue-name", &q.0])
+    .args(mutual)
+    .args(["--amqp-heartbeat", "7s"])
+    .args(["--state-queue", &states.0, "--log-queue", &logs.0])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut w = Guard(cmd.spawn().unwrap());
+    // The broker names the connection's user: the certificate's CN, no password given; and
+    // the heartbeat asked for.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = b.rabbitmqctl(&[
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "user",
+            "auth_mechanism",
+            "ssl",
+            "timeout",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f == ["hostworker", "EXTERNAL", "true", "7"]
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no EXTERNAL connection: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting(&q.0) != Some(0) || waiting(&states.0) != Some(3) {
+        assert!(
+            Instant::now() < deadline,
+            "job 41 did not run over mutual TLS"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal("-TERM", w.0.id());
+    let status = w.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("job 41 passed"), "{err}");
+}
+
+/// `host enqueue` with `args` fails with `code` and a message holding each of `said`.
+#[track_caller]
+fn refused(url: &str, args: &[&str], code: i32, said: &[&str]) -> String {
+    let p = plugins();
+    let job = blackbox::script(r#"{"job": {"id": 1}, "script": "true\n"}"#);
+    let q = Queue(queue("refused"));
+    let out = enqueue(p.path(), url, &q.0, args, job.path());
+    assert_eq!(out.code, Some(code), "{url} {args:?}: {}", out.stderr);
+    for s in said {
+        assert!(
+            out.stderr.contains(s),
+            "{url} {args:?}: no {s:?} in {}",
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("guest:guest"), "{}", out.stderr);
+    out.stderr
+}
+
+#[test]
+fn each_tls_failure_says_what_failed() {
+    let b = tls_broker();
+    let ca = ca();
+    let with_ca = ["--amqp-tls-cert-path", ca.as_str()];
+    // A CA this worker does not trust: without --amqp-tls-cert-path, the system's roots.
+    refused(
+        &b.url(),
+        &[],
+        74,
+        &["unknown issuer", "--amqp-tls-cert-path"],
+    );
+    // A name the certificate does not hold (it names localhost only).
+    let by_ip = format!("amqps://guest:guest@127.0.0.1:{}/", b.port);
+    refused(
+        &by_ip,
+        &with_ca,
+        74,
+        &["not valid for the name \"127.0.0.1\""],
+    );
+    // TLS spoken to a plain AMQP port, and plain AMQP to the TLS port.
+    let plain_port = format!("amqps://guest:guest@localhost:{}/", TlsBroker::PLAIN_PORT);
+    refused(&plain_port, &with_ca, 74, &["not TLS", "plain AMQP port"]);
+    let plain_to_tls = format!("amqp://guest:guest@localhost:{}/", b.port);
+    refused(&plain_to_tls, &[], 74, &["use amqps://"]);
+    // A client certificate of a CA the broker does not trust.
+    let rogue = b.cert("rogue.pem").display().to_string();
+    let rogue_key = b.cert("rogue.key").display().to_string();
+    let external = format!("amqps://localhost:{}/?auth_mechanism=external", b.port);
+    refused(
+        &external,
+        &[
+            &with_ca[..],
+            &[
+                "--amqp-tls-client-cert",
+                &rogue,
+                "--amqp-tls-client-key",
+                &rogue_key,
+            ],
+        ]
+        .concat(),
+        74,
+        &["refused this worker's client certificate"],
+    );
+    // Settings that cannot be used are refused before any connection (78).
+    refused(
+        &b.url(),
+        &["--amqp-tls-cert-path", "/nonexistent/ca.pem"],
+        78,
+        &["--amqp-tls-cert-path /nonexistent/ca.pem", "cannot read"],
+    );
+    let not_pem = blackbox::script("not a certificate\n");
+    let not_pem = not_pem.path().display().to_string();
+    refused(
+        &b.url(),
+        &["--amqp-tls-cert-path", &not_pem],
+        78,
+        &[&format!("--amqp-tls-cert-path {not_pem}"), "no certificate"],
+    );
+    refused(&external, &with_ca, 78, &["needs a client certificate"]);
+    refused(
+        &b.url(),
+        &["--amqp-tls-client-cert", &rogue],
+        78,
+        &["needs --amqp-tls-client-key"],
+    );
+    let plain_external = format!(
+        "amqp://localhost:{}/?auth_mechanism=external",
+        TlsBroker::PLAIN_PORT
+    );
+    refused(&plain_external, &[], 64, &["use amqps://"]);
+}
+
+#[test]
+fn an_expired_broker_certificate_is_named() {
+    let b = tls_broker();
+    // A TLS server with the CA's expired certificate for localhost (a RabbitMQ node serves
+    // one certificate; openssl's test server stands in for a broker whose certificate ran
+    // out).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = Command::new("openssl");
+    server
+        .args(["s_server", "-quiet", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(b.cert("expired.pem"))
+        .arg("-key")
+        .arg(b.cert("expired.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Guard(server.spawn().expect("openssl s_server"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("amqps://guest:guest@localhost:{port}/");
+    refused(
+        &url,
+        &["--amqp-tls-cert-path", &ca()],
+        74,
+        &["certificate has expired"],
+    );
+}
+
+#[test]
+fn insecure_is_loud_and_only_without_a_ca() {
+    let p = plugins();
+    let b = tls_broker();
+    let q = Queue(queue("insecure"));
+    let job = blackbox::script(r#"{"job": {"id": 2}, "script": "true\n"}"#);
+    let out = enqueue(p.path(), &b.url(), &q.0, &["--amqp-insecure"], job.path());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("verification of the broker is OFF"),
+        "{}",
+        out.stderr
+    );
+    // With a CA, insecure is not used (and says so): the wrong CA is refused.
+    let wrong = b.cert("rogue-ca.pem").display().to_string();
+    refused(
+        &b.url(),
+        &["--amqp-insecure", "--amqp-tls-cert-path", &wrong],
+        74,
+        &["--amqp-insecure is not used", "unknown issuer"],
+    );
+    // TLS settings beside a plain URL are said to be unused.
+    let plain = format!("amqp://guest:guest@localhost:{}/", TlsBroker::PLAIN_PORT);
+    let out = enqueue(
+        p.path(),
+        &plain,
+        &q.0,
+        &["--amqp-tls-cert-path", &ca()],
+        job.path(),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("they are not used"), "{}", out.stderr);
+    // The worker refuses at start-up (74), before taking jobs, when the broker cannot be
+    // verified.
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "-b",
+        "fake",
+        "--queue",
+        &b.url(),
+        "--queue-name",
+        &q.0,
+    ]);
+    let out = run(cmd);
+    assert_eq!(out.code, Some(74), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown issuer"), "{}", out.stderr);
+}
