@@ -1,6 +1,15 @@
 //! # host: loads CI build backend plugins and runs jobs on them
 //!
-//! The library behind the `host` binary, made to be embedded by a worker. Its public API
+//! The core library: what an embedder takes to load plugins and run a job, alone. The CI
+//! worker (queues, the control API, metrics, the build script service) is the `host-worker`
+//! crate on top of it, and the command line the `host-cli` crate (binary `host`) on top of
+//! both. This crate must not grow a dependency on a queue, a network server or client, a
+//! command-line or a terminal crate: `cargo tree -p host -e normal` lists none of lapin,
+//! axum, hyper, ureq, clap or indicatif, and that is the point of the split. A new rule for
+//! what may load goes in [`policy`], [`loader`] or [`trust`]; a new way to run a job's
+//! backend calls in [`job`] or [`isolate`].
+//!
+//! Its public API
 //! holds only its own types and plugin-api's domain types (`ProviderConfig`,
 //! `StartAttributes`, `RunResult`, `BackendError`): no abi_stable or async-ffi type, which
 //! stay inside one private module (`abi`). The surface, in the order a job uses it:
@@ -69,7 +78,6 @@ pub mod probe;
 pub mod registry;
 pub mod text;
 pub mod trust;
-pub mod worker;
 
 pub use backend::{Instance, Provider};
 pub use error::{HostError, LoadError, Rejected};

@@ -73,7 +73,7 @@ pub fn artifacts() -> &'static Artifacts {
             "build",
             "--quiet",
             "-p",
-            "host",
+            "host-cli",
             "-p",
             "fake",
             "-p",

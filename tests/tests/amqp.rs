@@ -77,14 +77,14 @@ impl Link {
                 ))
                 .expect("connect to the test broker"),
             Link::Tls => {
-                let tls = host::worker::amqp::TlsSettings {
+                let tls = host_worker::amqp::TlsSettings {
                     ca_path: Some(tls_broker().cert("ca.pem")),
                     ..Default::default()
                 };
-                let broker = host::worker::amqp::Broker::new(
+                let broker = host_worker::amqp::Broker::new(
                     &self.url(),
                     &tls,
-                    host::worker::amqp::DEFAULT_HEARTBEAT,
+                    host_worker::amqp::DEFAULT_HEARTBEAT,
                 )
                 .expect("the TLS broker's settings");
                 rt.block_on(broker.connect())

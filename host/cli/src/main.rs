@@ -1,5 +1,6 @@
-//! The `host` command: a thin CLI over the host library. It parses arguments, sets up
-//! logging and signals, and prints; everything else lives in the library.
+//! The `host` command: a thin CLI over the `host` library (the core: plugins, jobs) and the
+//! `host-worker` library (the worker). It parses arguments, sets up logging and signals,
+//! prints, and chooses exit codes; everything else lives in the libraries.
 
 mod exit;
 mod fds;

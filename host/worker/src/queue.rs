@@ -1,5 +1,5 @@
 //! What a worker needs of a job queue: claim the next job, record its states and its log,
-//! and end it one way or another. The directory queue ([`crate::worker::dir`]) is the
+//! and end it one way or another. The directory queue ([`crate::dir`]) is the
 //! embedded default; a broker is another implementation of the same two traits.
 
 use std::future::Future;
@@ -115,12 +115,12 @@ pub trait JobQueue: Send + Sync + 'static {
     fn next(&self) -> impl Future<Output = Self::Delivery> + Send;
 
     /// Whether no job is waiting, as far as this worker can tell (for
-    /// [`crate::worker::WorkerSettings::exit_when_idle`]).
+    /// [`crate::WorkerSettings::exit_when_idle`]).
     fn is_idle(&self) -> bool;
 
     /// Whether jobs of workers on this machine that are gone wait to be put back (a
     /// directory queue's claims of a dead worker). Looked at every
-    /// [`crate::worker::RECOVER_EVERY`] by a running worker, which then fences and calls
+    /// [`crate::RECOVER_EVERY`] by a running worker, which then fences and calls
     /// [`JobQueue::recover`].
     fn has_orphans(&self) -> bool {
         false

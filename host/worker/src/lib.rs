@@ -1,7 +1,14 @@
-//! A long-running CI worker: takes jobs from a queue, runs each through [`crate::job`] on a
+//! A long-running CI worker: takes jobs from a queue, runs each through [`host::job`] on a
 //! pool, records every state change and the log, requeues what broke for infrastructure
 //! reasons and shuts down without losing a job. The original travis-ci/worker around its
-//! `backend` package, on this library.
+//! `backend` package, on the `host` library (the core). This crate prints nothing and parses
+//! no command line (the `host-cli` crate does); it never loads a plugin itself (it is given
+//! a [`host::Provider`]).
+//!
+//! Where things go: a new queue type is a module here implementing [`queue::JobQueue`] and
+//! [`queue::Delivery`] (as [`dir`] and [`amqp`] do), chosen by its URL scheme in the CLI's
+//! `worker.rs`; a new endpoint goes in [`http`] (auth and the connection limits are there
+//! already); a new metric in [`metrics`].
 //!
 //! - [`queue`]: what a queue must do ([`JobQueue`], [`Delivery`]); [`dir`]: the directory
 //!   queue, the embedded default;
@@ -34,12 +41,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::backend::Provider;
-use crate::job::{
+use build_api::{BuildApi, ScriptError};
+use host::backend::Provider;
+use host::job::{
     run_job, CancelReason, Job, JobEvent, JobObserver, JobOptions, Limit, Outcome, TimeoutKind,
 };
-use crate::text::fmt_duration;
-use build_api::{BuildApi, ScriptError};
+use host::text::fmt_duration;
 use payload::{Payload, PayloadError};
 pub use queue::{Delivery, JobQueue, JobState, StateUpdate, Turn};
 

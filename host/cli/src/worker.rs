@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use host::job::JobOptions;
 use host::text::{escape_controls, fmt_duration};
-use host::worker::amqp::{AmqpQueue, AmqpSettings, Broker, BrokerError, TlsSettings};
-use host::worker::build_api::BuildApi;
-use host::worker::dir::DirQueue;
-use host::worker::payload::Payload;
-use host::worker::{Control, Worker, WorkerEvent, WorkerObserver, WorkerSettings};
 use host::PluginPolicy;
+use host_worker::amqp::{AmqpQueue, AmqpSettings, Broker, BrokerError, TlsSettings};
+use host_worker::build_api::BuildApi;
+use host_worker::dir::DirQueue;
+use host_worker::payload::Payload;
+use host_worker::{Control, Worker, WorkerEvent, WorkerObserver, WorkerSettings};
 use plugin_api::config::{parse_byte_size, parse_duration};
 
 use crate::exit::say;
@@ -72,7 +72,7 @@ pub struct WorkerArgs {
 
     /// Where the workers of this machine keep their job locks (RabbitMQ: two workers here
     /// never run one job at once); every worker of the machine must use the same one
-    #[arg(long, value_name = "DIR", env = "HOST_LOCK_DIR", default_value_os_t = host::worker::machine::default_dir())]
+    #[arg(long, value_name = "DIR", env = "HOST_LOCK_DIR", default_value_os_t = host_worker::machine::default_dir())]
     lock_dir: PathBuf,
 
     /// A directory queue's new/ may be writable by its group (the users who submit jobs);
@@ -226,11 +226,11 @@ impl BrokerArgs {
 #[derive(clap::Args, Debug)]
 pub struct AmqpArgs {
     /// With an amqp:// queue: where state updates go (the original's name by default)
-    #[arg(long, value_name = "NAME", default_value = host::worker::amqp::STATE_QUEUE, help_heading = "RabbitMQ")]
+    #[arg(long, value_name = "NAME", default_value = host_worker::amqp::STATE_QUEUE, help_heading = "RabbitMQ")]
     state_queue: String,
     /// With an amqp:// queue: the routing key and queue of log parts on the `reporting`
     /// exchange (the original's name by default)
-    #[arg(long, value_name = "NAME", default_value = host::worker::amqp::LOG_QUEUE, help_heading = "RabbitMQ")]
+    #[arg(long, value_name = "NAME", default_value = host_worker::amqp::LOG_QUEUE, help_heading = "RabbitMQ")]
     log_queue: String,
 }
 
@@ -458,7 +458,7 @@ fn humantime_now() -> String {
 
 pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
     let url = queue_url(&args.target.queue)?;
-    let http_settings = host::worker::http::HttpSettings {
+    let http_settings = host_worker::http::HttpSettings {
         auth: args.http_auth.clone().filter(|a| !a.is_empty()),
     };
     if let Some(auth) = &http_settings.auth {
@@ -469,7 +469,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         }
     }
     if let Some(addr) = args.http {
-        host::worker::http::check_bind(addr, &http_settings, args.http_allow_unauthenticated)
+        host_worker::http::check_bind(addr, &http_settings, args.http_allow_unauthenticated)
             .map_err(CliError::Usage)?;
     }
     if let QueueUrl::Amqp(_) = url {
@@ -507,7 +507,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         };
         // Fencing: what dead workers on this host left running goes before any of their
         // jobs can run again here.
-        let fenced = host::worker::fence(&provider).await;
+        let fenced = host_worker::fence(&provider).await;
         for line in &fenced.removed {
             say!("host: reaped what a worker that is gone left: {line}");
         }
@@ -523,7 +523,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         };
         match url {
             QueueUrl::Dir(dir) => {
-                let access = host::worker::dir::DirAccess {
+                let access = host_worker::dir::DirAccess {
                     shared_new: args.queue_shared_new,
                 };
                 let queue = DirQueue::open(&dir, access).map_err(|e| {
@@ -548,7 +548,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     log_queue: args.amqp.log_queue.clone(),
                     infra: alias.clone(),
                     machine_locks: Some(
-                        host::worker::machine::MachineLocks::open(&args.lock_dir).map_err(|e| {
+                        host_worker::machine::MachineLocks::open(&args.lock_dir).map_err(|e| {
                             CliError::Io(format!("cannot use the lock directory: {e}"))
                         })?,
                     ),
@@ -557,7 +557,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                 let (queue, cancels) = AmqpQueue::open(amqp)
                     .await
                     .map_err(|e| CliError::Io(format!("cannot use the queue: {e}")))?;
-                let id = host::worker::dir::worker_id();
+                let id = host_worker::dir::worker_id();
                 let worker = Worker::new(queue, provider, settings, id.clone(), observer);
                 at.run(worker, &id, &place, Some(cancels))
                     .await
@@ -585,13 +585,13 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
 /// What a worker serves beside its queue.
 struct Serve {
     http: Option<SocketAddr>,
-    http_settings: host::worker::http::HttpSettings,
+    http_settings: host_worker::http::HttpSettings,
     alias: String,
 }
 
 impl Serve {
     /// Serves HTTP and signals for `worker`, routes cancel commands to it, and runs it.
-    async fn run<Q: host::worker::JobQueue>(
+    async fn run<Q: host_worker::JobQueue>(
         self,
         worker: Worker<Q>,
         worker_id: &str,
@@ -611,7 +611,7 @@ impl Serve {
             });
         }
         if let Some(addr) = self.http {
-            let bound = host::worker::http::serve(addr, self.http_settings, control.clone())
+            let bound = host_worker::http::serve(addr, self.http_settings, control.clone())
                 .await
                 .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
             say!("host: worker HTTP endpoints on http://{bound}");
@@ -710,7 +710,7 @@ fn shutdown(control: &Control, name: &str) {
 
 pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
     let url = queue_url(&args.target.queue)?;
-    let limit = host::worker::dir::MAX_JOB_BYTES;
+    let limit = host_worker::dir::MAX_JOB_BYTES;
     let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
             say!("host: reading the job payload from standard input (end with Ctrl-D)");
@@ -747,7 +747,7 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
                 .build()
                 .map_err(|e| CliError::TempFail(format!("cannot start the async runtime: {e}")))?;
             runtime
-                .block_on(host::worker::amqp::enqueue(&broker, &name, &bytes))
+                .block_on(host_worker::amqp::enqueue(&broker, &name, &bytes))
                 .map_err(|e| CliError::Io(format!("cannot put the job on {name}: {e}")))?;
             say!(
                 "host: queued job {} on {} queue {name}",

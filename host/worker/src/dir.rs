@@ -825,7 +825,7 @@ impl DirDelivery {
 }
 
 impl Delivery for DirDelivery {
-    type Log = crate::output::BlockingFile;
+    type Log = host::output::BlockingFile;
 
     fn payload(&self) -> &[u8] {
         if self.payload.len() as u64 > MAX_JOB_BYTES {
@@ -864,7 +864,7 @@ impl Delivery for DirDelivery {
         written
     }
 
-    async fn open_log(&mut self, job_id: u64) -> std::io::Result<crate::output::BlockingFile> {
+    async fn open_log(&mut self, job_id: u64) -> std::io::Result<host::output::BlockingFile> {
         let dir = self.queue.root.join("log");
         let path = dir.join(format!("{job_id}.log"));
         // An earlier run's log (this job requeued, or the same id queued twice) is kept.
@@ -915,7 +915,7 @@ impl Delivery for DirDelivery {
                 self.queue.note(WRITES, &Err(copy_error(e)));
             }
         }
-        opened.map(crate::output::BlockingFile::new)
+        opened.map(host::output::BlockingFile::new)
     }
 
     async fn finish(self) -> std::io::Result<()> {

@@ -97,7 +97,7 @@ impl BuildApi {
             200..=299 => Ok(text),
             400..=499 => Err(Attempt::Final(format!(
                 "HTTP {status}: {}",
-                crate::text::escape_controls(&shortened(text.trim(), MAX_REASON_CHARS))
+                host::text::escape_controls(&shortened(text.trim(), MAX_REASON_CHARS))
             ))),
             _ => Err(Attempt::Retry(format!("HTTP {status} from {}", self.url))),
         }
