@@ -68,7 +68,7 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 
 fn fake_registry(a: &Artifacts) -> Registry {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
-    let registry = Registry::load(&host::loader::plugin_dirs(&[dir]));
+    let registry = Registry::load(&host::plugins::loader::plugin_dirs(&[dir]));
     assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
     registry
 }
@@ -592,7 +592,7 @@ fn startup(a: &Artifacts, s: &Sizes) -> Vec<Row> {
     rows
 }
 
-/// What the load-time probe (host::probe) adds to loading, measured inside a child process
+/// What the load-time probe (host::plugins::probe) adds to loading, measured inside a child process
 /// around `PluginPolicy::load` (process start-up excluded): with a warm cache, with none
 /// (every file probed in a child), against loading unprobed.
 fn probe(a: &Artifacts, s: &Sizes) -> Vec<Row> {
@@ -748,10 +748,11 @@ pub fn child(args: &[String]) -> ExitCode {
             } else {
                 cache.as_str()
             };
-            std::env::set_var(host::probe::CACHE_ENV, cache);
+            std::env::set_var(host::plugins::probe::CACHE_ENV, cache);
             let exe = (mode != "unprobed").then(|| PathBuf::from(exe));
-            host::probe::set_executable(exe);
-            let policy = host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.into()]), None);
+            host::plugins::probe::set_executable(exe);
+            let policy =
+                host::PluginPolicy::new(host::plugins::loader::plugin_dirs(&[dir.into()]), None);
             let t = Instant::now();
             let registry = policy.load();
             let took = t.elapsed().as_secs_f64();
@@ -787,7 +788,8 @@ pub fn child(args: &[String]) -> ExitCode {
             let Some(dir) = args.get(1) else {
                 return ExitCode::from(64);
             };
-            let registry = Registry::load(&host::loader::plugin_dirs(&[PathBuf::from(dir)]));
+            let registry =
+                Registry::load(&host::plugins::loader::plugin_dirs(&[PathBuf::from(dir)]));
             black_box(&registry);
             println!("{}", proc_status("VmRSS:"));
             ExitCode::SUCCESS
@@ -806,7 +808,7 @@ pub fn child(args: &[String]) -> ExitCode {
 }
 
 fn inflight_child(backend: &str, n: usize, dir: &Path) {
-    let registry = Registry::load(&host::loader::plugin_dirs(&[dir.to_path_buf()]));
+    let registry = Registry::load(&host::plugins::loader::plugin_dirs(&[dir.to_path_buf()]));
     inflight_on(&registry, backend, n);
 }
 

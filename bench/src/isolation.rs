@@ -141,15 +141,18 @@ pub fn echo_child(n: usize) -> ExitCode {
 }
 
 fn isolated_registry(a: &Artifacts, dir: &Path, isolate: bool) -> host::Registry {
-    host::probe::set_executable(Some(a.host.clone()));
+    host::plugins::probe::set_executable(Some(a.host.clone()));
     let isolation = if isolate {
         host::isolate::Isolation::All
     } else {
         host::isolate::Isolation::None
     };
-    let registry = host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.to_path_buf()]), None)
-        .with_isolation(isolation)
-        .load();
+    let registry = host::PluginPolicy::new(
+        host::plugins::loader::plugin_dirs(&[dir.to_path_buf()]),
+        None,
+    )
+    .with_isolation(isolation)
+    .load();
     assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
     registry
 }
@@ -276,10 +279,13 @@ fn in_flight(a: &Artifacts, n: usize) -> Row {
 
 /// The in-flight child: `n` isolated fake jobs at once in this process.
 pub fn inflight_isolated_child(n: usize, dir: &Path, host_exe: &Path) -> ExitCode {
-    host::probe::set_executable(Some(host_exe.to_path_buf()));
-    let registry = host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.to_path_buf()]), None)
-        .with_isolation(host::isolate::Isolation::All)
-        .load();
+    host::plugins::probe::set_executable(Some(host_exe.to_path_buf()));
+    let registry = host::PluginPolicy::new(
+        host::plugins::loader::plugin_dirs(&[dir.to_path_buf()]),
+        None,
+    )
+    .with_isolation(host::isolate::Isolation::All)
+    .load();
     crate::figures::inflight_on(&registry, "fake", n);
     ExitCode::SUCCESS
 }

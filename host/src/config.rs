@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use plugin_api::config::{env_prefix, query_unescape};
 use plugin_api::ProviderConfig;
 
-use crate::registry::{Backend, Registry};
+use crate::plugins::registry::{Backend, Registry};
 
 /// The largest config file read.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;

@@ -20,7 +20,7 @@ pub enum LoadError {
     /// Refused by the checks made before opening a file.
     #[error("refused: {0}")]
     #[serde(skip)]
-    Untrusted(#[source] crate::trust::TrustError),
+    Untrusted(#[source] crate::plugins::trust::TrustError),
     /// Built with an abi_stable whose header this host cannot read.
     #[error("built with an incompatible abi_stable ({found}; this host uses abi_stable ABI 0.11): rebuild the plugin against plugin-api {host_major}.x")]
     AbiStableVersion {
@@ -56,7 +56,7 @@ pub enum LoadError {
         /// The file that was loaded first.
         first: PathBuf,
     },
-    /// Opening it killed the process that tried (a child probing it, see [`crate::probe`]):
+    /// Opening it killed the process that tried (a child probing it, see [`crate::plugins::probe`]):
     /// a damaged or hostile file, kept out of the host.
     #[error("crashed while loading: {0}")]
     Crashed(String),

@@ -6,7 +6,7 @@
 //! both. This crate must not grow a dependency on a queue, a network server or client, a
 //! command-line or a terminal crate: `cargo tree -p host -e normal` lists none of lapin,
 //! axum, hyper, ureq, clap or indicatif, and that is the point of the split. A new rule for
-//! what may load goes in [`policy`], [`loader`] or [`trust`]; a new way to run a job's
+//! what may load goes in [`plugins`] (see its doc); a new way to run a job's
 //! backend calls in [`job`] or [`isolate`].
 //!
 //! Its public API
@@ -16,7 +16,7 @@
 //!
 //! - [`PluginPolicy`]: where plugins are found and which lock governs them, resolved once and
 //!   applied to everything that opens a library ([`PluginPolicy::load`],
-//!   [`PluginPolicy::inspect`]); [`loader`] and [`trust`] hold its rules;
+//!   [`PluginPolicy::inspect`]); [`plugins`] holds its rules;
 //! - [`Registry`]: the loaded [`Backend`]s, [`Registry::each_backend`] in sorted alias order
 //!   and [`Registry::new_backend_provider`], as in the original travis-ci/worker `backend`
 //!   package;
@@ -26,7 +26,7 @@
 //!   the backend and the call ([`HostError`]);
 //! - [`job`]: one job end to end, with typed [`job::JobEvent`]s and a typed
 //!   [`job::Outcome`]; [`output`]: the bounded log channel a running script writes into;
-//! - [`inspect`]: everything known about one plugin file; [`text`]: text from outside made
+//! - [`plugins::inspect`]: everything known about one plugin file; [`text`]: text from outside made
 //!   safe to print.
 //!
 //! A whole job through the library alone:
@@ -66,20 +66,32 @@
 mod abi;
 pub mod backend;
 pub mod config;
-mod elf;
 pub mod error;
-pub mod inspect;
+mod fds;
 pub mod isolate;
 pub mod job;
-pub mod loader;
 pub mod output;
-pub mod policy;
-pub mod probe;
-pub mod registry;
+pub mod plugins;
+pub mod progress;
 pub mod text;
-pub mod trust;
 
 pub use backend::{Instance, Provider};
 pub use error::{HostError, LoadError, Rejected};
-pub use policy::PluginPolicy;
-pub use registry::{Backend, Registry};
+pub use plugins::policy::PluginPolicy;
+pub use plugins::registry::{Backend, Registry};
+
+/// Answers a probe ([`plugins::probe`]), or serves an isolated plugin ([`isolate`]), and exits
+/// when this process was started as either; otherwise marks this executable as able to do
+/// both and returns. Call it first thing in `main`.
+pub fn serve_if_asked() {
+    plugins::probe::can_serve();
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some(plugins::probe::PROBE_ARG) => std::process::exit(plugins::probe::serve()),
+        Some(isolate::SERVER_ARG) => std::process::exit(isolate::serve()),
+        _ => {}
+    }
+}

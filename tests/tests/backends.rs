@@ -149,7 +149,9 @@ fn each_backend_visits_in_sorted_alias_order_whatever_the_file_order() {
         ("a-panicky.so", &fixture("panicky")),
         ("z-fake.so", &artifacts().fake),
     ]);
-    let registry = host::Registry::load(&host::loader::plugin_dirs(&[dir.path().to_path_buf()]));
+    let registry = host::Registry::load(&host::plugins::loader::plugin_dirs(&[dir
+        .path()
+        .to_path_buf()]));
     let mut seen = Vec::new();
     registry.each_backend(|b| seen.push(b.alias.clone()));
     assert_eq!(seen, ["fake", "panicky"]);
@@ -170,7 +172,9 @@ fn each_backend_visits_in_sorted_alias_order_whatever_the_file_order() {
 #[test]
 fn an_unknown_alias_is_the_originals_error() {
     let dir = plugin_dir(&[("libfake.so", &artifacts().fake)]);
-    let registry = host::Registry::load(&host::loader::plugin_dirs(&[dir.path().to_path_buf()]));
+    let registry = host::Registry::load(&host::plugins::loader::plugin_dirs(&[dir
+        .path()
+        .to_path_buf()]));
     let err = registry
         .new_backend_provider("nope", &plugin_api::ProviderConfig::new())
         .err()

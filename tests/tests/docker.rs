@@ -116,7 +116,9 @@ fn the_image_is_chosen_by_language_or_by_image() {
 #[test]
 fn limits_from_the_config_are_applied_to_the_container() {
     let dir = plugins();
-    let registry = host::Registry::load(&host::loader::plugin_dirs(&[dir.path().to_path_buf()]));
+    let registry = host::Registry::load(&host::plugins::loader::plugin_dirs(&[dir
+        .path()
+        .to_path_buf()]));
     let config = plugin_api::ProviderConfig::from_map([
         ("ENDPOINT", engine()),
         ("MEMORY", "99MB"),

@@ -223,14 +223,16 @@ async fn job(provider: &host::Provider, script: &str) -> host::job::JobReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_jobs_on_fake_pass_beside_one_that_crashes_its_isolated_plugin_and_the_next_runs() {
     // This test binary serves nothing itself: the host binary runs the plugin servers.
-    host::probe::set_executable(Some(artifacts().host.clone()));
+    host::plugins::probe::set_executable(Some(artifacts().host.clone()));
     let dir = plugin_dir(&[
         ("libfake.so", &artifacts().fake),
         ("libpanicky.so", &fixture("panicky")),
     ]);
-    let policy =
-        host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.path().to_path_buf()]), None)
-            .with_isolation(host::isolate::Isolation::parse(["panicky"]));
+    let policy = host::PluginPolicy::new(
+        host::plugins::loader::plugin_dirs(&[dir.path().to_path_buf()]),
+        None,
+    )
+    .with_isolation(host::isolate::Isolation::parse(["panicky"]));
     let registry = policy.load();
     assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
     assert!(registry.backend("panicky").unwrap().isolated);
@@ -335,12 +337,14 @@ fn an_isolated_log_arrives_whole_and_in_order_through_a_stalled_reader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_isolated_runs_on_one_server_keep_their_logs_apart() {
-    host::probe::set_executable(Some(artifacts().host.clone()));
+    host::plugins::probe::set_executable(Some(artifacts().host.clone()));
     let dir = plugin_dir(&[("liblocal.so", &artifacts().local)]);
-    let registry =
-        host::PluginPolicy::new(host::loader::plugin_dirs(&[dir.path().to_path_buf()]), None)
-            .with_isolation(host::isolate::Isolation::All)
-            .load();
+    let registry = host::PluginPolicy::new(
+        host::plugins::loader::plugin_dirs(&[dir.path().to_path_buf()]),
+        None,
+    )
+    .with_isolation(host::isolate::Isolation::All)
+    .load();
     let local = registry
         .new_backend_provider("local", &ProviderConfig::new())
         .unwrap();

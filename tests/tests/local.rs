@@ -313,7 +313,10 @@ impl tokio::io::AsyncWrite for Collect {
 }
 
 fn local_registry(plugins: &Path) -> host::Registry {
-    let registry = host::Registry::load(&host::loader::plugin_dirs(&[plugins.to_path_buf()]));
+    let registry =
+        host::Registry::load(&host::plugins::loader::plugin_dirs(
+            &[plugins.to_path_buf()],
+        ));
     assert!(registry.rejected().is_empty(), "{:?}", registry.rejected());
     registry
 }

@@ -63,7 +63,9 @@ async fn job_on(registry: &host::Registry, panic_in: &str) -> host::job::JobRepo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_survives_every_panic_and_then_runs_a_good_job() {
     let dir = plugin_dir(&[("libpanicky.so", &fixture("panicky"))]);
-    let registry = host::Registry::load(&host::loader::plugin_dirs(&[dir.path().to_path_buf()]));
+    let registry = host::Registry::load(&host::plugins::loader::plugin_dirs(&[dir
+        .path()
+        .to_path_buf()]));
 
     let err = registry
         .new_backend_provider(

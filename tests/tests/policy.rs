@@ -83,7 +83,7 @@ fn a_file_swapped_after_its_check_is_not_the_one_loaded() {
     let lock_path = lock.path().join("x.lock");
     std::fs::write(&lock_path, format!("{}  libx.so\n", sha256(&path))).unwrap();
     let policy = host::PluginPolicy::new(
-        vec![host::loader::PluginDir {
+        vec![host::plugins::loader::PluginDir {
             path: dir.path().to_owned(),
             explicit: true,
         }],

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use host::loader::PluginDir;
+use host::plugins::loader::PluginDir;
 use host::{PluginPolicy, Registry};
 use plugin_api::config::env_prefix;
 use serde::Serialize;
@@ -188,11 +188,11 @@ fn write_lock(path: &std::path::Path, registry: &Registry) -> std::io::Result<()
             .unwrap_or_default();
         let hash = match &b.facts.sha256 {
             Some(h) => h.clone(),
-            None => host::trust::sha256_file(&b.facts.resolved)?,
+            None => host::plugins::trust::sha256_file(&b.facts.resolved)?,
         };
         files.push((name, hash));
     }
-    host::trust::Lock::write(path, &files)?;
+    host::plugins::trust::Lock::write(path, &files)?;
     say!(
         "host: wrote {} with {} plugin(s)",
         path.display(),

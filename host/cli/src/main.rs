@@ -108,8 +108,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A child probing a plugin file answers and exits here (see host::probe).
-    host::probe::serve_if_asked();
+    // A child probing a plugin file answers and exits here (see host::plugins::probe).
+    host::serve_if_asked();
     // Before anything opens a file: standard descriptors that are closed get /dev/null (so
     // no plugin file or socket lands on them), and descriptors inherited beyond them are
     // kept from every child (jobs get 0, 1 and 2 only).

@@ -9,7 +9,7 @@ use plugin_api::ffi::BackendMod_Ref;
 
 use super::module::Module;
 use crate::error::LoadError;
-use crate::loader::Progress;
+use crate::progress::Progress;
 
 /// Opens the library at `path` (for the loader, a `/proc/self/fd/N` path of a file it has
 /// already checked) and initialises its root module, recording what it learns in `progress`.

@@ -195,7 +195,7 @@ impl Conn {
 
     fn spawn(server: &Arc<Server>) -> std::io::Result<Arc<Conn>> {
         let (ours, theirs) = socketpair()?;
-        let (diag_read, diag_write) = crate::probe::pipe()?;
+        let (diag_read, diag_write) = crate::fds::pipe()?;
         let ring_fd = ring::memfd();
         let mut cmd = std::process::Command::new(&server.exe);
         cmd.arg(SERVER_ARG)
@@ -220,7 +220,7 @@ impl Conn {
                 // A group of its own: what it starts without a session of its own dies
                 // with it after a crash.
                 libc::setpgid(0, 0);
-                crate::probe::move_fds(&moves)
+                crate::fds::move_fds(&moves)
             });
         }
         let mut child = tokio::process::Command::from(cmd).spawn()?;

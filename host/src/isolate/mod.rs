@@ -1,6 +1,6 @@
 //! Out-of-process plugins: a plugin marked for isolation is never opened as a library in
 //! the host. It runs in a plugin server, the same executable started with a hidden argument
-//! (see [`crate::probe::serve_if_asked`]), connected by a socketpair; one server per plugin
+//! (see [`crate::serve_if_asked`]), connected by a socketpair; one server per plugin
 //! file serves every provider, instance and call of that plugin at once. The [`Provider`]
 //! and [`Instance`] an embedder holds are the same for both modes.
 //!

@@ -19,8 +19,8 @@ use super::wire::{
 };
 use crate::abi::calls::{InstanceObj, ProviderObj};
 use crate::abi::module::Module;
-use crate::loader::Progress;
 use crate::output::log_channel;
+use crate::progress::Progress;
 
 /// The plugin file's descriptor in the server.
 pub(crate) const FILE_FD: i32 = 3;

@@ -11,7 +11,7 @@
 //! that then gets the same message again (redelivered) answers it without running it. A run
 //! that begins removes the done file of its key (the same body published again is a new
 //! message). Done files older than [`DONE_KEPT`] are removed at start and every
-//! [`SWEEP_EVERY`] recorded.
+//! `SWEEP_EVERY` recorded.
 //!
 //! The directory is the worker's alone (mode 0700, its owner, its parents writable by no one
 //! else), made if missing (at start, or when it went away) and checked each time: a lock

@@ -163,7 +163,7 @@ impl Broker {
     }
 
     /// Opens a connection: TCP, TLS for `amqps://`, the AMQP handshake, within
-    /// [`CONNECT_TIMEOUT`]. The error says what failed, in words.
+    /// `CONNECT_TIMEOUT` (30 s). The error says what failed, in words.
     pub async fn connect(&self) -> std::io::Result<Connection> {
         let runtime = lapin::runtime::default_runtime()
             .map_err(|e| std::io::Error::other(format!("no async runtime: {e}")))?;

@@ -28,7 +28,7 @@
 //! and new ones wait for it (at most 64 unconfirmed per job, then the log's bounded buffer).
 //!
 //! **A message is not a job.** Deduplication identifies a *message*: the job id and a
-//! SHA-256 digest of the body ([`MessageKey`]). Only a delivery the broker marks
+//! SHA-256 digest of the body (`MessageKey`). Only a delivery the broker marks
 //! `redelivered` may be answered from what this worker ran (joined to a run of the same
 //! message still going on here, or acked when such a run ended with a final state); any other
 //! delivery runs, whatever its job id. A requeue publishes a *new* message (its body carries

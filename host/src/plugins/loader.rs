@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{HostError, LoadError};
 use crate::isolate::Isolation;
-use crate::registry::Backend;
-use crate::trust::{self, CheckedFile, FileFacts, Lock};
+use crate::plugins::loaded::Backend;
+use crate::plugins::trust::{self, CheckedFile, FileFacts, Lock};
+use crate::progress::Progress;
 
 /// The environment variable that lists plugin directories.
 pub const PLUGIN_PATH_ENV: &str = "HOST_PLUGIN_PATH";
@@ -121,24 +122,11 @@ pub fn candidate_files(dirs: &[PluginDir]) -> (Vec<(PathBuf, usize)>, Vec<HostEr
 
 /// A plugin file that passed the trust checks and the ELF check, held open:
 /// [`PluginFile::load`] loads exactly the file that was checked, even if its path now names
-/// another (see [`crate::trust`]).
+/// another (see [`crate::plugins::trust`]).
 #[derive(Debug)]
 pub struct PluginFile {
     path: PathBuf,
     checked: CheckedFile,
-}
-
-/// How far loading got, for `host inspect`: each step's finding, whatever stopped it.
-#[derive(Debug, Default, Clone)]
-pub struct Progress {
-    /// Trust checks passed with these facts.
-    pub facts: Option<FileFacts>,
-    /// The abi_stable header's (major, minor).
-    pub abi: Option<(u32, u32)>,
-    /// The plugin-api version in the header.
-    pub plugin_api_version: Option<String>,
-    /// What the probe in a child process found, and whether from the cache.
-    pub probe: Option<String>,
 }
 
 impl PluginFile {
@@ -146,7 +134,7 @@ impl PluginFile {
     /// without opening it as a library.
     pub fn check(path: &Path, lock: Option<&Lock>) -> Result<Self, LoadError> {
         let checked = trust::open_checked(path, lock).map_err(LoadError::Untrusted)?;
-        crate::elf::check(&checked.file).map_err(LoadError::Elf)?;
+        crate::plugins::elf::check(&checked.file).map_err(LoadError::Elf)?;
         Ok(Self {
             path: path.to_owned(),
             checked,
@@ -166,7 +154,7 @@ impl PluginFile {
         Ok(backend)
     }
 
-    /// Probes the file in a child ([`crate::probe`]), then loads it here, or, when
+    /// Probes the file in a child ([`crate::plugins::probe`]), then loads it here, or, when
     /// `isolation` covers its alias, makes it a backend served out of process
     /// ([`crate::isolate`]) without ever opening it here.
     pub(crate) fn load_traced(
@@ -175,7 +163,7 @@ impl PluginFile {
         isolation: &Isolation,
     ) -> Result<Backend, LoadError> {
         progress.facts = Some(self.checked.facts.clone());
-        let description = match crate::probe::probe(&self.checked, progress) {
+        let description = match crate::plugins::probe::probe(&self.checked, progress) {
             Ok(d) => d,
             Err(e) => {
                 keep_open(self.checked.file);
@@ -183,7 +171,7 @@ impl PluginFile {
             }
         };
         if isolation.any() {
-            match (description, crate::probe::executable()) {
+            match (description, crate::plugins::probe::executable()) {
                 (Some(d), Some(exe)) if isolation.covers(&d.alias) => {
                     progress.plugin_api_version = Some(d.plugin_api_version.clone());
                     let server =

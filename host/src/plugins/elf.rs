@@ -42,7 +42,7 @@ fn host_machine() -> Option<u16> {
 /// Reads `file` by position, so its descriptor's offset is left where it was.
 pub fn check(file: &std::fs::File) -> Result<(), String> {
     let size = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut f = crate::trust::PositionalReader { file, at: 0 };
+    let mut f = crate::plugins::trust::PositionalReader { file, at: 0 };
     let mut head = [0u8; 64];
     if size < 64 || f.read_exact(&mut head).is_err() || head[..4] != *b"\x7fELF" {
         return Ok(());
@@ -77,7 +77,7 @@ pub fn check(file: &std::fs::File) -> Result<(), String> {
         ));
     }
     let mut table = vec![0u8; (table_end - phoff) as usize];
-    let mut f = crate::trust::PositionalReader { file, at: phoff };
+    let mut f = crate::plugins::trust::PositionalReader { file, at: phoff };
     f.read_exact(&mut table).map_err(|e| e.to_string())?;
     for i in 0..phnum as usize {
         let ph = &table[i * phentsize as usize..];

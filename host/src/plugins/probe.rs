@@ -6,7 +6,7 @@
 //!
 //! # The probing executable
 //! The child is this program itself, run with a hidden first argument: a program that
-//! embeds the library calls [`serve_if_asked`] first thing in `main` (the `host` binary
+//! embeds the library calls [`crate::serve_if_asked`] first thing in `main` (the `host` binary
 //! does), which both answers probes in the child and marks this executable as able to. An
 //! embedder that does not can name another executable that does with [`set_executable`]
 //! (the `host` binary, say). Without either, files are opened in-process as before, and a
@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
-use crate::loader::Progress;
-use crate::trust::CheckedFile;
+use crate::fds::{move_fds, pipe};
+use crate::plugins::trust::CheckedFile;
+use crate::progress::Progress;
 
 /// The hidden first argument that makes this program a probe.
 pub const PROBE_ARG: &str = "__host-probe-plugin";
@@ -62,23 +63,13 @@ const DIAG_BYTES: usize = 2048;
 static CAN_SERVE: AtomicBool = AtomicBool::new(false);
 static EXECUTABLE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Answers a probe, or serves an isolated plugin ([`crate::isolate`]), and exits when this
-/// process was started as either; otherwise marks this executable as able to do both and
-/// returns. Call it first thing in `main`.
-pub fn serve_if_asked() {
+/// Marks this executable as one that answers probes and serves isolated plugins
+/// ([`crate::serve_if_asked`] calls it).
+pub(crate) fn can_serve() {
     CAN_SERVE.store(true, Ordering::SeqCst);
-    match std::env::args_os()
-        .nth(1)
-        .as_deref()
-        .and_then(|a| a.to_str())
-    {
-        Some(PROBE_ARG) => std::process::exit(serve()),
-        Some(crate::isolate::SERVER_ARG) => std::process::exit(crate::isolate::serve()),
-        _ => {}
-    }
 }
 
-/// Probes with `exe` (a program that calls [`serve_if_asked`]), or with nothing (`None`:
+/// Probes with `exe` (a program that calls [`crate::serve_if_asked`]), or with nothing (`None`:
 /// files are opened in-process without a probe).
 pub fn set_executable(exe: Option<PathBuf>) {
     *EXECUTABLE.lock().unwrap_or_else(|e| e.into_inner()) = exe;
@@ -118,7 +109,7 @@ enum Finding {
 }
 
 /// The child's side: open the file on [`CHILD_FILE_FD`] and report on [`CHILD_REPLY_FD`].
-fn serve() -> i32 {
+pub(crate) fn serve() -> i32 {
     let mut progress = Progress::default();
     let path = PathBuf::from(format!("/proc/self/fd/{CHILD_FILE_FD}"));
     let finding = match crate::abi::load::open_root_module(&path, &mut progress) {
@@ -327,42 +318,6 @@ fn read_both(reply: OwnedFd, diag: OwnedFd, deadline: Instant) -> (Vec<u8>, Vec<
     (out.0, out.1, false)
 }
 
-/// Puts each `(from, to)` descriptor at `to` in a child, without close-on-exec, whatever
-/// the numbers (a `from` may be another pair's `to`). Runs between fork and exec: only
-/// `fcntl` and `dup2`, no allocation; at most four pairs.
-pub(crate) fn move_fds(moves: &[(i32, i32)]) -> std::io::Result<()> {
-    let mut temp = [-1i32; 4];
-    if moves.len() > temp.len() {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // First out of the way (above every target), then into place.
-    for (i, (from, _)) in moves.iter().enumerate() {
-        // SAFETY: fcntl on a descriptor number of this process.
-        temp[i] = unsafe { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 10) };
-        if temp[i] < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    for (i, (_, to)) in moves.iter().enumerate() {
-        // SAFETY: dup2 between descriptor numbers of this process; it clears close-on-exec.
-        if unsafe { libc::dup2(temp[i], *to) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// A pipe whose ends close on exec.
-pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: two fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// The cache key of a checked file probed by `exe`, as text (also the entry's first line).
 fn cache_key(checked: &CheckedFile, exe: &Path) -> Option<String> {
     let m = checked.file.metadata().ok()?;
@@ -430,7 +385,7 @@ fn cache_dir() -> Option<&'static Path> {
             tracing::warn!("no probe cache: cannot create {}: {e}", dir.display());
             return None;
         }
-        match crate::trust::check_dir(&dir) {
+        match crate::plugins::trust::check_dir(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
                 tracing::warn!("the probe cache is not used: {e}");

@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::LoadError;
-use crate::loader::Progress;
-use crate::registry::Backend;
-use crate::trust::sha256_file;
+use crate::plugins::loaded::Backend;
+use crate::plugins::trust::sha256_file;
+use crate::progress::Progress;
 
 /// What `host inspect` reports about a file.
 #[derive(Debug, Serialize)]
@@ -24,7 +24,7 @@ pub struct Inspection {
     pub sha256: Option<String>,
     /// `ok (...)` or the reason the trust checks refuse it.
     pub trust: String,
-    /// What the probe in a child process found (see [`crate::probe`]), if one ran.
+    /// What the probe in a child process found (see [`crate::plugins::probe`]), if one ran.
     pub probe: Option<String>,
     /// The abi_stable ABI version in its header, e.g. `0.11`.
     pub abi_stable: Option<String>,

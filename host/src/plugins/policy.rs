@@ -3,7 +3,7 @@
 //! `inspect`, `reap`, `--help`, a worker) and by the library API. Loading is executing, so
 //! there is exactly one place that decides what may be opened.
 //!
-//! The rules: plugin directories as [`crate::loader`] says; the lock for a file is the
+//! The rules: plugin directories as [`crate::plugins::loader`] says; the lock for a file is the
 //! explicit one (`--plugin-lock`, else `HOST_PLUGIN_LOCK`), else `plugins.lock` in the
 //! directory holding the file (where the file was found, before symlinks), else none. A lock
 //! that cannot be used refuses every file it would govern.
@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{LoadError, Rejected};
-use crate::inspect::Inspection;
 use crate::isolate::Isolation;
-use crate::loader::{candidate_files, plugin_dirs, PluginDir, PluginFile, Progress};
-use crate::registry::Registry;
-use crate::trust::{Lock, TrustError, DIR_LOCK_NAME, LOCK_ENV};
+use crate::plugins::inspect::Inspection;
+use crate::plugins::loader::{candidate_files, plugin_dirs, PluginDir, PluginFile};
+use crate::plugins::registry::Registry;
+use crate::plugins::trust::{Lock, TrustError, DIR_LOCK_NAME, LOCK_ENV};
+use crate::progress::Progress;
 
 /// Where plugins come from and which lock governs them. See the module docs.
 #[derive(Debug)]
@@ -132,6 +133,14 @@ impl PluginPolicy {
         let result = self
             .check(path)
             .and_then(|file| file.load_traced(&mut progress, &self.isolation));
-        crate::inspect::describe(path, &progress, result)
+        crate::plugins::inspect::describe(path, &progress, result)
+    }
+}
+
+impl Registry {
+    /// Loads every plugin file in `dirs` under the default policy for them (no explicit
+    /// lock; each directory's `plugins.lock` applies). See [`PluginPolicy::load`].
+    pub fn load(dirs: &[PluginDir]) -> Self {
+        PluginPolicy::new(dirs.to_vec(), None).load()
     }
 }
