@@ -23,7 +23,8 @@ use lapin::Confirmation;
 use lapin::PublisherConfirm;
 use tokio::sync::watch;
 
-use super::{persistent, poll_once, Lane, Link};
+use super::connection::{Lane, Link};
+use super::publish::{persistent, poll_once};
 
 /// Messages out but not yet confirmed, at most, before a send waits for the oldest confirm:
 /// with the job's log channel, this bounds what a job holds while the broker is away.
