@@ -364,7 +364,7 @@ pub fn rows(a: &Artifacts, jobs: usize, rounds: usize) -> Vec<Row> {
     r1.baseline = format!("{} (consumer: same messages, no backend)", fmt(&base));
     r1.ratio = format!("{:.2}x", one.jobs_per_s / base.jobs_per_s);
     r1.target = ">= 0.8x".into();
-    r1.verdict = crate::figures::verdict(one.jobs_per_s / base.jobs_per_s >= 0.8);
+    r1.verdict = crate::measure::verdict(one.jobs_per_s / base.jobs_per_s >= 0.8);
     let mut r3 = Row::new(format!(
         "worker on RabbitMQ, 3 workers: {jobs} jobs end to end"
     ));
@@ -377,6 +377,6 @@ pub fn rows(a: &Artifacts, jobs: usize, rounds: usize) -> Vec<Row> {
     );
     r3.ratio = format!("{:.2}x", three.jobs_per_s / one.jobs_per_s);
     r3.target = ">= 2.4x one worker".into();
-    r3.verdict = crate::figures::verdict(three.jobs_per_s / one.jobs_per_s >= 2.4);
+    r3.verdict = crate::measure::verdict(three.jobs_per_s / one.jobs_per_s >= 2.4);
     vec![r1, r3]
 }

@@ -3,17 +3,17 @@
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host::output::{log_channel, DEFAULT_CAPACITY};
 use host::Registry;
 use plugin_api::sdk::{Backend as _, Instance as _, Provider as _};
-use plugin_api::{ProviderConfig, StartAttributes};
+use plugin_api::ProviderConfig;
 
 use crate::artifacts::{self, Artifacts};
-use crate::measure::{median, paired, proc_status, sample_threads, time_shell};
+use crate::inflight::{inflight_child, inflight_figures};
+use crate::measure::{attrs, median, paired, proc_status, runtime, time_shell, verdict};
 use crate::table::Row;
 
 struct Sizes {
@@ -58,14 +58,6 @@ const QUICK: Sizes = Sizes {
     worker_jobs: 200,
 };
 
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn fake_registry(a: &Artifacts) -> Registry {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
     let registry = Registry::load(&host::plugins::loader::plugin_dirs(&[dir]));
@@ -77,22 +69,8 @@ fn bench_config() -> ProviderConfig {
     ProviderConfig::from_map([("REUPLOAD", "true"), ("LOG_OUTPUT", &"x".repeat(1024))])
 }
 
-pub(crate) fn attrs() -> StartAttributes {
-    let mut a = StartAttributes::default();
-    a.set_worker_defaults();
-    a
-}
-
 fn ns(secs: f64, n: usize) -> f64 {
     secs * 1e9 / n as f64
-}
-
-pub fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "yes"
-    } else {
-        "MISSED"
-    }
 }
 
 pub fn all(quick: bool) -> Vec<Row> {
@@ -805,85 +783,4 @@ pub fn child(args: &[String]) -> ExitCode {
         }
         _ => ExitCode::from(64),
     }
-}
-
-fn inflight_child(backend: &str, n: usize, dir: &Path) {
-    let registry = Registry::load(&host::plugins::loader::plugin_dirs(&[dir.to_path_buf()]));
-    inflight_on(&registry, backend, n);
-}
-
-/// Runs an in-flight child and reads what it printed: wall seconds, peak RSS in kB, the
-/// most threads seen.
-pub(crate) fn inflight_figures(child: &mut Command) -> (f64, f64, u64) {
-    let out = child.output().expect("run child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "in-flight child failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut it = text.split_whitespace();
-    let wall: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let rss_kb: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    let threads: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    (wall, rss_kb, threads)
-}
-
-/// Runs `n` jobs of `backend` at once, each sleeping 1 s, and prints the wall time, the
-/// peak RSS (kB) and the most threads seen.
-pub(crate) fn inflight_on(registry: &Registry, backend: &str, n: usize) {
-    let rt = runtime();
-    let scripts = std::env::temp_dir().join(format!("bench-inflight-{}", std::process::id()));
-    std::fs::create_dir_all(&scripts).expect("scripts dir");
-    let config = if backend == "fake" {
-        ProviderConfig::from_map([
-            ("RUN_SLEEP", "1s".to_owned()),
-            ("LOG_OUTPUT", "done\n".to_owned()),
-        ])
-    } else {
-        ProviderConfig::from_map([("SCRIPTS_DIR", scripts.display().to_string())])
-    };
-    let provider = Arc::new(
-        registry
-            .new_backend_provider(backend, &config)
-            .expect("provider"),
-    );
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = sample_threads(Arc::clone(&done));
-    let t = Instant::now();
-    let outputs = rt.block_on(async {
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                let provider = Arc::clone(&provider);
-                tokio::spawn(async move {
-                    let inst = provider.start(&attrs()).await.expect("start");
-                    inst.upload_script(b"sleep 1; echo done\n".to_vec())
-                        .await
-                        .expect("upload");
-                    // The one line of log fits in the channel: read it after the run.
-                    let (sink, mut log) = log_channel(DEFAULT_CAPACITY);
-                    let r = inst.run_script(sink).await.expect("run");
-                    let mut all = Vec::new();
-                    while let Some(chunk) = log.recv().await {
-                        all.extend_from_slice(&chunk);
-                    }
-                    inst.stop().await.expect("stop");
-                    assert_eq!(r.exit_code, 0);
-                    all
-                })
-            })
-            .collect();
-        let mut outputs = Vec::new();
-        for t in tasks {
-            outputs.push(t.await.expect("job"));
-        }
-        outputs
-    });
-    let wall = t.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    let threads = sampler.join().unwrap_or(0);
-    let exact = outputs.iter().all(|o| o == b"done\n");
-    assert!(exact, "every job's output is exactly \"done\\n\"");
-    let _ = std::fs::remove_dir_all(&scripts);
-    println!("{wall} {} {threads}", proc_status("VmHWM:"));
 }

@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use crate::artifacts::{self, Artifacts};
-use crate::figures::verdict;
+use crate::measure::verdict;
 use crate::measure::{median, paired, time_shell};
 use crate::table::Row;
 
@@ -160,7 +160,7 @@ fn isolated_registry(a: &Artifacts, dir: &Path, isolate: bool) -> host::Registry
 /// Seconds per sequential `upload_script` of 1 KiB on fake: isolated, and in process.
 fn upload_calls(a: &Artifacts, n: usize, runs: usize) -> (f64, f64) {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
-    let rt = crate::figures::runtime();
+    let rt = crate::measure::runtime();
     let config = plugin_api::ProviderConfig::from_map([("REUPLOAD", "true")]);
     let script = vec![b'#'; 1024];
     let measure = |registry: &host::Registry| {
@@ -170,7 +170,7 @@ fn upload_calls(a: &Artifacts, n: usize, runs: usize) -> (f64, f64) {
         median(runs, || {
             rt.block_on(async {
                 let inst = provider
-                    .start(&crate::figures::attrs())
+                    .start(&crate::measure::attrs())
                     .await
                     .expect("start");
                 // On a task of the runtime, as a job runs in a host or a worker.
@@ -200,7 +200,7 @@ fn upload_calls(a: &Artifacts, n: usize, runs: usize) -> (f64, f64) {
 /// server process started, the plugin opened in it, a provider made, `setup` answered.
 fn plugin_start(a: &Artifacts, runs: usize) -> f64 {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
-    let rt = crate::figures::runtime();
+    let rt = crate::measure::runtime();
     let took = median(runs, || {
         let registry = isolated_registry(a, &dir, true);
         let provider = registry
@@ -256,7 +256,7 @@ fn log_throughput(a: &Artifacts, quick: bool) -> Row {
 
 fn in_flight(a: &Artifacts, n: usize) -> Row {
     let dir = artifacts::plugin_dir(&[("libfake.so".into(), &a.fake)]);
-    let (wall, rss_kb, threads) = crate::figures::inflight_figures(
+    let (wall, rss_kb, threads) = crate::inflight::inflight_figures(
         Command::new(std::env::current_exe().expect("own path"))
             .args(["child", "inflight-isolated", &n.to_string()])
             .arg(&dir)
@@ -286,7 +286,7 @@ pub fn inflight_isolated_child(n: usize, dir: &Path, host_exe: &Path) -> ExitCod
     )
     .with_isolation(host::isolate::Isolation::All)
     .load();
-    crate::figures::inflight_on(&registry, "fake", n);
+    crate::inflight::inflight_on(&registry, "fake", n);
     ExitCode::SUCCESS
 }
 

@@ -16,6 +16,7 @@
 mod amqp;
 mod artifacts;
 mod figures;
+mod inflight;
 mod isolation;
 mod measure;
 mod table;

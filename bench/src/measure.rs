@@ -1,6 +1,9 @@
-//! Timing and process figures.
+//! Timing and process figures, and what every figure module shares (a runtime, start
+//! attributes, the verdict words). Figure modules use this one; none uses another.
 
 use std::time::{Duration, Instant};
+
+use plugin_api::StartAttributes;
 
 /// The median of `runs` runs of `f`, each returning its own figure.
 pub fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
@@ -70,4 +73,29 @@ pub fn sample_threads(
         }
         max
     })
+}
+
+/// A runtime for a figure.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Start attributes as a worker gives them.
+pub fn attrs() -> StartAttributes {
+    let mut a = StartAttributes::default();
+    a.set_worker_defaults();
+    a
+}
+
+/// What a table says of a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "MISSED"
+    }
 }

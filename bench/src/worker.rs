@@ -125,7 +125,7 @@ pub fn throughput(a: &Artifacts, n: usize, runs: usize, base: &Path, what: &str)
     row.baseline = format!("{base:.0} jobs/s (file operations only, 1 thread)");
     row.ratio = format!("{:.2}x", ours / base);
     row.target = ">= 5000 jobs/s and >= 0.5x".into();
-    row.verdict = crate::figures::verdict(ours >= 5000.0 && ours / base >= 0.5);
+    row.verdict = crate::measure::verdict(ours >= 5000.0 && ours / base >= 0.5);
     let _ = std::fs::remove_dir_all(&plugins);
     row
 }
