@@ -23,7 +23,7 @@ node="hosttls@localhost"
 port=25680
 tls_port=25681
 
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$(dirname "$0")/rabbitmq-node.sh"
 
 if [ "${2:-}" = "stop" ]; then
     rabbitmqctl -n "$node" stop >/dev/null 2>&1 || true
@@ -59,9 +59,16 @@ make_certs() {
     cd - >/dev/null
 }
 
+# The node on the port is this STATE_DIR's (another checkout's may be there: its server
+# certificate, of another CA, would fail every test) and its certificate has a day left.
 running_with_these_certs() {
     answers "$tls_port" && [ -f "$certs/server.pem" ] && [ -f "$state/started" ] &&
-        openssl x509 -in "$certs/server.pem" -noout -checkend 86400 >/dev/null
+        openssl x509 -in "$certs/server.pem" -noout -checkend 86400 >/dev/null || return 1
+    local served ours
+    served="$(openssl s_client -connect "localhost:$tls_port" -servername localhost </dev/null 2>/dev/null |
+        openssl x509 -noout -fingerprint -sha256 2>/dev/null)" || return 1
+    ours="$(openssl x509 -in "$certs/server.pem" -noout -fingerprint -sha256)"
+    [ "$served" = "$ours" ]
 }
 
 if ! running_with_these_certs; then
@@ -70,21 +77,8 @@ if ! running_with_these_certs; then
         for _ in $(seq 1 60); do answers "$tls_port" || break; sleep 0.5; done
     fi
     rm -f "$state/started"
-    if ! command -v rabbitmq-server >/dev/null; then
-        echo "installing rabbitmq-server" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends rabbitmq-server >&2
-    fi
     make_certs
     rm -rf "$state/mnesia"
-    export RABBITMQ_NODENAME="$node"
-    export RABBITMQ_NODE_PORT="$port"
-    export RABBITMQ_DIST_PORT=$((port + 20000))
-    export RABBITMQ_MNESIA_BASE="$state/mnesia"
-    export RABBITMQ_LOG_BASE="$state/log"
-    export RABBITMQ_ENABLED_PLUGINS_FILE="$state/enabled_plugins"
-    echo "[rabbitmq_auth_mechanism_ssl]." >"$state/enabled_plugins"
     cat >"$state/rabbitmq.conf" <<EOF
 listeners.tcp.default = $port
 listeners.ssl.default = $tls_port
@@ -98,18 +92,7 @@ auth_mechanisms.2 = AMQPLAIN
 auth_mechanisms.3 = EXTERNAL
 ssl_cert_login_from = common_name
 EOF
-    export RABBITMQ_CONFIG_FILE="$state/rabbitmq.conf"
-    # Debian's wrapper runs the node as the rabbitmq user: its files must be that user's.
-    if id rabbitmq >/dev/null 2>&1; then
-        chown -R rabbitmq: "$state"
-    fi
-    echo "starting rabbitmq-server with TLS on port $tls_port" >&2
-    rabbitmq-server -detached >&2
-    for _ in $(seq 1 240); do
-        answers "$tls_port" && break
-        sleep 0.5
-    done
-    answers "$tls_port" || { echo "rabbitmq-server did not start; see $state/log" >&2; exit 1; }
+    start_node "$node" "$port" "$state" "[rabbitmq_auth_mechanism_ssl]" "$tls_port"
     rabbitmqctl -n "$node" await_startup >/dev/null
     # The user SASL EXTERNAL finds in client.pem (it has a password no one knows).
     rabbitmqctl -n "$node" add_user hostworker "$(head -c 18 /dev/urandom | base64)" >/dev/null

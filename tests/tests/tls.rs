@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use blackbox::{artifacts, host, plugin_dir, run, signal, tls_broker, Guard, TlsBroker};
 
+/// A test that stops the TLS broker runs alone; the others share it.
+static SHARED: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SHARED.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn plugins() -> tempfile::TempDir {
     plugin_dir(&[
         ("libfake.so", &artifacts().fake),
@@ -61,6 +68,7 @@ fn waiting(queue: &str) -> Option<u64> {
 
 #[test]
 fn a_worker_on_amqps_with_a_ca_file_runs_the_readme_example_jobs() {
+    let _turn = shared();
     let p = plugins();
     let b = tls_broker();
     let q = Queue(queue("readme"));
@@ -120,6 +128,7 @@ fn a_worker_on_amqps_with_a_ca_file_runs_the_readme_example_jobs() {
 
 #[test]
 fn mutual_tls_with_sasl_external_logs_in_as_the_certificates_user() {
+    let _turn = shared();
     let p = plugins();
     let b = tls_broker();
     let q = Queue(queue("external"));
@@ -216,6 +225,7 @@ fn refused(url: &str, args: &[&str], code: i32, said: &[&str]) -> String {
 
 #[test]
 fn each_tls_failure_says_what_failed() {
+    let _turn = shared();
     let b = tls_broker();
     let ca = ca();
     let with_ca = ["--amqp-tls-cert-path", ca.as_str()];
@@ -289,6 +299,7 @@ fn each_tls_failure_says_what_failed() {
 
 #[test]
 fn an_expired_broker_certificate_is_named() {
+    let _turn = shared();
     let b = tls_broker();
     // A TLS server with the CA's expired certificate for localhost (a RabbitMQ node serves
     // one certificate; openssl's test server stands in for a broker whose certificate ran
@@ -323,6 +334,7 @@ fn an_expired_broker_certificate_is_named() {
 
 #[test]
 fn insecure_is_loud_and_only_without_a_ca() {
+    let _turn = shared();
     let p = plugins();
     let b = tls_broker();
     let q = Queue(queue("insecure"));
@@ -368,4 +380,275 @@ fn insecure_is_loud_and_only_without_a_ca() {
     let out = run(cmd);
     assert_eq!(out.code, Some(74), "{}", out.stderr);
     assert!(out.stderr.contains("unknown issuer"), "{}", out.stderr);
+}
+
+/// Starts the TLS broker's application again when dropped.
+struct StartApp;
+
+impl Drop for StartApp {
+    fn drop(&mut self) {
+        tls_broker().rabbitmqctl(&["start_app"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", tls_broker().port)).is_err()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn http_status(url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+/// The broker goes away under a worker running two jobs: `/ready` says so; a SIGTERM
+/// cancels the jobs and a second one stops the worker within seconds although their
+/// requeues cannot reach the broker; and the jobs are on the queue once each afterwards
+/// (the broker gave back their unacknowledged messages; the worker published no copies).
+#[test]
+fn a_broker_outage_is_not_ready_and_a_second_sigterm_stops_without_copies() {
+    let _alone = SHARED.write().unwrap_or_else(|e| e.into_inner());
+    let p = plugins();
+    let b = tls_broker();
+    let q = Queue(queue("outage"));
+    let states = Queue(format!("{}.states", q.0));
+    let logs = Queue(format!("{}.logs", q.0));
+    for id in [51, 52] {
+        let job = blackbox::script(&format!(
+            r#"{{"job": {{"id": {id}}}, "script": "sleep\n"}}"#
+        ));
+        let out = enqueue(
+            p.path(),
+            &b.url(),
+            &q.0,
+            &["--amqp-tls-cert-path", &ca()],
+            job.path(),
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "-b",
+        "fake",
+        "-c",
+        "RUN_SLEEP=60s",
+        "--pool-size",
+        "2",
+    ])
+    .args([
+        "--queue",
+        &b.url(),
+        "--queue-name",
+        &q.0,
+        "--amqp-tls-cert-path",
+        &ca(),
+    ])
+    .args(["--state-queue", &states.0, "--log-queue", &logs.0])
+    .args(["--http", "127.0.0.1:0"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut w = Guard(cmd.spawn().unwrap());
+    let err = std::io::BufReader::new(w.0.stderr.take().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let seen = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("host: worker HTTP endpoints on ") {
+                    let _ = tx.send(u.to_owned());
+                }
+                let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let api = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the HTTP line");
+    let text = || seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(text().contains("job 51 started") && text().contains("job 52 started")) {
+        assert!(
+            Instant::now() < deadline,
+            "the jobs did not start: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_status(&format!("{api}/ready")).0, "200");
+    let restart = StartApp;
+    b.rabbitmqctl(&["stop_app"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_status(&format!("{api}/ready"));
+        if code == "503" {
+            assert!(body.contains("is down"), "{body}");
+            assert!(!body.contains("guest:guest"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready answered {code} with the broker down"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal("-TERM", w.0.id());
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Instant::now();
+    signal("-TERM", w.0.id());
+    let status = w.wait();
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "the second SIGTERM took {:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(75), "{}", text());
+    assert!(text().contains("exiting anyway"), "{}", text());
+    drop(restart);
+    // The two jobs, once each: the broker's own copies back from the dead connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting(&q.0) != Some(2) {
+        assert!(Instant::now() < deadline, "jobs queue: {:?}", waiting(&q.0));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(waiting(&q.0), Some(2), "no copies were published");
+}
+
+#[test]
+fn mistyped_and_empty_queue_urls_are_refused_and_no_directory_is_made() {
+    let _turn = shared();
+    let p = plugins();
+    let cwd = tempfile::tempdir().unwrap();
+    let job = blackbox::script(r#"{"job": {"id": 3}, "script": "true\n"}"#);
+    for url in [
+        "amqps:/guest:s3cret@localhost:5671/",
+        "amqps:guest:s3cret@h/",
+        "AMQP:/h",
+        "",
+    ] {
+        for sub in ["enqueue", "worker"] {
+            let mut cmd = host(p.path());
+            cmd.current_dir(cwd.path())
+                .args([sub, "--queue", url, "--queue-name", "q"]);
+            if sub == "enqueue" {
+                cmd.arg(job.path());
+            } else {
+                cmd.args(["-b", "fake"]);
+            }
+            let out = run(cmd);
+            assert_eq!(out.code, Some(64), "{sub} {url:?}: {}", out.stderr);
+            assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing made here"
+    );
+    // The scheme is read in any case.
+    let b = tls_broker();
+    let q = Queue(queue("upper"));
+    let upper = format!("AMQPS://guest:guest@localhost:{}/", b.port);
+    let out = enqueue(
+        p.path(),
+        &upper,
+        &q.0,
+        &["--amqp-tls-cert-path", &ca()],
+        job.path(),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn settings_from_an_environment_file_are_read_as_operators_write_them() {
+    let _turn = shared();
+    let p = plugins();
+    let b = tls_broker();
+    let q = Queue(queue("env"));
+    let job = blackbox::script(r#"{"job": {"id": 4}, "script": "true\n"}"#);
+    let pem = std::fs::read_to_string(b.cert("ca.pem")).unwrap();
+    // PEM text on one line with its breaks written \n, empty settings beside it, and the
+    // insecure switch written as the original's files write booleans.
+    let mut cmd = host(p.path());
+    cmd.args(["enqueue", "--queue", &b.url(), "--queue-name", &q.0])
+        .arg(job.path())
+        .env("HOST_AMQP_TLS_CERT", pem.trim_end().replace('\n', "\\n"))
+        .env("HOST_AMQP_TLS_CERT_PATH", "")
+        .env("HOST_AMQP_TLS_CLIENT_CERT", "")
+        .env("HOST_AMQP_TLS_CLIENT_KEY", "")
+        .env("HOST_AMQP_INSECURE", "0");
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("OFF"), "{}", out.stderr);
+    // PEM text given on the command line, starting with dashes as PEM does.
+    let out = enqueue(
+        p.path(),
+        &b.url(),
+        &q.0,
+        &["--amqp-tls-cert", &pem],
+        job.path(),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for yes in ["1", "TRUE", "yes"] {
+        let mut cmd = host(p.path());
+        cmd.args(["enqueue", "--queue", &b.url(), "--queue-name", &q.0])
+            .arg(job.path())
+            .env("HOST_AMQP_INSECURE", yes);
+        let out = run(cmd);
+        assert_eq!(out.code, Some(0), "{yes}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("verification of the broker is OFF"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A heartbeat below a second cannot be asked for.
+    let out = enqueue(
+        p.path(),
+        &b.url(),
+        &q.0,
+        &["--amqp-heartbeat", "500ms"],
+        job.path(),
+    );
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    // An encrypted key is named as such.
+    let enc = tempfile::NamedTempFile::new().unwrap();
+    let made = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:x", "-in"])
+        .arg(b.cert("client.key"))
+        .arg("-out")
+        .arg(enc.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cert = b.cert("client.pem").display().to_string();
+    let key = enc.path().display().to_string();
+    let out = enqueue(
+        p.path(),
+        &b.url(),
+        &q.0,
+        &[
+            "--amqp-tls-client-cert",
+            &cert,
+            "--amqp-tls-client-key",
+            &key,
+        ],
+        job.path(),
+    );
+    assert_eq!(out.code, Some(78), "{}", out.stderr);
+    assert!(out.stderr.contains("encrypted"), "{}", out.stderr);
 }

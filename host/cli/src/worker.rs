@@ -9,7 +9,7 @@ use std::time::Duration;
 use host::job::JobOptions;
 use host::text::{escape_controls, fmt_duration};
 use host::PluginPolicy;
-use host_worker::amqp::{AmqpQueue, AmqpSettings, Broker, BrokerError, TlsSettings};
+use host_worker::amqp::{masked_url, AmqpQueue, AmqpSettings, Broker, BrokerError, TlsSettings};
 use host_worker::build_api::BuildApi;
 use host_worker::dir::DirQueue;
 use host_worker::payload::Payload;
@@ -30,8 +30,8 @@ writable by no one but the worker's user (new/ by its group with --queue-shared-
 
 Signals: SIGINT drains (takes nothing new, lets running jobs finish, exits 0; a second one
 cancels and requeues them); SIGTERM, SIGHUP and SIGQUIT cancel running jobs, requeue them and
-exit after cleanup (another one abandons stops still in progress, and names what may be
-left); SIGUSR2 pauses or resumes intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.
+exit after cleanup (another one abandons stops still in progress, names what may be left,
+and exits 3 s later at the latest, with 75 if it had to); SIGUSR2 pauses or resumes intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.
 
 HTTP: --http ADDR serves /healthz, /ready, /worker (GET, PATCH, DELETE), /pool/* and
 /metrics; --http-auth USER:PASS guards all but /healthz, /ready and /metrics. See the README's
@@ -133,7 +133,7 @@ pub struct WorkerArgs {
 #[derive(clap::Args, Debug)]
 pub struct QueueArgs {
     /// The queue: file:///DIR for a directory queue, amqp://USER:PASS@HOST:PORT/VHOST for
-    /// RabbitMQ
+    /// RabbitMQ (amqps:// with TLS)
     #[arg(
         long,
         value_name = "URL",
@@ -153,12 +153,14 @@ pub struct QueueArgs {
 /// How the broker is reached: TLS for amqps://, the heartbeat.
 #[derive(clap::Args, Debug)]
 struct BrokerArgs {
-    /// With amqps://: the CA certificate(s) to verify the broker with, as PEM text; they
-    /// replace the system's CA certificates (the original's AMQP_TLS_CERT)
+    /// With amqps://: the CA certificate(s) to verify the broker with, as PEM text (line
+    /// breaks may be written \n); they replace the system's CA certificates (the original's
+    /// AMQP_TLS_CERT)
     #[arg(
         long,
         value_name = "PEM",
         env = "HOST_AMQP_TLS_CERT",
+        allow_hyphen_values = true,
         help_heading = "RabbitMQ"
     )]
     amqp_tls_cert: Option<String>,
@@ -170,10 +172,10 @@ struct BrokerArgs {
         env = "HOST_AMQP_TLS_CERT_PATH",
         help_heading = "RabbitMQ"
     )]
-    amqp_tls_cert_path: Option<PathBuf>,
+    amqp_tls_cert_path: Option<String>,
     /// With amqps:// and no CA given: do not verify the broker's certificate at all (said
     /// loudly at every start; anyone on the path can then read and change the traffic)
-    #[arg(long, env = "HOST_AMQP_INSECURE", help_heading = "RabbitMQ")]
+    #[arg(long, env = "HOST_AMQP_INSECURE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "RabbitMQ")]
     amqp_insecure: bool,
     /// With amqps://: this worker's certificate (PEM chain), for brokers that ask for one;
     /// with ?auth_mechanism=external in the URL the broker takes the user from it
@@ -183,33 +185,59 @@ struct BrokerArgs {
         env = "HOST_AMQP_TLS_CLIENT_CERT",
         help_heading = "RabbitMQ"
     )]
-    amqp_tls_client_cert: Option<PathBuf>,
-    /// The private key of --amqp-tls-client-cert (PEM)
+    amqp_tls_client_cert: Option<String>,
+    /// The private key of --amqp-tls-client-cert (PEM, not encrypted)
     #[arg(
         long,
         value_name = "FILE",
         env = "HOST_AMQP_TLS_CLIENT_KEY",
         help_heading = "RabbitMQ"
     )]
-    amqp_tls_client_key: Option<PathBuf>,
-    /// The AMQP heartbeat asked for (the broker's, if lower, is used; 0: the broker's);
-    /// ?heartbeat=SECONDS in the URL wins
+    amqp_tls_client_key: Option<String>,
+    /// The AMQP heartbeat asked for, in whole seconds (the broker's, if lower, is used; 0:
+    /// the broker's); ?heartbeat=SECONDS in the URL wins
     #[arg(long, value_name = "DURATION", env = "HOST_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_duration, help_heading = "RabbitMQ")]
     amqp_heartbeat: Duration,
 }
 
 impl BrokerArgs {
+    /// Whether any TLS setting is given.
+    fn any_tls(&self) -> bool {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        set(&self.amqp_tls_cert)
+            || set(&self.amqp_tls_cert_path)
+            || set(&self.amqp_tls_client_cert)
+            || set(&self.amqp_tls_client_key)
+            || self.amqp_insecure
+    }
+
     /// The broker at `url`, checked; its warnings said.
     fn broker(&self, url: &str) -> Result<Broker, CliError> {
+        // An empty setting (`HOST_AMQP_TLS_CERT_PATH=` in an environment file) is no setting.
+        let path = |p: &Option<String>| p.clone().filter(|p| !p.is_empty()).map(PathBuf::from);
+        if self.amqp_heartbeat.subsec_nanos() != 0 {
+            return Err(CliError::Usage(format!(
+                "--amqp-heartbeat {}: AMQP counts the heartbeat in whole seconds",
+                fmt_duration(self.amqp_heartbeat)
+            )));
+        }
         let tls = TlsSettings {
-            ca_pem: self.amqp_tls_cert.clone().filter(|p| !p.trim().is_empty()),
-            ca_path: self
-                .amqp_tls_cert_path
+            // PEM text from an environment file may come with its line breaks written `\n`.
+            ca_pem: self
+                .amqp_tls_cert
                 .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| {
+                    if p.contains('\n') {
+                        p
+                    } else {
+                        p.replace("\\n", "\n")
+                    }
+                }),
+            ca_path: path(&self.amqp_tls_cert_path),
             insecure: self.amqp_insecure,
-            client_cert: self.amqp_tls_client_cert.clone(),
-            client_key: self.amqp_tls_client_key.clone(),
+            client_cert: path(&self.amqp_tls_client_cert),
+            client_key: path(&self.amqp_tls_client_key),
         };
         let broker = Broker::new(url, &tls, self.amqp_heartbeat).map_err(|e| match e {
             BrokerError::Url(m) => CliError::Usage(format!("--queue: {m}")),
@@ -251,6 +279,25 @@ enum QueueUrl {
 }
 
 fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
+    if url.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--queue is empty: give file:///DIR, amqp://... or amqps://...".into(),
+        ));
+    }
+    let lower = url.to_ascii_lowercase();
+    // A scheme in any case; `amqps:/h` and the like are mistyped URLs, never a directory
+    // named after them (whose name would then hold the password).
+    for scheme in ["amqps", "amqp"] {
+        if lower.starts_with(&format!("{scheme}:")) {
+            if lower.starts_with(&format!("{scheme}://")) {
+                return Ok(QueueUrl::Amqp(url.to_owned()));
+            }
+            return Err(CliError::Usage(format!(
+                "--queue {}: not a URL ({scheme}:// is written with two slashes)",
+                masked_url(url)
+            )));
+        }
+    }
     if let Some(rest) = url.strip_prefix("file:") {
         // RFC 8089: file:///DIR, file://localhost/DIR and file:/DIR all name /DIR; another
         // host cannot be reached through a directory.
@@ -276,12 +323,9 @@ fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
         }
         return Ok(QueueUrl::Dir(PathBuf::from(path)));
     }
-    if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        return Ok(QueueUrl::Amqp(url.to_owned()));
-    }
     match url.split_once("://") {
         Some((scheme, _)) => Err(CliError::Usage(format!(
-            "--queue: {scheme}:// queues are not supported; use file:///DIR or amqp://USER:PASS@HOST:PORT/VHOST"
+            "--queue: {scheme}:// queues are not supported; use file:///DIR, amqp://USER:PASS@HOST:PORT/VHOST or amqps://..."
         ))),
         None => Ok(QueueUrl::Dir(PathBuf::from(url))),
     }
@@ -523,6 +567,9 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
         };
         match url {
             QueueUrl::Dir(dir) => {
+                if args.target.broker.any_tls() {
+                    say!("host: warning: TLS settings are given but the queue is a directory: they are not used");
+                }
                 let access = host_worker::dir::DirAccess {
                     shared_new: args.queue_shared_new,
                 };
@@ -682,8 +729,31 @@ fn signals(control: Control) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long a second shutdown signal lets the worker end on its own before it exits anyway.
+const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(3);
+
 fn shutdown(control: &Control, name: &str) {
     if control.shutting_down() {
+        // What is left may wait on a queue that does not answer (a broker that is down, a
+        // full disk): exit anyway, a little later. Nothing is lost: the broker gives back
+        // what was not acknowledged, and the next worker requeues a directory queue's claims.
+        static FORCED: std::sync::Once = std::sync::Once::new();
+        let signal = name.to_owned();
+        FORCED.call_once(move || {
+            let started = std::thread::Builder::new()
+                .name("forced-exit".into())
+                .spawn(move || {
+                    std::thread::sleep(SECOND_SIGNAL_GRACE);
+                    say!(
+                        "host: {signal} again: still waiting for the queue after {} s (is the broker down?); exiting anyway: the broker gives back unacknowledged jobs, and the next worker requeues a directory queue's claims",
+                        SECOND_SIGNAL_GRACE.as_secs()
+                    );
+                    std::process::exit(75);
+                });
+            if let Err(e) = started {
+                say!("host: cannot start the forced-exit timer: {e}");
+            }
+        });
         let running = control.status().running;
         if running.is_empty() {
             say!("host: {name} again: stopping");
@@ -734,6 +804,9 @@ pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
     let payload = Payload::parse(&bytes).map_err(|e| CliError::DataErr(format!("{name}: {e}")))?;
     match url {
         QueueUrl::Dir(dir) => {
+            if args.target.broker.any_tls() {
+                say!("host: warning: TLS settings are given but the queue is a directory: they are not used");
+            }
             let path = DirQueue::enqueue(Path::new(&dir), &bytes, payload.id).map_err(|e| {
                 CliError::Io(format!("cannot put the job on {}: {e}", dir.display()))
             })?;

@@ -71,6 +71,8 @@ pub struct Broker {
     uri: AMQPUri,
     masked: String,
     tls: Option<tcp_stream::RustlsConnector>,
+    /// A client certificate is given.
+    client_cert: bool,
     warnings: Vec<String>,
 }
 
@@ -89,25 +91,44 @@ impl Broker {
     /// broker.
     pub fn new(url: &str, tls: &TlsSettings, heartbeat: Duration) -> Result<Self, BrokerError> {
         let masked = masked_url(url);
+        let tls_settings_client_cert = tls.client_cert.is_some();
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
             return Err(BrokerError::Url(format!(
                 "{masked} is not an amqp:// or amqps:// URL"
             )));
         }
-        let mut uri: AMQPUri = url
-            .parse()
-            .map_err(|e| BrokerError::Url(format!("{masked}: {e}")))?;
+        let mut uri: AMQPUri = url.parse().map_err(|e| {
+            let hint = if userinfo(url).is_some_and(|u| u.contains(['/', '?', '#'])) {
+                " (percent-encode / ? # @ in a user or password: %2F %3F %23 %40)"
+            } else {
+                ""
+            };
+            BrokerError::Url(format!("{masked}: {e}{hint}"))
+        })?;
+        // The parser reads no host from an IPv6 literal and says `localhost`: the address is
+        // taken from the URL itself.
+        if let Some(v6) = ipv6_host(url) {
+            uri.authority.host = v6;
+        }
         // `amqp://h/` (a bare slash) is the default vhost, as amqp091-go and pika read it
         // (the parser reads an empty vhost, which no broker has).
         if uri.vhost.is_empty() {
             uri.vhost = "/".into();
         }
+        let mut warnings = Vec::new();
+        for key in query_keys(url) {
+            if !KNOWN_QUERY_KEYS.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "{masked}: the URL parameter {key:?} is not one this worker knows ({}); it is not used",
+                    KNOWN_QUERY_KEYS.join(", ")
+                ));
+            }
+        }
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
         }
         let external = uri.query.auth_mechanism == Some(SASLMechanism::External);
-        let mut warnings = Vec::new();
         let tls = match uri.scheme {
             AMQPScheme::AMQP => {
                 if external {
@@ -136,6 +157,7 @@ impl Broker {
         Ok(Self {
             uri,
             masked,
+            client_cert: tls_settings_client_cert,
             tls,
             warnings,
         })
@@ -183,7 +205,12 @@ impl Broker {
             },
             props,
         );
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        let limit = self
+            .uri
+            .query
+            .connection_timeout
+            .map_or(CONNECT_TIMEOUT, Duration::from_millis);
+        match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(std::io::Error::other(format!(
                 "cannot connect to {}: {}",
@@ -193,9 +220,9 @@ impl Broker {
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
-                    "cannot connect to {}: no answer within {} s{}",
+                    "cannot connect to {}: no answer within {}{}",
                     self.masked,
-                    CONNECT_TIMEOUT.as_secs(),
+                    host::text::fmt_duration(limit),
                     if self.tls.is_some() {
                         ""
                     } else {
@@ -210,7 +237,7 @@ impl Broker {
     fn explain(&self, e: &lapin::Error) -> String {
         let host = &self.uri.authority.host;
         if let Some(tls) = rustls_error(e) {
-            return explain_tls(tls, host, self.uri.authority.port);
+            return explain_tls(tls, host, self.uri.authority.port, self.client_cert);
         }
         let text = e.to_string();
         if self.tls.is_some() {
@@ -263,7 +290,7 @@ fn rustls_error(e: &lapin::Error) -> Option<&rustls::Error> {
 }
 
 /// What a TLS failure means for the operator.
-fn explain_tls(e: &rustls::Error, host: &str, port: u16) -> String {
+fn explain_tls(e: &rustls::Error, host: &str, port: u16, client_cert: bool) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(c) => match c {
@@ -282,6 +309,11 @@ fn explain_tls(e: &rustls::Error, host: &str, port: u16) -> String {
             C::Revoked => format!("TLS: the broker's certificate is revoked ({e})"),
             _ => format!("TLS: the broker's certificate is refused: {e}"),
         },
+        E::AlertReceived(A::CertificateRequired) if !client_cert => "TLS: the broker requires a client certificate: give one with --amqp-tls-client-cert and --amqp-tls-client-key".to_owned(),
+        E::AlertReceived(A::HandshakeFailure) => format!(
+            "TLS: the broker refused the handshake ({e}): its TLS versions or ciphers, or {}",
+            if client_cert { "this worker's client certificate (is it made for client authentication?)" } else { "a client certificate it requires (--amqp-tls-client-cert)" }
+        ),
         E::AlertReceived(
             alert @ (A::BadCertificate
             | A::CertificateRequired
@@ -329,9 +361,11 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
         let mut roots = rustls::RootCertStore::empty();
         for (i, ca) in cas.into_iter().enumerate() {
             roots.add(ca).map_err(|e| {
+                let e = e.to_string().replace("invalid peer certificate: ", "");
                 BrokerError::Tls(format!(
-                    "the CA certificate number {} given is not usable: {e}",
-                    i + 1
+                    "the CA certificate number {} of {} is not usable: {e}",
+                    i + 1,
+                    ca_sources(tls)
                 ))
             })?;
         }
@@ -345,6 +379,19 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
+        // rustls-native-certs reads SSL_CERT_FILE when set: checked first, as the files
+        // above (a FIFO there would block the start for ever).
+        if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+            let path = PathBuf::from(file);
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| BrokerError::Tls(format!("SSL_CERT_FILE {}: {e}", path.display())))?;
+            if !meta.is_file() || meta.len() > 64 * MAX_PEM_BYTES {
+                return Err(BrokerError::Tls(format!(
+                    "SSL_CERT_FILE {}: not a regular file of CA certificates",
+                    path.display()
+                )));
+            }
+        }
         let found = rustls_native_certs::load_native_certs();
         let mut roots = rustls::RootCertStore::empty();
         let (added, _) = roots.add_parsable_certificates(found.certs);
@@ -369,10 +416,18 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
             )?;
             let key_bytes = read(key, "--amqp-tls-client-key")?;
             let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
-                BrokerError::Tls(format!(
-                    "--amqp-tls-client-key {}: no private key in PEM there ({e})",
-                    key.display()
-                ))
+                let why = if key_bytes
+                    .windows(b"ENCRYPTED PRIVATE KEY".len())
+                    .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+                    || key_bytes.windows(b"Proc-Type: 4,ENCRYPTED".len()).any(|w| w == b"Proc-Type: 4,ENCRYPTED")
+                {
+                    "the key is encrypted, which is not supported: give it decrypted (openssl pkey -in KEY -out PLAIN.key), readable by the worker's user only".to_owned()
+                } else if !key_bytes.starts_with(b"-----") && !key_bytes.windows(5).any(|w| w == b"-----") {
+                    "not PEM (a DER key? openssl pkey -inform DER -in KEY -out KEY.pem)".to_owned()
+                } else {
+                    format!("no private key in PEM there ({})", pem_error(&e))
+                };
+                BrokerError::Tls(format!("--amqp-tls-client-key {}: {why}", key.display()))
             })?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 BrokerError::Tls(format!(
@@ -398,16 +453,58 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
     Ok((config, warning))
 }
 
+/// The most a certificate or key file may hold.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a certificate or key file: a regular file (a FIFO would block the start for ever)
+/// of at most [`MAX_PEM_BYTES`].
 fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, BrokerError> {
-    std::fs::read(path)
-        .map_err(|e| BrokerError::Tls(format!("{flag} {}: cannot read it: {e}", path.display())))
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fail = |why: String| BrokerError::Tls(format!("{flag} {}: {why}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(fail(format!(
+            "larger than {} KiB: not a certificate or key file",
+            MAX_PEM_BYTES / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Where the CA certificates came from, for a message.
+fn ca_sources(tls: &TlsSettings) -> String {
+    let mut from = Vec::new();
+    if tls.ca_pem.is_some() {
+        from.push("--amqp-tls-cert".to_owned());
+    }
+    if let Some(p) = &tls.ca_path {
+        from.push(format!("--amqp-tls-cert-path {}", p.display()));
+    }
+    from.join(" and ")
 }
 
 /// The certificates in PEM `bytes`; at least one.
 fn certificates(bytes: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BrokerError::Tls(format!("{what}: not PEM certificates: {e}")))?;
+        .map_err(|e| {
+            BrokerError::Tls(format!("{what}: not PEM certificates ({})", pem_error(&e)))
+        })?;
     if certs.is_empty() {
         return Err(BrokerError::Tls(format!(
             "{what}: no certificate in it (expected -----BEGIN CERTIFICATE-----)"
@@ -468,19 +565,71 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
 /// `url` with its password, if any, replaced by `***`, for printing.
 pub fn masked_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    // A mistyped `amqps:/user:pass@h` is masked too: the scheme ends at the first `:`.
+    let Some((scheme, rest)) = url
+        .split_once("://")
+        .map(|(s, r)| (format!("{s}://"), r))
+        .or_else(|| url.split_once(':').map(|(s, r)| (format!("{s}:"), r)))
+    else {
         return url.to_owned();
     };
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
+    // The password ends at the last `@`: a password may hold a raw `/`, `?` or `#` (the
+    // URL is then refused, and must not print it), and a path's `@` at worst masks more.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            Some((user, _)) => format!("{scheme}{user}:***@{host}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
+    }
+}
+
+/// The user and password part of `url`, if any (up to its last `@`).
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.rsplit_once('@')?.0)
+}
+
+/// The host of `url` when it is an IPv6 literal (`[::1]`), without its brackets.
+fn ipv6_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let inner = rest.strip_prefix('[')?;
+    let (addr, _) = inner.split_once(']')?;
+    addr.parse::<std::net::Ipv6Addr>().ok()?;
+    Some(addr.to_owned())
+}
+
+/// The URL parameters amq-protocol reads (lowercase, as it reads them).
+const KNOWN_QUERY_KEYS: [&str; 5] = [
+    "heartbeat",
+    "connection_timeout",
+    "auth_mechanism",
+    "frame_max",
+    "channel_max",
+];
+
+/// The names of `url`'s query parameters.
+fn query_keys(url: &str) -> Vec<String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split('#').next().unwrap_or("");
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('=').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// A PEM parser's error in words (its own are byte lists).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as P;
+    match e {
+        P::MissingSectionEnd { .. } => "a section has no END line".into(),
+        P::IllegalSectionStart { .. } => "a BEGIN line is malformed".into(),
+        P::Base64Decode(_) => "the text between BEGIN and END is not base64".into(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -521,6 +670,73 @@ mod tests {
         assert_eq!(masked_url("amqps://u:p@ss@h/"), "amqps://u:***@h/");
         assert_eq!(masked_url("amqp://h/v"), "amqp://h/v");
         assert_eq!(masked_url("amqp://h/a@b"), "amqp://h/a@b");
+        assert_eq!(masked_url("amqps:/u:pw@h/"), "amqps:/u:***@h/");
+        // A raw / ? # in a password makes the URL invalid; its error must not print it.
+        for p in ["pa/ss", "pa?ss", "pa#ss"] {
+            let url = format!("amqps://guest:{p}@localhost:5671/");
+            assert_eq!(masked_url(&url), "amqps://guest:***@localhost:5671/");
+            let e = Broker::new(&url, &TlsSettings::default(), DEFAULT_HEARTBEAT)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains(p), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_literal_is_the_host_connected_to() {
+        assert_eq!(broker("amqp://u:p@[::1]:5672/").uri.authority.host, "::1");
+        assert_eq!(
+            broker("amqps://[2001:db8::1]/v").uri.authority.host,
+            "2001:db8::1"
+        );
+        assert_eq!(broker("amqp://h:5672/").uri.authority.host, "h");
+    }
+
+    #[test]
+    fn url_parameters_it_does_not_know_are_said() {
+        let b = broker("amqp://h/?Auth_Mechanism=external&heartbeat=5");
+        assert_eq!(b.warnings().len(), 1, "{:?}", b.warnings());
+        assert!(
+            b.warnings()[0].contains("\"Auth_Mechanism\""),
+            "{:?}",
+            b.warnings()
+        );
+        assert!(broker("amqp://h/?connection_timeout=2000")
+            .warnings()
+            .is_empty());
+    }
+
+    #[test]
+    fn certificate_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = dir.path().join("big.pem");
+        let f = std::fs::File::create(&big).unwrap_or_else(|e| panic!("{e}"));
+        f.set_len(MAX_PEM_BYTES + 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (path, said) in [
+            (&fifo, "not a regular file"),
+            (&big, "larger than"),
+            (&dir.path().to_path_buf(), "not a regular file"),
+        ] {
+            let tls = TlsSettings {
+                ca_path: Some(path.clone()),
+                ..Default::default()
+            };
+            let e = Broker::new("amqps://h/", &tls, DEFAULT_HEARTBEAT)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains(said) && e.contains("--amqp-tls-cert-path"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

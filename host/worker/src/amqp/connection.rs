@@ -112,6 +112,7 @@ impl Link {
 /// messages fresh while that channel lives.
 pub(super) async fn consume_jobs(
     conn: &Connection,
+    generation: u64,
     s: &AmqpSettings,
     shared: &Arc<Shared>,
 ) -> std::io::Result<()> {
@@ -129,7 +130,7 @@ pub(super) async fn consume_jobs(
         )
         .await
         .map_err(|e| io(&format!("consume {}", s.queue_name), e))?;
-    let number = shared.set_consumer(consumer);
+    let number = shared.set_consumer(consumer, generation);
     let old = shared
         .jobs_channel
         .lock()
@@ -192,7 +193,7 @@ pub(super) async fn session(
             .map_err(|e| io("confirm mode", e))?;
     }
 
-    consume_jobs(conn, s, shared).await?;
+    consume_jobs(conn, generation, s, shared).await?;
 
     let commands = conn.create_channel().await.map_err(|e| io("channel", e))?;
     commands
@@ -286,7 +287,7 @@ pub(super) async fn supervise(
                 .consumer_lost
                 .swap(0, std::sync::atomic::Ordering::SeqCst);
             if lost != 0 && lost == *shared.consumer_generation.borrow() {
-                match consume_jobs(&conn, &s, &shared).await {
+                match consume_jobs(&conn, generation, &s, &shared).await {
                     Ok(()) => {
                         tracing::warn!("consuming {} again", s.queue_name);
                         consume_wait = Duration::from_millis(100);
@@ -303,6 +304,7 @@ pub(super) async fn supervise(
             }
         }
         link.send_replace(None);
+        shared.set_down(Some("reconnecting".into()));
         tracing::warn!("lost the connection to {}; reconnecting", s.broker.masked());
         let mut wait = Duration::from_millis(100);
         // Each new reason a reconnect fails is said once (a broker that is down says the
@@ -315,10 +317,14 @@ pub(super) async fn supervise(
                 Ok(c) => c,
                 Err(e) => {
                     let text = e.to_string();
-                    if text != said {
+                    // Numbers (a certificate's "expired 467 seconds ago", a port) do not
+                    // make a reason new.
+                    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    if reason != said {
                         tracing::warn!("reconnecting: {text}");
-                        said = text;
+                        said = reason;
                     }
+                    shared.set_down(Some(text));
                     continue;
                 }
             };
@@ -326,10 +332,14 @@ pub(super) async fn supervise(
             match session(&c, &s, &cancels, &shared, generation).await {
                 Ok(l) => {
                     link.send_replace(Some(l));
+                    shared.set_down(None);
                     tracing::warn!("reconnected to {}", s.broker.masked());
                     break c;
                 }
-                Err(e) => tracing::warn!("reconnecting: {e}"),
+                Err(e) => {
+                    tracing::warn!("reconnecting: {e}");
+                    shared.set_down(Some(e.to_string()));
+                }
             }
         };
     }

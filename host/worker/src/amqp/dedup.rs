@@ -94,6 +94,11 @@ impl<A: Clone> Seen<A> {
         Arrival::Run
     }
 
+    /// Whether a redelivery of `key` joined its run here.
+    pub(super) fn has_joined(&self, key: &MessageKey) -> bool {
+        self.running.get(key).is_some_and(|a| !a.is_empty())
+    }
+
     /// The run of `key` ended, with a final state or not (a requeue, a reject); returns the
     /// redeliveries to ack with it.
     pub(super) fn ended(&mut self, key: MessageKey, finished: bool) -> Vec<A> {

@@ -112,14 +112,21 @@ fn io(what: &str, e: lapin::Error) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
 }
 
+/// A jobs consumer: its number, the connection it consumes on, and lapin's.
+struct Consumer {
+    number: u64,
+    connection: u64,
+    consumer: lapin::Consumer,
+}
+
 struct Shared {
     settings: AmqpSettings,
     /// The current link; `None` while reconnecting.
     link: watch::Receiver<Option<Link>>,
     /// The jobs consumer [`JobQueue::next`] reads (polled there: no task in between), and
     /// the one a new connection made, until `next` takes it over.
-    consumer: tokio::sync::Mutex<Option<(u64, lapin::Consumer)>>,
-    fresh_consumer: Mutex<Option<(u64, lapin::Consumer)>>,
+    consumer: tokio::sync::Mutex<Option<Consumer>>,
+    fresh_consumer: Mutex<Option<Consumer>>,
     /// Bumped when `fresh_consumer` is set: each consumer's number.
     consumer_generation: watch::Sender<u64>,
     /// The number of a consumer that ended while its connection may still be up (the broker
@@ -134,6 +141,9 @@ struct Shared {
     waiting: std::sync::atomic::AtomicU64,
     /// What names this queue's jobs among the machine's locks (the broker and the queue).
     lock_prefix: String,
+    /// Why the broker cannot be used now (the connection is down: the last reason a
+    /// reconnect failed), for `/ready`.
+    down: Mutex<Option<String>>,
 }
 
 /// A connected RabbitMQ queue.
@@ -145,8 +155,13 @@ pub struct AmqpQueue {
 }
 
 impl Shared {
-    /// Hands a new jobs consumer to [`JobQueue::next`]; returns its number.
-    fn set_consumer(&self, consumer: lapin::Consumer) -> u64 {
+    fn set_down(&self, why: Option<String>) {
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Hands a new jobs consumer, of connection `connection`, to [`JobQueue::next`]; returns
+    /// its number.
+    fn set_consumer(&self, consumer: lapin::Consumer, connection: u64) -> u64 {
         let mut slot = self
             .fresh_consumer
             .lock()
@@ -156,13 +171,18 @@ impl Shared {
             *g += 1;
             number = *g;
         });
-        *slot = Some((number, consumer));
+        *slot = Some(Consumer {
+            number,
+            connection,
+            consumer,
+        });
         number
     }
 
-    /// The next delivery from the jobs consumer, across reconnections. Cancel-safe: the
-    /// consumer stays in `consumer` when the future is dropped.
-    async fn next_delivery(&self) -> lapin::message::Delivery {
+    /// The next delivery from the jobs consumer, across reconnections, with the number of
+    /// the connection it came on. Cancel-safe: the consumer stays in `consumer` when the
+    /// future is dropped.
+    async fn next_delivery(&self) -> (lapin::message::Delivery, u64) {
         let mut current = self.consumer.lock().await;
         loop {
             // Subscribed before the look at `fresh_consumer`, so that none set after it is
@@ -177,10 +197,14 @@ impl Shared {
                 *current = Some(c);
             }
             match current.as_mut() {
-                Some((number, consumer)) => tokio::select! {
+                Some(Consumer {
+                    number,
+                    connection,
+                    consumer,
+                }) => tokio::select! {
                     d = consumer.next() => {
                         match d {
-                            Some(Ok(d)) => return d,
+                            Some(Ok(d)) => return (d, *connection),
                             // The channel or the connection is gone.
                             Some(Err(e)) => {
                                 tracing::debug!("the jobs consumer ended ({e}); waiting for a new one");
@@ -229,6 +253,7 @@ impl AmqpQueue {
                 seen: Mutex::new(Seen::default()),
                 waiting: std::sync::atomic::AtomicU64::new(u64::MAX),
                 lock_prefix: lock_prefix(&settings),
+                down: Mutex::new(None),
             }),
             _alive: Arc::new(alive_tx),
         };
@@ -247,7 +272,7 @@ impl JobQueue for AmqpQueue {
 
     async fn next(&self) -> AmqpDelivery {
         loop {
-            let d = self.shared.next_delivery().await;
+            let (d, connection) = self.shared.next_delivery().await;
             let peek = Peek::of(&d.data);
             let id = peek.job.as_ref().and_then(super::payload::job_id_of_job);
             let queued_at = peek.job.as_ref().and_then(|j| j.get("queued_at")).cloned();
@@ -290,6 +315,7 @@ impl JobQueue for AmqpQueue {
                 machine_lock: None,
                 key,
                 queue: self.clone(),
+                connection,
                 redelivered: d.redelivered,
                 data: d.data,
                 acker: d.acker,
@@ -304,6 +330,20 @@ impl JobQueue for AmqpQueue {
                 outbox: Outbox::new(self.shared.link.clone(), Lane::States),
             };
         }
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.shared
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|why| {
+                format!(
+                    "the connection to {} is down: {why}",
+                    self.shared.settings.broker.masked()
+                )
+            })
     }
 
     fn is_idle(&self) -> bool {
@@ -398,6 +438,9 @@ pub struct AmqpDelivery {
     machine_lock: Option<super::machine::MachineLock>,
     /// The message, when it is a job (see [`Seen`]).
     key: Option<MessageKey>,
+    /// The number of the connection it came on: when that connection is gone, the broker
+    /// has the message back (unacked), and acking it is no longer possible.
+    connection: u64,
     redelivered: bool,
     data: Vec<u8>,
     acker: lapin::Acker,
@@ -433,6 +476,16 @@ impl AmqpDelivery {
                 .ended(key, finished),
             None => Vec::new(),
         }
+    }
+
+    /// Whether the connection this delivery came on is the one up now.
+    fn connection_alive(&self) -> bool {
+        self.queue
+            .shared
+            .link
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.generation == self.connection)
     }
 
     /// Acks this delivery and any redelivery of the same message that arrived meanwhile;
@@ -577,6 +630,27 @@ impl Delivery for AmqpDelivery {
 
     async fn requeue(mut self, document: Vec<u8>) -> std::io::Result<()> {
         self.log_done().await;
+        // The connection this job came on is gone: the broker has its message back (it
+        // was not acked) and gives it to a worker again. A copy published now would run the
+        // job twice; only when a redelivery of it is in hand here (joined to this run) is
+        // the requeue published in its place and that redelivery acked.
+        let joined = self.key.is_some_and(|k| {
+            self.queue
+                .shared
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .has_joined(&k)
+        });
+        if !self.connection_alive() && !joined {
+            tracing::warn!(
+                "job {}: its delivery went with the lost connection; the broker gives it back, so it is not published again",
+                self.job_id.unwrap_or_default()
+            );
+            self.outbox.flush().await;
+            let _ = self.ended(false);
+            return Ok(());
+        }
         let name = &self.queue.shared.settings.queue_name;
         self.outbox.send("", name, "job", document).await;
         self.outbox.flush().await;
