@@ -7,6 +7,7 @@ mod fds;
 mod inspect;
 mod list;
 mod logging;
+mod original;
 mod provider;
 mod reap;
 mod run;
@@ -115,6 +116,24 @@ fn main() -> ExitCode {
     // kept from every child (jobs get 0, 1 and 2 only).
     let std_fds = fds::sanitize();
     let args: Vec<OsString> = std::env::args_os().collect();
+    // The original worker's settings by their names, for `worker` and `enqueue`: made into
+    // this worker's before the command line is read (no thread exists yet).
+    if original::applies_to(&args) {
+        let env = |k: &str| std::env::var(k).ok();
+        let vars: Vec<OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+        match original::apply(&env, vars, &mut |k: &str, v: &str| std::env::set_var(k, v)) {
+            Ok(applied) => {
+                for w in applied.warnings {
+                    say!("host: warning: {w}");
+                }
+            }
+            Err(e) => {
+                let e = CliError::Config(e);
+                say!("host: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        }
+    }
     match dispatch(&args, &std_fds) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -39,6 +39,21 @@ impl BackendArgs {
         &self,
         registry: &'r Registry,
     ) -> Result<(&'r Backend, Provider), CliError> {
+        let (backend, config) = self.assemble(registry)?;
+        match backend.new_provider(&config) {
+            Ok(p) => Ok((backend, p)),
+            Err(e) if e.backend_kind() == Some(ErrorKind::PANIC) => {
+                Err(CliError::TempFail(e.to_string()))
+            }
+            Err(e) => Err(CliError::Config(e.to_string())),
+        }
+    }
+
+    /// The backend and its assembled config (warnings logged), without a provider.
+    pub fn assemble<'r>(
+        &self,
+        registry: &'r Registry,
+    ) -> Result<(&'r Backend, plugin_api::ProviderConfig), CliError> {
         for r in registry.rejected() {
             tracing::warn!("plugin rejected: {r}");
         }
@@ -69,12 +84,6 @@ impl BackendArgs {
             tracing::warn!("{w}");
         }
         tracing::info!(backend = %backend.alias, config = %assembled.config, "backend config");
-        match backend.new_provider(&assembled.config) {
-            Ok(p) => Ok((backend, p)),
-            Err(e) if e.backend_kind() == Some(ErrorKind::PANIC) => {
-                Err(CliError::TempFail(e.to_string()))
-            }
-            Err(e) => Err(CliError::Config(e.to_string())),
-        }
+        Ok((backend, assembled.config))
     }
 }

@@ -49,11 +49,12 @@ pub struct WorkerArgs {
     amqp: AmqpArgs,
 
     /// Jobs at once (default: the number of CPUs)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, value_name = "N", env = "HOST_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pool_size: Option<u32>,
 
     /// Serve /healthz, /ready, /worker, /pool/increment|decrement and /metrics here
-    #[arg(long, value_name = "ADDR")]
+    /// (HOST:PORT; :PORT is every address)
+    #[arg(long, value_name = "ADDR", env = "HOST_HTTP", value_parser = parse_listen)]
     http: Option<SocketAddr>,
 
     /// Basic auth for every endpoint but /healthz, /ready and /metrics (the original's
@@ -81,7 +82,7 @@ pub struct WorkerArgs {
     queue_shared_new: bool,
 
     /// A travis-build compatible service to turn payloads without a script into scripts
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "HOST_BUILD_API")]
     build_api: Option<String>,
 
     /// The token for --build-api (sent as `Authorization: token T`)
@@ -94,22 +95,22 @@ pub struct WorkerArgs {
     build_api_token: Option<String>,
 
     /// The longest a job may run, whatever its payload asks
-    #[arg(long, value_name = "DURATION", default_value = "50m", value_parser = parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", env = "HOST_MAX_HARD_TIMEOUT", default_value = "50m", value_parser = parse_duration, help_heading = "Limits")]
     max_hard_timeout: Duration,
     /// The longest a job may go without output, whatever its payload asks
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", env = "HOST_MAX_LOG_SILENCE", default_value = "10m", value_parser = parse_duration, help_heading = "Limits")]
     max_log_silence: Duration,
     /// How long setup and start may take
-    #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", env = "HOST_STARTUP_TIMEOUT", default_value = "4m", value_parser = parse_duration, help_heading = "Limits")]
     startup_timeout: Duration,
     /// How long the upload may take
-    #[arg(long, value_name = "DURATION", default_value = "3m30s", value_parser = parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", env = "HOST_UPLOAD_TIMEOUT", default_value = "3m30s", value_parser = parse_duration, help_heading = "Limits")]
     upload_timeout: Duration,
     /// How long stopping an instance may take
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", env = "HOST_STOP_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = "Limits")]
     stop_timeout: Duration,
     /// End a job whose log reaches this size (errored)
-    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size, help_heading = "Limits")]
+    #[arg(long, value_name = "BYTES", env = "HOST_MAX_LOG_BYTES", value_parser = parse_byte_size, help_heading = "Limits")]
     max_log_bytes: Option<u64>,
     /// How often a job may be requeued before it is errored
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Limits")]
@@ -121,12 +122,142 @@ pub struct WorkerArgs {
 
     /// "text": the steps of each instance's start go into the job's log, as the original's
     /// text progresser writes them (for backends that report progress)
-    #[arg(long, value_name = "TYPE", value_parser = ["text"])]
+    #[arg(long, value_name = "TYPE", env = "HOST_PROGRESS_TYPE", value_parser = ["text"])]
     progress_type: Option<String>,
+
+    /// What the first log part's meta.infra says (the original's INFRA; default: the
+    /// backend's alias)
+    #[arg(long, value_name = "NAME", env = "HOST_INFRA")]
+    infra: Option<String>,
+
+    /// Print the settings in force as `export TRAVIS_WORKER_...` lines (secrets masked) and
+    /// exit
+    #[arg(long)]
+    echo_config: bool,
+
+    /// Print the backends that loaded, one alias a line, and exit (the original's flag)
+    #[arg(long)]
+    list_backend_providers: bool,
 
     /// One line per job start and finish on stderr, as text or JSON (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// `--echo-config`: the settings in force as the original's `export TRAVIS_WORKER_...`
+/// lines, secrets masked (the original prints them), the backend's config last.
+fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Result<u8, CliError> {
+    let registry = policy.load();
+    let (backend, config) = args.backend.assemble(&registry)?;
+    let mut out =
+        String::from("# host worker: the settings in force, as travis-ci/worker names them\n");
+    let mut put = |name: &str, value: &str| {
+        out.push_str(&format!(
+            "export TRAVIS_WORKER_{name}={}\n",
+            shell_quote(value)
+        ));
+    };
+    put("PROVIDER_NAME", &backend.alias);
+    match url {
+        QueueUrl::Dir(dir) => {
+            put("QUEUE_TYPE", "file");
+            let base = dir.parent().unwrap_or(Path::new("/"));
+            put("BASE_DIR", &base.display().to_string());
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            put("QUEUE_NAME", name.as_deref().unwrap_or(""));
+        }
+        QueueUrl::Amqp(u) => {
+            put("QUEUE_TYPE", "amqp");
+            put("AMQP_URI", &masked_url(u));
+            if let Some(name) = &args.target.queue_name {
+                put("QUEUE_NAME", name);
+            }
+            let b = &args.target.broker;
+            put("AMQP_HEARTBEAT", &go_duration(b.amqp_heartbeat));
+            if b.amqp_insecure {
+                put("AMQP_INSECURE", "true");
+            }
+            if let Some(p) = b.amqp_tls_cert_path.as_deref().filter(|p| !p.is_empty()) {
+                put("AMQP_TLS_CERT_PATH", p);
+            }
+            if let Some(pem) = b.amqp_tls_cert.as_deref().filter(|p| !p.trim().is_empty()) {
+                put("AMQP_TLS_CERT", &pem.replace('\n', "\\n"));
+            }
+        }
+    }
+    let pool = args
+        .pool_size
+        .map_or_else(|| WorkerSettings::default().pool_size, |n| n as usize);
+    put("POOL_SIZE", &pool.to_string());
+    put("HARD_TIMEOUT", &go_duration(args.max_hard_timeout));
+    put("LOG_TIMEOUT", &go_duration(args.max_log_silence));
+    put("SCRIPT_UPLOAD_TIMEOUT", &go_duration(args.upload_timeout));
+    put("STARTUP_TIMEOUT", &go_duration(args.startup_timeout));
+    if let Some(n) = args.max_log_bytes {
+        put("MAX_LOG_LENGTH", &n.to_string());
+    }
+    if let Some(t) = &args.progress_type {
+        put("PROGRESS_TYPE", t);
+    }
+    if let Some(a) = args.http {
+        put("REMOTE_CONTROLLER_ADDR", &a.to_string());
+    }
+    if args.http_auth.as_deref().is_some_and(|a| !a.is_empty()) {
+        put("REMOTE_CONTROLLER_AUTH", "***");
+    }
+    if let Some(api) = &args.build_api {
+        put("BUILD_API_URI", &masked_url(api));
+    }
+    put("INFRA", args.infra.as_deref().unwrap_or(&backend.alias));
+    let alias = backend.alias.to_ascii_uppercase();
+    for (key, value) in config.iter() {
+        put(
+            &format!("{alias}_{key}"),
+            &plugin_api::config::masked_value(key, value),
+        );
+    }
+    crate::exit::print_out(&out)?;
+    Ok(0)
+}
+
+/// `value` in single quotes for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// A duration as Go writes one (`1h30m0s`, `50m0s`, `500ms`), which both workers read.
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    if secs == 0 {
+        return match nanos {
+            0 => "0s".into(),
+            n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+            n => format!("{n}ns"),
+        };
+    }
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let s = if nanos == 0 {
+        format!("{s}s")
+    } else {
+        format!("{s}.{:09}", nanos).trim_end_matches('0').to_owned() + "s"
+    };
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+/// A listening address: HOST:PORT, or :PORT for every address (as the original writes it).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT or :PORT)"))
 }
 
 /// Which queue: `worker` takes jobs from it, `enqueue` puts one on it.
@@ -140,7 +271,7 @@ pub struct QueueArgs {
         env = "HOST_QUEUE_URL",
         hide_env_values = true
     )]
-    queue: String,
+    queue: Option<String>,
 
     /// With an amqp:// queue: the durable queue of jobs (e.g. builds.linux)
     #[arg(long, value_name = "NAME", env = "HOST_QUEUE_NAME")]
@@ -278,7 +409,12 @@ enum QueueUrl {
     Amqp(String),
 }
 
-fn queue_url(url: &str) -> Result<QueueUrl, CliError> {
+fn queue_url(url: Option<&str>) -> Result<QueueUrl, CliError> {
+    let Some(url) = url else {
+        return Err(CliError::Usage(
+            "no queue: give --queue file:///DIR or amqp(s)://... (or HOST_QUEUE_URL; or the original's AMQP_URI, or QUEUE_TYPE=file with BASE_DIR and QUEUE_NAME)".into(),
+        ));
+    };
     if url.trim().is_empty() {
         return Err(CliError::Usage(
             "--queue is empty: give file:///DIR, amqp://... or amqps://...".into(),
@@ -501,7 +637,20 @@ fn humantime_now() -> String {
 }
 
 pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
-    let url = queue_url(&args.target.queue)?;
+    if args.list_backend_providers {
+        let registry = policy.load();
+        let mut out = String::new();
+        registry.each_backend(|b| {
+            out.push_str(&b.alias);
+            out.push('\n');
+        });
+        crate::exit::print_out(&out)?;
+        return Ok(0);
+    }
+    let url = queue_url(args.target.queue.as_deref())?;
+    if args.echo_config {
+        return echo_config(&args, &url, policy);
+    }
     let http_settings = host_worker::http::HttpSettings {
         auth: args.http_auth.clone().filter(|a| !a.is_empty()),
     };
@@ -593,7 +742,7 @@ pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),
                     log_queue: args.amqp.log_queue.clone(),
-                    infra: alias.clone(),
+                    infra: args.infra.clone().unwrap_or_else(|| alias.clone()),
                     machine_locks: Some(
                         host_worker::machine::MachineLocks::open(&args.lock_dir).map_err(|e| {
                             CliError::Io(format!("cannot use the lock directory: {e}"))
@@ -779,7 +928,7 @@ fn shutdown(control: &Control, name: &str) {
 }
 
 pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
-    let url = queue_url(&args.target.queue)?;
+    let url = queue_url(args.target.queue.as_deref())?;
     let limit = host_worker::dir::MAX_JOB_BYTES;
     let (reader, name): (Box<dyn std::io::Read>, String) = if args.job.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {

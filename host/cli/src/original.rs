@@ -1,0 +1,353 @@
+//! The original worker's settings by their names (travis-ci/worker `config/config.go`), so
+//! that an operator can swap the binary and keep `/etc/default/travis-worker`.
+//!
+//! The original reads each setting `NAME` from `TRAVIS_WORKER_NAME` or `NAME`. Here each one
+//! this worker implements becomes the `HOST_*` variable of the flag that does the same, when
+//! that variable is not set, before the command line is read. So the precedence is: the
+//! flag, then `HOST_*`, then `TRAVIS_WORKER_*`, then the unprefixed name, then the default.
+//! A backend's config `TRAVIS_WORKER_<ALIAS>_<KEY>` becomes `BACKEND_<ALIAS>_<KEY>` the same
+//! way. A setting of the original that this worker does not implement is named in one
+//! warning at start, with what to use instead where there is something.
+//!
+//! This runs first thing in `main`, before any thread exists (the environment is changed).
+
+use std::ffi::OsString;
+
+/// An original setting this worker implements, and the `HOST_*` variable it becomes.
+pub struct Mapped {
+    pub name: &'static str,
+    pub host: &'static str,
+}
+
+const fn m(name: &'static str, host: &'static str) -> Mapped {
+    Mapped { name, host }
+}
+
+/// The settings taken over as they are (the queue's URL is made of several: see
+/// [`queue_url`]).
+pub const MAPPED: &[Mapped] = &[
+    m("PROVIDER_NAME", "HOST_BACKEND"),
+    m("QUEUE_NAME", "HOST_QUEUE_NAME"),
+    m("AMQP_INSECURE", "HOST_AMQP_INSECURE"),
+    m("AMQP_TLS_CERT", "HOST_AMQP_TLS_CERT"),
+    m("AMQP_TLS_CERT_PATH", "HOST_AMQP_TLS_CERT_PATH"),
+    m("AMQP_HEARTBEAT", "HOST_AMQP_HEARTBEAT"),
+    m("POOL_SIZE", "HOST_POOL_SIZE"),
+    m("HARD_TIMEOUT", "HOST_MAX_HARD_TIMEOUT"),
+    m("LOG_TIMEOUT", "HOST_MAX_LOG_SILENCE"),
+    m("SCRIPT_UPLOAD_TIMEOUT", "HOST_UPLOAD_TIMEOUT"),
+    m("STARTUP_TIMEOUT", "HOST_STARTUP_TIMEOUT"),
+    m("MAX_LOG_LENGTH", "HOST_MAX_LOG_BYTES"),
+    m("PROGRESS_TYPE", "HOST_PROGRESS_TYPE"),
+    m("REMOTE_CONTROLLER_ADDR", "HOST_HTTP"),
+    m("REMOTE_CONTROLLER_AUTH", "HOST_HTTP_AUTH"),
+    m("INFRA", "HOST_INFRA"),
+];
+
+/// Settings read to make others: the queue's type, URL and directory; the build API's URL
+/// (its user is the token).
+const COMPOSED: &[&str] = &["QUEUE_TYPE", "AMQP_URI", "BASE_DIR", "BUILD_API_URI"];
+
+/// Settings of the original this worker does not implement, with what to use instead.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("LOGS_AMQP_URI", "log parts go to the jobs' broker"),
+    ("LOGS_AMQP_TLS_CERT", "log parts go to the jobs' broker"),
+    (
+        "LOGS_AMQP_TLS_CERT_PATH",
+        "log parts go to the jobs' broker",
+    ),
+    ("AMQP_CONSUMER_PRIORITY", ""),
+    (
+        "FILE_POLLING_INTERVAL",
+        "the directory queue looks every 2 to 100 ms",
+    ),
+    ("HTTP_POLLING_INTERVAL", "no job-board queue"),
+    ("HTTP_REFRESH_CLAIM_INTERVAL", "no job-board queue"),
+    ("JOB_BOARD_URL", "no job-board queue"),
+    ("TRAVIS_SITE", ""),
+    ("LIBRATO_EMAIL", "/metrics (--http)"),
+    ("LIBRATO_TOKEN", "/metrics (--http)"),
+    ("LIBRATO_SOURCE", "/metrics (--http)"),
+    ("SILENCE_METRICS", "/metrics (--http)"),
+    ("LOG_METRICS", "/metrics (--http)"),
+    ("SENTRY_DSN", "the worker's stderr"),
+    ("SENTRY_HOOK_ERRORS", "the worker's stderr"),
+    ("STACKDRIVER_TRACE_ACCOUNT_JSON", ""),
+    ("STACKDRIVER_PROJECT_ID", ""),
+    ("OPENCENSUS_TRACING_ENABLED", ""),
+    ("OPENCENSUS_SAMPLING_RATE", ""),
+    (
+        "STATE_UPDATE_POOL_SIZE",
+        "states are published as they come",
+    ),
+    ("LOG_POOL_SIZE", "log parts are published as they come"),
+    ("RABBITMQ_SHARDING", ""),
+    ("BUILD_CACHE_FETCH_TIMEOUT", ""),
+    ("BUILD_CACHE_PUSH_TIMEOUT", ""),
+    ("BUILD_APT_CACHE", ""),
+    ("BUILD_NPM_CACHE", ""),
+    ("BUILD_PARANOID", ""),
+    ("BUILD_FIX_RESOLV_CONF", ""),
+    ("BUILD_FIX_ETC_HOSTS", ""),
+    ("BUILD_CACHE_TYPE", ""),
+    ("BUILD_CACHE_S3_SCHEME", ""),
+    ("BUILD_CACHE_S3_REGION", ""),
+    ("BUILD_CACHE_S3_BUCKET", ""),
+    ("BUILD_CACHE_S3_ACCESS_KEY_ID", ""),
+    ("BUILD_CACHE_S3_SECRET_ACCESS_KEY", ""),
+    ("BUILD_TRACE_ENABLED", ""),
+    ("BUILD_TRACE_S3_BUCKET", ""),
+    ("BUILD_TRACE_S3_KEY_PREFIX", ""),
+    ("BUILD_TRACE_S3_REGION", ""),
+    (
+        "BUILD_API_INSECURE_SKIP_VERIFY",
+        "the build API's certificate is always verified",
+    ),
+    ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
+    ("PAYLOAD_FILTER_EXECUTABLE", ""),
+    ("START_HOOK", ""),
+    ("STOP_HOOK", ""),
+    ("HEARTBEAT_URL", "SIGINT or DELETE /worker to drain"),
+    (
+        "HEARTBEAT_URL_AUTH_TOKEN",
+        "SIGINT or DELETE /worker to drain",
+    ),
+    ("INITIAL_SLEEP", ""),
+    ("DEFAULT_LANGUAGE", "the payload's own"),
+    ("DEFAULT_DIST", "the payload's own"),
+    ("DEFAULT_ARCH", "the payload's own"),
+    ("DEFAULT_GROUP", "the payload's own"),
+    ("DEFAULT_OS", "the payload's own"),
+    ("UPDATE_IMAGES", ""),
+    ("HOSTNAME", "the worker's id names the machine"),
+];
+
+/// Unprefixed names that are commonly set for other reasons (a container's `HOSTNAME`): not
+/// warned about unless given with `TRAVIS_WORKER_`.
+const AMBIENT: &[&str] = &["HOSTNAME", "DEBUG"];
+
+/// What [`apply`] did: lines to say at start.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub warnings: Vec<String>,
+}
+
+/// The value of original setting `name`: `TRAVIS_WORKER_<NAME>`, else `<NAME>`; empty is
+/// unset. `env` reads a variable.
+fn original(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+    [format!("TRAVIS_WORKER_{name}"), name.to_owned()]
+        .into_iter()
+        .find_map(|var| env(&var).filter(|v| !v.is_empty()).map(|v| (var, v)))
+}
+
+/// The queue URL the original's settings make: `QUEUE_TYPE` (`amqp` by default) with
+/// `AMQP_URI`, or `file` with `BASE_DIR`/`QUEUE_NAME`. `None` when none of them is set.
+pub fn queue_url(env: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let kind = original(env, "QUEUE_TYPE").map(|(_, v)| v.to_ascii_lowercase());
+    match kind.as_deref() {
+        None | Some("amqp") => {
+            Ok(original(env, "AMQP_URI").map(|(_, uri)| {
+                // The original's default, `amqp://`, is the local broker as guest.
+                if uri == "amqp://" {
+                    "amqp://guest:guest@localhost:5672/".to_owned()
+                } else {
+                    uri
+                }
+            }))
+        }
+        Some("file") => {
+            let base = original(env, "BASE_DIR").map_or_else(|| ".".to_owned(), |(_, v)| v);
+            let Some((_, name)) = original(env, "QUEUE_NAME") else {
+                return Err("QUEUE_TYPE=file needs QUEUE_NAME (the queue's directory under BASE_DIR)".into());
+            };
+            let dir = std::path::Path::new(&base).join(name);
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            Ok(Some(format!("file://{}", dir.display())))
+        }
+        Some("http") => Err(
+            "QUEUE_TYPE=http (the job-board queue) is not supported by this worker; use amqp or file".into(),
+        ),
+        Some(other) => Err(format!(
+            "QUEUE_TYPE={other}: not a queue type (amqp or file)"
+        )),
+    }
+}
+
+/// Turns the original's settings in `env` into `HOST_*` and `BACKEND_*` settings (through
+/// `set`, for those `env` does not have already). Errors: a queue type that cannot be.
+pub fn apply(
+    env: &impl Fn(&str) -> Option<String>,
+    vars: impl IntoIterator<Item = OsString>,
+    set: &mut impl FnMut(&str, &str),
+) -> Result<Applied, String> {
+    let mut applied = Applied::default();
+    let mut set_unless = |host: &str, value: &str| {
+        if env(host).is_none_or(|v| v.is_empty()) {
+            set(host, value);
+        }
+    };
+    for s in MAPPED {
+        if let Some((_, v)) = original(env, s.name) {
+            set_unless(s.host, &v);
+        }
+    }
+    if let Some(url) = queue_url(env)? {
+        set_unless("HOST_QUEUE_URL", &url);
+    }
+    if let Some((var, uri)) = original(env, "BUILD_API_URI") {
+        // A user in the URL is the token, as the original sends it.
+        match split_user(&uri) {
+            Some((token, url)) => {
+                set_unless("HOST_BUILD_API", &url);
+                set_unless("HOST_BUILD_API_TOKEN", &token);
+            }
+            None => set_unless("HOST_BUILD_API", &uri),
+        }
+        let _ = var;
+    }
+    let mut unused = Vec::new();
+    for (name, instead) in NOT_IMPLEMENTED {
+        let prefixed = format!("TRAVIS_WORKER_{name}");
+        let given = if AMBIENT.contains(name) {
+            env(&prefixed)
+                .is_some_and(|v| !v.is_empty())
+                .then_some(prefixed)
+        } else {
+            original(env, name).map(|(var, _)| var)
+        };
+        if let Some(var) = given {
+            unused.push(if instead.is_empty() {
+                var
+            } else {
+                format!("{var} ({instead})")
+            });
+        }
+    }
+    if !unused.is_empty() {
+        applied.warnings.push(format!(
+            "settings of travis-ci/worker that this worker does not implement, not used: {}",
+            unused.join(", ")
+        ));
+    }
+    // A backend's config: TRAVIS_WORKER_<ALIAS>_<KEY> is BACKEND_<ALIAS>_<KEY>.
+    let known: Vec<&str> = MAPPED
+        .iter()
+        .map(|s| s.name)
+        .chain(COMPOSED.iter().copied())
+        .chain(NOT_IMPLEMENTED.iter().map(|(n, _)| *n))
+        .collect();
+    for var in vars {
+        let Some(var) = var.to_str() else { continue };
+        let Some(rest) = var.strip_prefix("TRAVIS_WORKER_") else {
+            continue;
+        };
+        if rest.is_empty() || known.contains(&rest) || !rest.contains('_') {
+            continue;
+        }
+        if let Some(value) = env(var) {
+            set_unless(&format!("BACKEND_{rest}"), &value);
+        }
+    }
+    Ok(applied)
+}
+
+/// `https://TOKEN@host/path` as (`TOKEN`, `https://host/path`).
+fn split_user(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (user, host) = authority.rsplit_once('@')?;
+    let token = user.split(':').next().unwrap_or(user);
+    (!token.is_empty()).then(|| (token.to_owned(), format!("{scheme}://{host}{path}")))
+}
+
+/// Whether this command line runs the worker or enqueue (the original's settings apply to
+/// them only).
+pub fn applies_to(args: &[OsString]) -> bool {
+    args.iter().skip(1).any(|a| a == "worker" || a == "enqueue")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn run(pairs: &[(&str, &str)]) -> (HashMap<String, String>, Result<Applied, String>) {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut set = HashMap::new();
+        let vars: Vec<OsString> = env.keys().map(OsString::from).collect();
+        let get = |k: &str| env.get(k).cloned();
+        let r = apply(&get, vars, &mut |k: &str, v: &str| {
+            set.insert(k.to_owned(), v.to_owned());
+        });
+        (set, r)
+    }
+
+    #[test]
+    fn host_settings_win_over_prefixed_ones_which_win_over_unprefixed_ones() {
+        let (set, _) = run(&[
+            ("TRAVIS_WORKER_POOL_SIZE", "6"),
+            ("POOL_SIZE", "2"),
+            ("PROVIDER_NAME", "local"),
+            ("HOST_HARD_TIMEOUT_UNUSED", "x"),
+            ("HOST_BACKEND", "fake"),
+            ("HARD_TIMEOUT", "1h30m"),
+        ]);
+        assert_eq!(set.get("HOST_POOL_SIZE").map(String::as_str), Some("6"));
+        assert_eq!(
+            set.get("HOST_BACKEND"),
+            None,
+            "HOST_BACKEND was set already"
+        );
+        assert_eq!(
+            set.get("HOST_MAX_HARD_TIMEOUT").map(String::as_str),
+            Some("1h30m")
+        );
+    }
+
+    #[test]
+    fn the_queue_is_made_from_its_type_and_uri_or_directory() {
+        let (set, _) = run(&[("TRAVIS_WORKER_AMQP_URI", "amqps://u:p@b/v")]);
+        assert_eq!(set["HOST_QUEUE_URL"], "amqps://u:p@b/v");
+        let (set, _) = run(&[("AMQP_URI", "amqp://")]);
+        assert_eq!(set["HOST_QUEUE_URL"], "amqp://guest:guest@localhost:5672/");
+        let (set, _) = run(&[
+            ("QUEUE_TYPE", "file"),
+            ("BASE_DIR", "/var/q"),
+            ("QUEUE_NAME", "builds"),
+        ]);
+        assert_eq!(set["HOST_QUEUE_URL"], "file:///var/q/builds");
+        let (_, r) = run(&[("TRAVIS_WORKER_QUEUE_TYPE", "http")]);
+        assert!(r.err().unwrap_or_default().contains("not supported"));
+    }
+
+    #[test]
+    fn the_build_api_users_is_its_token() {
+        let (set, _) = run(&[("BUILD_API_URI", "https://s3cret@build.example/script")]);
+        assert_eq!(set["HOST_BUILD_API"], "https://build.example/script");
+        assert_eq!(set["HOST_BUILD_API_TOKEN"], "s3cret");
+    }
+
+    #[test]
+    fn backend_config_and_unimplemented_settings() {
+        let (set, r) = run(&[
+            ("TRAVIS_WORKER_DOCKER_ENDPOINT", "unix:///run/docker.sock"),
+            ("TRAVIS_WORKER_LIBRATO_TOKEN", "x"),
+            ("SENTRY_DSN", "y"),
+            ("HOSTNAME", "container-1"),
+        ]);
+        assert_eq!(set["BACKEND_DOCKER_ENDPOINT"], "unix:///run/docker.sock");
+        assert!(!set.contains_key("BACKEND_LIBRATO_TOKEN"));
+        let w = r.map(|a| a.warnings).unwrap_or_default();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("TRAVIS_WORKER_LIBRATO_TOKEN (/metrics"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("SENTRY_DSN"), "{w:?}");
+        assert!(!w[0].contains("HOSTNAME"), "{w:?}");
+    }
+}

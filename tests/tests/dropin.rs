@@ -1,0 +1,248 @@
+//! `host worker` as a drop-in for travis-ci/worker: its settings read by their names
+//! (`TRAVIS_WORKER_*` and unprefixed), in the documented order, with a warning for what is
+//! not implemented, `--echo-config` and `--list-backend-providers`.
+
+use std::path::Path;
+use std::process::Command;
+
+use blackbox::{artifacts, host, plugin_dir, run};
+
+fn plugins() -> tempfile::TempDir {
+    plugin_dir(&[
+        ("libfake.so", &artifacts().fake),
+        ("liblocal.so", &artifacts().local),
+    ])
+}
+
+/// `host ARGS` with only `env` (and PATH) in its environment.
+fn with_env(plugins: &Path, env: &[(&str, &str)], args: &[&str]) -> blackbox::Ran {
+    let mut cmd = host(plugins);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args);
+    run(cmd)
+}
+
+/// The value an `--echo-config` output gives `name`.
+fn echoed(out: &str, name: &str) -> Option<String> {
+    let prefix = format!("export TRAVIS_WORKER_{name}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim_matches('\'').to_owned())
+}
+
+#[test]
+fn an_environment_written_for_the_original_runs_jobs_with_its_settings() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let base_dir = base.path().display().to_string();
+    let scripts_dir = scripts.path().display().to_string();
+    // As /etc/default/travis-worker writes it (the repository's .example.env's shape).
+    let env = [
+        ("TRAVIS_WORKER_PROVIDER_NAME", "local"),
+        ("TRAVIS_WORKER_QUEUE_TYPE", "file"),
+        ("TRAVIS_WORKER_BASE_DIR", base_dir.as_str()),
+        ("TRAVIS_WORKER_QUEUE_NAME", "builds.linux"),
+        ("TRAVIS_WORKER_POOL_SIZE", "3"),
+        ("TRAVIS_WORKER_LOCAL_SCRIPTS_DIR", scripts_dir.as_str()),
+        ("TRAVIS_WORKER_HARD_TIMEOUT", "0h0m2s"),
+        ("TRAVIS_WORKER_INFRA", "ci-host-7"),
+    ];
+    for (id, script) in [(1, "echo one\n"), (2, "sleep 30\n")] {
+        let job = blackbox::script(&format!(
+            r#"{{"job": {{"id": {id}}}, "script": {}}}"#,
+            serde_json::Value::String(script.into())
+        ));
+        let path = job.path().display().to_string();
+        let out = with_env(p.path(), &env, &["enqueue", &path]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let out = with_env(p.path(), &env, &["worker", "--exit-when-idle"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let queue = base.path().join("builds.linux");
+    assert!(
+        out.stderr.contains(&format!(
+            "on {} with backend local, 3 job(s) at once",
+            queue.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("job 1 passed"), "{}", out.stderr);
+    // The hard timeout in Go's syntax ended the other.
+    assert!(
+        out.stderr.contains("job 2 errored") && out.stderr.contains("time limit of 2s"),
+        "{}",
+        out.stderr
+    );
+    let log = std::fs::read_to_string(queue.join("log/1.log")).unwrap();
+    assert_eq!(log, "one\n");
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+#[test]
+fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
+    let p = plugins();
+    let pool = |env: &[(&str, &str)], flag: Option<&str>| {
+        let mut args = vec!["worker", "--echo-config", "--queue", "file:///tmp/unused-q"];
+        if let Some(f) = flag {
+            args.extend(["--pool-size", f]);
+        }
+        let out = with_env(p.path(), env, &args);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        echoed(&out.stdout, "POOL_SIZE")
+    };
+    let all = [
+        ("HOST_POOL_SIZE", "4"),
+        ("TRAVIS_WORKER_POOL_SIZE", "6"),
+        ("POOL_SIZE", "2"),
+    ];
+    assert_eq!(pool(&all, Some("5")).as_deref(), Some("5"));
+    assert_eq!(pool(&all, None).as_deref(), Some("4"));
+    assert_eq!(pool(&all[1..], None).as_deref(), Some("6"));
+    assert_eq!(pool(&all[2..], None).as_deref(), Some("2"));
+    // A backend's config: TRAVIS_WORKER_<ALIAS>_<KEY> under BACKEND_<ALIAS>_<KEY>.
+    let env = [
+        ("TRAVIS_WORKER_PROVIDER_NAME", "fake"),
+        ("TRAVIS_WORKER_FAKE_LOG_OUTPUT", "from+the+original"),
+        ("TRAVIS_WORKER_FAKE_RUN_SLEEP", "1s"),
+        ("BACKEND_FAKE_RUN_SLEEP", "2s"),
+    ];
+    let out = with_env(
+        p.path(),
+        &env,
+        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        echoed(&out.stdout, "FAKE_LOG_OUTPUT").as_deref(),
+        Some("from the original")
+    );
+    assert_eq!(echoed(&out.stdout, "FAKE_RUN_SLEEP").as_deref(), Some("2s"));
+}
+
+#[test]
+fn unimplemented_settings_are_named_and_a_job_board_queue_is_refused() {
+    let p = plugins();
+    let env = [
+        ("TRAVIS_WORKER_SENTRY_DSN", "https://x@sentry.example/1"),
+        ("LIBRATO_TOKEN", "t"),
+        ("HOSTNAME", "container-1"),
+    ];
+    let out = with_env(
+        p.path(),
+        &env,
+        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning for all: {}", out.stderr);
+    assert!(
+        warnings[0].contains("TRAVIS_WORKER_SENTRY_DSN"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        warnings[0].contains("LIBRATO_TOKEN (/metrics"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !warnings[0].contains("HOSTNAME"),
+        "a container's HOSTNAME is not the original's: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("sentry.example"),
+        "values are not printed: {}",
+        out.stderr
+    );
+    let out = with_env(
+        p.path(),
+        &[("TRAVIS_WORKER_QUEUE_TYPE", "http")],
+        &["worker"],
+    );
+    assert_eq!(out.code, Some(78), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not supported by this worker"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn echo_config_round_trips_through_a_shell_and_masks_secrets() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let exe = artifacts().host.display().to_string();
+    let dir = p.path().display().to_string();
+    let q = base.path().join("q").display().to_string();
+    let first = with_env(
+        p.path(),
+        &[("TRAVIS_WORKER_REMOTE_CONTROLLER_AUTH", "admin:s3cret")],
+        &[
+            "worker",
+            "--echo-config",
+            "--queue",
+            &q,
+            "-b",
+            "fake",
+            "-c",
+            "LOG_OUTPUT=it's here",
+            "--pool-size",
+            "7",
+            "--max-hard-timeout",
+            "1h30m",
+            "--infra",
+            "lab",
+        ],
+    );
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(
+        echoed(&first.stdout, "REMOTE_CONTROLLER_AUTH").as_deref(),
+        Some("***")
+    );
+    assert!(!first.stdout.contains("s3cret"), "{}", first.stdout);
+    assert_eq!(
+        echoed(&first.stdout, "HARD_TIMEOUT").as_deref(),
+        Some("1h30m0s")
+    );
+    // What it printed, read back by the shell, gives the same settings (but the masked
+    // secret, which is left out here).
+    let script = format!(
+        "eval \"$(\"$0\" --plugin-dir \"$1\" worker --echo-config --queue '{q}' -b fake -c \"LOG_OUTPUT=it's here\" --pool-size 7 --max-hard-timeout 1h30m --infra lab)\" && \"$0\" --plugin-dir \"$1\" worker --echo-config"
+    );
+    let out = Command::new("sh")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["-c", &script, &exe, &dir])
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let without_auth: String = first
+        .stdout
+        .lines()
+        .filter(|l| !l.contains("REMOTE_CONTROLLER_AUTH"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(again, without_auth);
+}
+
+#[test]
+fn list_backend_providers_lists_the_aliases() {
+    let p = plugins();
+    let out = with_env(p.path(), &[], &["worker", "--list-backend-providers"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "fake\nlocal\n");
+}
