@@ -272,6 +272,49 @@ pub fn from_env_vars(
     (cfg, warnings)
 }
 
+/// Adds to `env` each key `backend` documents that it lacks, from `vars`'
+/// `TRAVIS_WORKER_<ALIAS>_<KEY>` or else `<ALIAS>_<KEY>` (URL-query-unescaped, empty is
+/// unset). Only documented keys: `<ALIAS>_` variables set for other programs (`DOCKER_HOST`
+/// for the docker CLI) are not this worker's unless the backend has that key.
+pub fn original_names(
+    backend: &Backend,
+    vars: &[(OsString, OsString)],
+    env: &mut ProviderConfig,
+) -> Vec<ConfigWarning> {
+    let alias = backend.alias.to_ascii_uppercase().replace('-', "_");
+    let mut warnings = Vec::new();
+    for key in backend.provider_help.keys() {
+        if env.lookup(key).is_some() {
+            continue;
+        }
+        for name in [
+            format!("TRAVIS_WORKER_{alias}_{key}"),
+            format!("{alias}_{key}"),
+        ] {
+            let Some((_, value)) = vars.iter().find(|(n, _)| n.to_str() == Some(name.as_str()))
+            else {
+                continue;
+            };
+            let Some(value) = value.to_str().filter(|v| !v.is_empty()) else {
+                if value.to_str().is_none() {
+                    warnings.push(ConfigWarning::EnvNotUtf8 { variable: name });
+                }
+                continue;
+            };
+            let unescaped = query_unescape(value).unwrap_or_else(|| {
+                warnings.push(ConfigWarning::EnvBadEscape {
+                    variable: name.clone(),
+                    value: plugin_api::config::masked_value(key, value).into_owned(),
+                });
+                value.to_owned()
+            });
+            env.set(key.as_str(), unescaped);
+            break;
+        }
+    }
+    warnings
+}
+
 /// Merges the sources by precedence: `cli` over `env` over `file`.
 pub fn resolve(
     file: Option<&ConfigFile>,
@@ -302,6 +345,10 @@ pub struct ConfigSources {
     pub pairs: Vec<OsString>,
     /// A TOML file with a table per alias, lowest precedence.
     pub file: Option<PathBuf>,
+    /// Also read each key the backend documents from the original worker's names,
+    /// `TRAVIS_WORKER_<ALIAS>_<KEY>` and then `<ALIAS>_<KEY>` (as its
+    /// `ProviderConfigFromEnviron`), below `BACKEND_<ALIAS>_<KEY>`.
+    pub original_names: bool,
 }
 
 /// A backend's config, ready for [`Backend::new_provider`], and what was not used.
@@ -323,7 +370,11 @@ impl ConfigSources {
     ) -> Result<Assembled, ConfigError> {
         let cli = parse_pairs(&self.pairs)?;
         let file = self.file.as_deref().map(ConfigFile::load).transpose()?;
-        let (env, mut warnings) = from_env_vars(&backend.alias, std::env::vars_os());
+        let (mut env, mut warnings) = from_env_vars(&backend.alias, std::env::vars_os());
+        if self.original_names {
+            let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+            warnings.extend(original_names(backend, &vars, &mut env));
+        }
         if let Some(file) = &file {
             let loaded: Vec<String> = registry.backends().map(|b| b.alias.clone()).collect();
             warnings.extend(file.unknown_tables(&loaded));

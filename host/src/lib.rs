@@ -42,7 +42,7 @@
 //! registry.each_backend(|b| println!("{} ({})", b.alias, b.human_readable_name));
 //!
 //! let backend = registry.backend("fake")?;
-//! let sources = ConfigSources { pairs: vec!["LOG_OUTPUT=hello".into()], file: None };
+//! let sources = ConfigSources { pairs: vec!["LOG_OUTPUT=hello".into()], ..Default::default() };
 //! let assembled = sources.assemble(backend, &registry)?;
 //! for warning in &assembled.warnings {
 //!     eprintln!("warning: {warning}");

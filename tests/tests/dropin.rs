@@ -121,6 +121,24 @@ fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
         Some("from the original")
     );
     assert_eq!(echoed(&out.stdout, "FAKE_RUN_SLEEP").as_deref(), Some("2s"));
+    // The unprefixed <ALIAS>_<KEY>, for the keys the backend documents only.
+    let env = [
+        ("PROVIDER_NAME", "fake"),
+        ("FAKE_LOG_OUTPUT", "unprefixed"),
+        ("FAKE_NOT_A_KEY", "x"),
+    ];
+    let out = with_env(
+        p.path(),
+        &env,
+        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        echoed(&out.stdout, "FAKE_LOG_OUTPUT").as_deref(),
+        Some("unprefixed")
+    );
+    assert_eq!(echoed(&out.stdout, "FAKE_NOT_A_KEY"), None);
+    assert!(!out.stderr.contains("NOT_A_KEY"), "{}", out.stderr);
 }
 
 #[test]

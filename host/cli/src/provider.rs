@@ -29,6 +29,10 @@ pub struct BackendArgs {
     /// Read backend config from a TOML file with a table per backend alias (at most 1 MiB)
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+
+    /// Also read the backend's keys by the original worker's names (`host worker` only).
+    #[arg(skip)]
+    pub original_names: bool,
 }
 
 impl BackendArgs {
@@ -72,6 +76,7 @@ impl BackendArgs {
         let sources = ConfigSources {
             pairs: self.config.clone(),
             file: self.config_file.clone(),
+            original_names: self.original_names,
         };
         let assembled = sources.assemble(backend, registry).map_err(|e| {
             if e.is_usage() {

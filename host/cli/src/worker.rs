@@ -636,7 +636,8 @@ fn humantime_now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-pub fn run(args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
+pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
+    args.backend.original_names = true;
     if args.list_backend_providers {
         let registry = policy.load();
         let mut out = String::new();
