@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use blackbox::{artifacts, host, plugin_dir, run};
+use blackbox::{amqp_url, artifacts, host, plugin_dir, rabbitmqctl, run, signal, Guard};
 
 fn plugins() -> tempfile::TempDir {
     plugin_dir(&[
@@ -263,4 +263,61 @@ fn list_backend_providers_lists_the_aliases() {
     let out = with_env(p.path(), &[], &["worker", "--list-backend-providers"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, "fake\nlocal\n");
+}
+
+#[test]
+fn the_consumer_priority_and_the_broker_come_from_the_originals_names() {
+    let p = plugins();
+    let q = format!("hostdropin-prio-{}", std::process::id());
+    let (states, logs) = (format!("{q}.states"), format!("{q}.logs"));
+    let mut cmd = host(p.path());
+    cmd.env("TRAVIS_WORKER_AMQP_URI", amqp_url())
+        .env("TRAVIS_WORKER_QUEUE_NAME", &q)
+        .env("AMQP_CONSUMER_PRIORITY", "5")
+        .args([
+            "worker",
+            "-b",
+            "fake",
+            "--state-queue",
+            &states,
+            "--log-queue",
+            &logs,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut w = Guard(cmd.spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let found = loop {
+        let out = rabbitmqctl(&[
+            "list_consumers",
+            "-q",
+            "--no-table-headers",
+            "queue_name",
+            "arguments",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(q.as_str()))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consumer on {q}: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    signal("-TERM", w.0.id());
+    let status = w.wait();
+    for name in [&q, &states, &logs] {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_queue", name])
+            .output();
+    }
+    assert!(
+        found.contains("x-priority") && found.contains('5'),
+        "{found}"
+    );
+    assert_eq!(status.code(), Some(0));
 }

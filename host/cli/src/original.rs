@@ -32,6 +32,7 @@ pub const MAPPED: &[Mapped] = &[
     m("AMQP_TLS_CERT", "HOST_AMQP_TLS_CERT"),
     m("AMQP_TLS_CERT_PATH", "HOST_AMQP_TLS_CERT_PATH"),
     m("AMQP_HEARTBEAT", "HOST_AMQP_HEARTBEAT"),
+    m("AMQP_CONSUMER_PRIORITY", "HOST_AMQP_CONSUMER_PRIORITY"),
     m("POOL_SIZE", "HOST_POOL_SIZE"),
     m("HARD_TIMEOUT", "HOST_MAX_HARD_TIMEOUT"),
     m("LOG_TIMEOUT", "HOST_MAX_LOG_SILENCE"),
@@ -56,7 +57,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "LOGS_AMQP_TLS_CERT_PATH",
         "log parts go to the jobs' broker",
     ),
-    ("AMQP_CONSUMER_PRIORITY", ""),
     (
         "FILE_POLLING_INTERVAL",
         "the directory queue looks every 2 to 100 ms",

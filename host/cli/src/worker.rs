@@ -391,6 +391,15 @@ pub struct AmqpArgs {
     /// exchange (the original's name by default)
     #[arg(long, value_name = "NAME", default_value = host_worker::amqp::LOG_QUEUE, help_heading = "RabbitMQ")]
     log_queue: String,
+    /// With an amqp:// queue: this worker's consumer priority (x-priority): the broker gives
+    /// jobs to the workers of the highest priority that have room first
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HOST_AMQP_CONSUMER_PRIORITY",
+        help_heading = "RabbitMQ"
+    )]
+    amqp_consumer_priority: Option<i32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -744,6 +753,7 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                     state_queue: args.amqp.state_queue.clone(),
                     log_queue: args.amqp.log_queue.clone(),
                     infra: args.infra.clone().unwrap_or_else(|| alias.clone()),
+                    consumer_priority: args.amqp.amqp_consumer_priority,
                     machine_locks: Some(
                         host_worker::machine::MachineLocks::open(&args.lock_dir).map_err(|e| {
                             CliError::Io(format!("cannot use the lock directory: {e}"))

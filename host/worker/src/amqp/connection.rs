@@ -121,12 +121,16 @@ pub(super) async fn consume_jobs(
     jobs.basic_qos(s.prefetch.max(1), BasicQosOptions::default())
         .await
         .map_err(|e| io("prefetch", e))?;
+    let mut arguments = FieldTable::default();
+    if let Some(p) = s.consumer_priority {
+        arguments.insert("x-priority".into(), lapin::types::AMQPValue::LongInt(p));
+    }
     let consumer = jobs
         .basic_consume(
             s.queue_name.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|e| io(&format!("consume {}", s.queue_name), e))?;

@@ -130,6 +130,7 @@ mod tests {
             log_queue: String::new(),
             infra: String::new(),
             machine_locks: None,
+            consumer_priority: None,
         };
         let a = lock_prefix(&settings("amqp://guest:guest@127.0.0.1:5672/%2f"));
         assert_eq!(a, lock_prefix(&settings("amqp://u:p@localhost:5672/")));

@@ -106,6 +106,9 @@ pub struct AmqpSettings {
     /// never run one job at once, and a redelivery of a message another worker here ran to
     /// its end is answered without running it. `None`: within this worker only.
     pub machine_locks: Option<super::machine::MachineLocks>,
+    /// The jobs consumer's priority (`x-priority`; the original's `AMQP_CONSUMER_PRIORITY`):
+    /// the broker gives jobs to the consumers of the highest priority that have room.
+    pub consumer_priority: Option<i32>,
 }
 
 fn io(what: &str, e: lapin::Error) -> std::io::Error {
