@@ -321,3 +321,84 @@ fn the_consumer_priority_and_the_broker_come_from_the_originals_names() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+/// An executable shell script in `dir`.
+fn script_file(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn start_and_stop_hooks_run_around_the_worker_and_a_failing_start_hook_stops_it() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let hooks = tempfile::tempdir().unwrap();
+    let marks = hooks.path().join("marks");
+    let q = base.path().join("q").display().to_string();
+    let job = blackbox::script(r#"{"job": {"id": 8}, "script": "true\n"}"#);
+    let out = with_env(
+        p.path(),
+        &[],
+        &["enqueue", "--queue", &q, &job.path().display().to_string()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let marks_s = marks.display().to_string();
+    let start = script_file(
+        hooks.path(),
+        "start",
+        &format!("echo \"start $1\" >> '{marks_s}'\n"),
+    );
+    let stop = script_file(hooks.path(), "stop", &format!("echo stop >> '{marks_s}'\n"));
+    let start_cmd = format!("{start} arg1");
+    let env = [
+        ("TRAVIS_WORKER_START_HOOK", start_cmd.as_str()),
+        ("STOP_HOOK", stop.as_str()),
+    ];
+    let out = with_env(
+        p.path(),
+        &env,
+        &["worker", "-b", "fake", "--queue", &q, "--exit-when-idle"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("job 8 passed"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "start arg1\nstop\n"
+    );
+    // A start hook that fails: the worker does not start, and says what the hook said.
+    let job = blackbox::script(r#"{"job": {"id": 9}, "script": "true\n"}"#);
+    let out = with_env(
+        p.path(),
+        &[],
+        &["enqueue", "--queue", &q, &job.path().display().to_string()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let failing = script_file(
+        hooks.path(),
+        "failing",
+        "echo the disk is not mounted >&2\nexit 3\n",
+    );
+    let out = with_env(
+        p.path(),
+        &[("START_HOOK", failing.as_str())],
+        &["worker", "-b", "fake", "--queue", &q, "--exit-when-idle"],
+    );
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the disk is not mounted"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("job 9"),
+        "no job was taken: {}",
+        out.stderr
+    );
+    let waiting = std::fs::read_dir(base.path().join("q/new"))
+        .unwrap()
+        .count();
+    assert_eq!(waiting, 1);
+}

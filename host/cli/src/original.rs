@@ -43,6 +43,8 @@ pub const MAPPED: &[Mapped] = &[
     m("REMOTE_CONTROLLER_ADDR", "HOST_HTTP"),
     m("REMOTE_CONTROLLER_AUTH", "HOST_HTTP_AUTH"),
     m("INFRA", "HOST_INFRA"),
+    m("START_HOOK", "HOST_START_HOOK"),
+    m("STOP_HOOK", "HOST_STOP_HOOK"),
 ];
 
 /// Settings read to make others: the queue's type, URL and directory; the build API's URL
@@ -105,8 +107,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ),
     ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
     ("PAYLOAD_FILTER_EXECUTABLE", ""),
-    ("START_HOOK", ""),
-    ("STOP_HOOK", ""),
     ("HEARTBEAT_URL", "SIGINT or DELETE /worker to drain"),
     (
         "HEARTBEAT_URL_AUTH_TOKEN",

@@ -130,6 +130,16 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "NAME", env = "HOST_INFRA")]
     infra: Option<String>,
 
+    /// A program (and its arguments, split at spaces) run before the worker takes its first
+    /// job; if it fails, the worker does not start (75), its output in the message (the
+    /// original's START_HOOK)
+    #[arg(long, value_name = "COMMAND", env = "HOST_START_HOOK")]
+    start_hook: Option<String>,
+
+    /// A program run after the worker stopped (the original's STOP_HOOK); a failure is said
+    #[arg(long, value_name = "COMMAND", env = "HOST_STOP_HOOK")]
+    stop_hook: Option<String>,
+
     /// Print the settings in force as `export TRAVIS_WORKER_...` lines (secrets masked) and
     /// exit
     #[arg(long)]
@@ -218,6 +228,103 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
     }
     crate::exit::print_out(&out)?;
     Ok(0)
+}
+
+/// How long a start or stop hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `command` (a program and its arguments, split at spaces, as the original splits
+/// them) with no input, and waits at most [`HOOK_TIMEOUT`]. Its output (the last 2 KiB of
+/// stdout and stderr together) is in the error.
+fn run_hook(what: &str, command: &str) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut parts = command.split_whitespace();
+    let Some(program) = parts.next() else {
+        return Ok(());
+    };
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "{what} {command:?}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: pipe2 succeeded: two fresh descriptors nobody else owns.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let write2 = write
+        .try_clone()
+        .map_err(|e| format!("{what} {command:?}: {e}"))?;
+    let mut child = std::process::Command::new(program)
+        .args(parts)
+        .stdin(std::process::Stdio::null())
+        .stdout(write)
+        .stderr(write2)
+        .spawn()
+        .map_err(|e| format!("{what} {command:?} cannot start: {e}"))?;
+    // The pipe's writing ends are the child's alone now: the reader ends with it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut read = read;
+        while let Ok(n) = read.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.len() > 4096 {
+                out.drain(..out.len() - 2048);
+            }
+        }
+        let _ = done_tx.send(out);
+    });
+    let deadline = std::time::Instant::now() + HOOK_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!("did not end within {}", fmt_duration(HOOK_TIMEOUT)));
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    // A process the hook left behind that keeps the pipe open must not hold the worker.
+    let output = done_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+    let mut text = String::from_utf8_lossy(&output).trim().to_owned();
+    if text.len() > 2048 {
+        let cut = text.len() - 2048;
+        let cut = (cut..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(cut);
+        text = format!("...{}", &text[cut..]);
+    }
+    let text = escape_controls(&text).into_owned();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!(
+            "{what} {command:?} failed ({s}){}",
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(": {text}")
+            }
+        )),
+        Err(e) => Err(format!("{what} {command:?} {e}")),
+    }
 }
 
 /// `value` in single quotes for a POSIX shell.
@@ -682,6 +789,10 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
     }
     let registry = policy.load();
     let (backend, provider) = args.backend.provider(&registry)?;
+    if let Some(hook) = args.start_hook.as_deref().filter(|h| !h.trim().is_empty()) {
+        run_hook("start hook", hook).map_err(CliError::TempFail)?;
+    }
+    let stop_hook = args.stop_hook.clone().filter(|h| !h.trim().is_empty());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("host-worker")
@@ -772,6 +883,11 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
             }
         }
     });
+    if let Some(hook) = &stop_hook {
+        if let Err(e) = run_hook("stop hook", hook) {
+            say!("host: warning: {e}");
+        }
+    }
     let (id, printer) = outcome?;
     // The worker and its observer are gone: the printer writes what is left, then ends.
     if let Some(p) = printer {
