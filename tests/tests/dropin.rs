@@ -402,3 +402,91 @@ fn start_and_stop_hooks_run_around_the_worker_and_a_failing_start_hook_stops_it(
         .count();
     assert_eq!(waiting, 1);
 }
+
+/// A heartbeat service: answers `up` to the first `ups` checks, then `down`; keeps each
+/// request's Authorization header.
+fn heartbeat_service(ups: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/heartbeat", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut auth = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    auth = v.trim().to_owned();
+                }
+                line.clear();
+            }
+            let n = {
+                let mut s = kept.lock().unwrap_or_else(|e| e.into_inner());
+                s.push(auth);
+                s.len()
+            };
+            let body = if n > ups {
+                r#"{"state": "down"}"#
+            } else {
+                r#"{"state": "up"}"#
+            };
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn the_heartbeat_url_answering_down_drains_the_worker() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let q = base.path().join("q").display().to_string();
+    let token = base.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token_url = format!("file://{}", token.display());
+    let job = blackbox::script(r#"{"job": {"id": 12}, "script": "true\n"}"#);
+    let out = with_env(
+        p.path(),
+        &[],
+        &["enqueue", "--queue", &q, &job.path().display().to_string()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let (url, seen) = heartbeat_service(1);
+    let env = [
+        ("TRAVIS_WORKER_HEARTBEAT_URL", url.as_str()),
+        ("HEARTBEAT_URL_AUTH_TOKEN", token_url.as_str()),
+    ];
+    // No --exit-when-idle: only the heartbeat's `down` ends this worker, after its job.
+    let started = std::time::Instant::now();
+    let out = with_env(
+        p.path(),
+        &env,
+        &[
+            "worker",
+            "-b",
+            "fake",
+            "-c",
+            "RUN_SLEEP=2s",
+            "--queue",
+            &q,
+            "--heartbeat-every",
+            "1s",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        out.stderr.contains("job 12 passed"),
+        "the running job finished: {}",
+        out.stderr
+    );
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.iter().all(|a| a == "token s3cret"), "{seen:?}");
+}

@@ -45,6 +45,8 @@ pub const MAPPED: &[Mapped] = &[
     m("INFRA", "HOST_INFRA"),
     m("START_HOOK", "HOST_START_HOOK"),
     m("STOP_HOOK", "HOST_STOP_HOOK"),
+    m("HEARTBEAT_URL", "HOST_HEARTBEAT_URL"),
+    m("HEARTBEAT_URL_AUTH_TOKEN", "HOST_HEARTBEAT_URL_AUTH_TOKEN"),
 ];
 
 /// Settings read to make others: the queue's type, URL and directory; the build API's URL
@@ -107,11 +109,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ),
     ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
     ("PAYLOAD_FILTER_EXECUTABLE", ""),
-    ("HEARTBEAT_URL", "SIGINT or DELETE /worker to drain"),
-    (
-        "HEARTBEAT_URL_AUTH_TOKEN",
-        "SIGINT or DELETE /worker to drain",
-    ),
     ("INITIAL_SLEEP", ""),
     ("DEFAULT_LANGUAGE", "the payload's own"),
     ("DEFAULT_DIST", "the payload's own"),

@@ -130,6 +130,25 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "NAME", env = "HOST_INFRA")]
     infra: Option<String>,
 
+    /// Asked every --heartbeat-every whether to go on: `{"state": "down"}` drains the worker
+    /// (the original's HEARTBEAT_URL)
+    #[arg(long, value_name = "URL", env = "HOST_HEARTBEAT_URL")]
+    heartbeat_url: Option<String>,
+
+    /// The token for --heartbeat-url (`Authorization: token T`; file://PATH reads it from a
+    /// file)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HOST_HEARTBEAT_URL_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    heartbeat_url_auth_token: Option<String>,
+
+    /// How often --heartbeat-url is asked (30 s after a failed check, or this if shorter)
+    #[arg(long, value_name = "DURATION", env = "HOST_HEARTBEAT_EVERY", default_value = "5m", value_parser = parse_duration)]
+    heartbeat_every: Duration,
+
     /// A program (and its arguments, split at spaces) run before the worker takes its first
     /// job; if it fails, the worker does not start (75), its output in the message (the
     /// original's START_HOOK)
@@ -788,6 +807,21 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
         amqp_name("--log-queue", &args.amqp.log_queue)?;
     }
     let registry = policy.load();
+    let heartbeat = match args.heartbeat_url.clone().filter(|u| !u.is_empty()) {
+        Some(url) => Some(host_worker::heartbeat::Heartbeat {
+            url,
+            token: args
+                .heartbeat_url_auth_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(host_worker::heartbeat::token)
+                .transpose()
+                .map_err(CliError::Config)?,
+            every: args.heartbeat_every,
+            after_error: args.heartbeat_every.min(Duration::from_secs(30)),
+        }),
+        None => None,
+    };
     let (backend, provider) = args.backend.provider(&registry)?;
     if let Some(hook) = args.start_hook.as_deref().filter(|h| !h.trim().is_empty()) {
         run_hook("start hook", hook).map_err(CliError::TempFail)?;
@@ -831,6 +865,7 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
         let (lines, printer) = Lines::new(args.log_format == "json");
         let observer: Arc<dyn WorkerObserver> = Arc::new(lines);
         let at = Serve {
+            heartbeat,
             http: args.http,
             http_settings,
             alias: alias.clone(),
@@ -907,6 +942,7 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
 
 /// What a worker serves beside its queue.
 struct Serve {
+    heartbeat: Option<host_worker::heartbeat::Heartbeat>,
     http: Option<SocketAddr>,
     http_settings: host_worker::http::HttpSettings,
     alias: String,
@@ -938,6 +974,9 @@ impl Serve {
                 .await
                 .map_err(|e| CliError::Io(format!("cannot serve HTTP on {addr}: {e}")))?;
             say!("host: worker HTTP endpoints on http://{bound}");
+        }
+        if let Some(hb) = self.heartbeat {
+            tokio::spawn(hb.run(control.clone()));
         }
         signals(control)
             .map_err(|e| CliError::TempFail(format!("cannot install signal handlers: {e}")))?;

@@ -110,6 +110,11 @@ impl Control {
         }
     }
 
+    /// Whether the worker takes no new jobs (draining or shutting down).
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
     /// Takes no new jobs; running ones finish (SIGINT).
     pub fn drain(&self) {
         self.0.draining.store(true, Ordering::SeqCst);

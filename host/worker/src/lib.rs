@@ -29,6 +29,7 @@ pub mod build_api;
 mod control;
 pub mod dir;
 mod fence;
+pub mod heartbeat;
 pub mod http;
 pub mod machine;
 pub mod metrics;
