@@ -219,9 +219,21 @@ fn echo_config_round_trips_through_a_shell_and_masks_secrets() {
             "1h30m",
             "--infra",
             "lab",
+            "--initial-sleep",
+            "1s",
+            "--start-hook",
+            "/bin/true --quiet",
         ],
     );
     assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(
+        echoed(&first.stdout, "INITIAL_SLEEP").as_deref(),
+        Some("1s")
+    );
+    assert_eq!(
+        echoed(&first.stdout, "START_HOOK").as_deref(),
+        Some("/bin/true --quiet")
+    );
     assert_eq!(
         echoed(&first.stdout, "REMOTE_CONTROLLER_AUTH").as_deref(),
         Some("***")
@@ -234,7 +246,7 @@ fn echo_config_round_trips_through_a_shell_and_masks_secrets() {
     // What it printed, read back by the shell, gives the same settings (but the masked
     // secret, which is left out here).
     let script = format!(
-        "eval \"$(\"$0\" --plugin-dir \"$1\" worker --echo-config --queue '{q}' -b fake -c \"LOG_OUTPUT=it's here\" --pool-size 7 --max-hard-timeout 1h30m --infra lab)\" && \"$0\" --plugin-dir \"$1\" worker --echo-config"
+        "eval \"$(\"$0\" --plugin-dir \"$1\" worker --echo-config --queue '{q}' -b fake -c \"LOG_OUTPUT=it's here\" --pool-size 7 --max-hard-timeout 1h30m --infra lab --initial-sleep 1s --start-hook '/bin/true --quiet')\" && \"$0\" --plugin-dir \"$1\" worker --echo-config"
     );
     let out = Command::new("sh")
         .env_clear()
@@ -489,4 +501,72 @@ fn the_heartbeat_url_answering_down_drains_the_worker() {
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(seen.len() >= 2, "{seen:?}");
     assert!(seen.iter().all(|a| a == "token s3cret"), "{seen:?}");
+}
+
+#[test]
+fn the_payload_filter_rewrites_jobs_and_its_failures_error_them() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let q = base.path().join("q").display().to_string();
+    // Rewrites job 21's script; fails on job 22; hangs on 23; answers no JSON on 24.
+    let filter = script_file(
+        bin.path(),
+        "filter",
+        "doc=$(cat)\n\
+         case \"$doc\" in\n\
+         *'\"id\":22'*) echo 'no such image' >&2; exit 2 ;;\n\
+         *'\"id\":23'*) exec sleep 30 ;;\n\
+         *'\"id\":24'*) echo not json ;;\n\
+         *) printf '%s' \"$doc\" | sed 's/echo original/echo filtered/' ;;\n\
+         esac\n",
+    );
+    for id in 21..=24 {
+        let job = blackbox::script(&format!(
+            r#"{{"job": {{"id": {id}}}, "script": "echo original\n"}}"#
+        ));
+        let out = with_env(
+            p.path(),
+            &[],
+            &["enqueue", "--queue", &q, &job.path().display().to_string()],
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let scripts_dir = format!("SCRIPTS_DIR={}", scripts.path().display());
+    let out = with_env(
+        p.path(),
+        &[("TRAVIS_WORKER_PAYLOAD_FILTER_EXECUTABLE", filter.as_str())],
+        &[
+            "worker",
+            "-b",
+            "local",
+            "-c",
+            &scripts_dir,
+            "--queue",
+            &q,
+            "--exit-when-idle",
+            "--payload-filter-timeout",
+            "2s",
+            "--pool-size",
+            "4",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let log = std::fs::read_to_string(base.path().join("q/log/21.log")).unwrap();
+    assert_eq!(log, "filtered\n");
+    let reason = |id: u64| {
+        let states =
+            std::fs::read_to_string(base.path().join(format!("q/state/{id}.jsonl"))).unwrap();
+        let last: serde_json::Value = serde_json::from_str(states.lines().last().unwrap()).unwrap();
+        assert_eq!(last["state"], "errored", "job {id}: {states}");
+        last["reason"].as_str().unwrap_or_default().to_owned()
+    };
+    assert!(reason(22).contains("no such image"), "{}", reason(22));
+    assert!(
+        reason(23).contains("did not end within 2s"),
+        "{}",
+        reason(23)
+    );
+    assert!(reason(24).contains("not a job"), "{}", reason(24));
 }

@@ -47,6 +47,11 @@ pub const MAPPED: &[Mapped] = &[
     m("STOP_HOOK", "HOST_STOP_HOOK"),
     m("HEARTBEAT_URL", "HOST_HEARTBEAT_URL"),
     m("HEARTBEAT_URL_AUTH_TOKEN", "HOST_HEARTBEAT_URL_AUTH_TOKEN"),
+    m(
+        "PAYLOAD_FILTER_EXECUTABLE",
+        "HOST_PAYLOAD_FILTER_EXECUTABLE",
+    ),
+    m("INITIAL_SLEEP", "HOST_INITIAL_SLEEP"),
 ];
 
 /// Settings read to make others: the queue's type, URL and directory; the build API's URL
@@ -108,8 +113,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "the build API's certificate is always verified",
     ),
     ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
-    ("PAYLOAD_FILTER_EXECUTABLE", ""),
-    ("INITIAL_SLEEP", ""),
     ("DEFAULT_LANGUAGE", "the payload's own"),
     ("DEFAULT_DIST", "the payload's own"),
     ("DEFAULT_ARCH", "the payload's own"),

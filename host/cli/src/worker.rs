@@ -149,6 +149,21 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", env = "HOST_HEARTBEAT_EVERY", default_value = "5m", value_parser = parse_duration)]
     heartbeat_every: Duration,
 
+    /// A program each job's payload (JSON) goes through, stdin to stdout, before its script
+    /// is requested or run; its failure errors the job (the original's
+    /// PAYLOAD_FILTER_EXECUTABLE)
+    #[arg(long, value_name = "PROGRAM", env = "HOST_PAYLOAD_FILTER_EXECUTABLE")]
+    payload_filter_executable: Option<PathBuf>,
+
+    /// How long the payload filter may take before the job errors
+    #[arg(long, value_name = "DURATION", env = "HOST_PAYLOAD_FILTER_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
+    payload_filter_timeout: Duration,
+
+    /// A pause between a job's receipt and its start (the original's INITIAL_SLEEP, whose
+    /// default is 1s)
+    #[arg(long, value_name = "DURATION", env = "HOST_INITIAL_SLEEP", default_value = "0s", value_parser = parse_duration, help_heading = "Limits")]
+    initial_sleep: Duration,
+
     /// A program (and its arguments, split at spaces) run before the worker takes its first
     /// job; if it fails, the worker does not start (75), its output in the message (the
     /// original's START_HOOK)
@@ -238,6 +253,25 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
         put("BUILD_API_URI", &masked_url(api));
     }
     put("INFRA", args.infra.as_deref().unwrap_or(&backend.alias));
+    put("INITIAL_SLEEP", &go_duration(args.initial_sleep));
+    if let Some(p) = &args.payload_filter_executable {
+        put("PAYLOAD_FILTER_EXECUTABLE", &p.display().to_string());
+    }
+    if let Some(h) = &args.start_hook {
+        put("START_HOOK", h);
+    }
+    if let Some(h) = &args.stop_hook {
+        put("STOP_HOOK", h);
+    }
+    if let Some(u) = &args.heartbeat_url {
+        put("HEARTBEAT_URL", &masked_url(u));
+        if args.heartbeat_url_auth_token.is_some() {
+            put("HEARTBEAT_URL_AUTH_TOKEN", "***");
+        }
+    }
+    if let Some(p) = args.amqp.amqp_consumer_priority {
+        put("AMQP_CONSUMER_PRIORITY", &p.to_string());
+    }
     let alias = backend.alias.to_ascii_uppercase();
     for (key, value) in config.iter() {
         put(
@@ -852,6 +886,12 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                 .map(|url| BuildApi::new(url, args.build_api_token.clone())),
             exit_when_idle: args.exit_when_idle,
             progress_type: args.progress_type.clone().unwrap_or_default(),
+            payload_filter: args
+                .payload_filter_executable
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            payload_filter_timeout: args.payload_filter_timeout,
+            initial_sleep: args.initial_sleep,
         };
         // Fencing: what dead workers on this host left running goes before any of their
         // jobs can run again here.

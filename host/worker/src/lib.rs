@@ -29,6 +29,7 @@ pub mod build_api;
 mod control;
 pub mod dir;
 mod fence;
+pub mod filter;
 pub mod heartbeat;
 pub mod http;
 pub mod machine;
@@ -73,6 +74,13 @@ pub struct WorkerSettings {
     /// The start attributes' progress type of every job, as the original's worker config:
     /// "text" writes the steps of an instance's start into the job's log; empty, nowhere.
     pub progress_type: String,
+    /// A program each payload goes through before its script is requested or run
+    /// ([`filter`]; the original's `PAYLOAD_FILTER_EXECUTABLE`).
+    pub payload_filter: Option<std::path::PathBuf>,
+    /// How long the payload filter may take.
+    pub payload_filter_timeout: Duration,
+    /// A pause between a job's receipt and its start (the original's `INITIAL_SLEEP`).
+    pub initial_sleep: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -84,6 +92,9 @@ impl Default for WorkerSettings {
             build_api: None,
             exit_when_idle: false,
             progress_type: String::new(),
+            payload_filter: None,
+            payload_filter_timeout: filter::FILTER_TIMEOUT,
+            initial_sleep: Duration::ZERO,
         }
     }
 }
@@ -546,6 +557,52 @@ impl Ctx {
         }
         if let Err(e) = d.update(id, &StateUpdate::now(JobState::Received)).await {
             return queue_failed(format!("cannot record the job's state: {e}"), &e);
+        }
+        let filtered;
+        let payload = match &self.settings.payload_filter {
+            Some(program) => {
+                let document = serde_json::to_vec(&payload.document).unwrap_or_default();
+                let out = tokio::select! {
+                    out = filter::filter(program, &document, dir::MAX_JOB_BYTES, self.settings.payload_filter_timeout) => out,
+                    Some(reason) = cancel.recv() => return cancelled_before_start(reason),
+                };
+                let parsed = out.and_then(|bytes| {
+                    Payload::parse(&bytes).map_err(|e| match e {
+                        PayloadError::Unreadable(r) => format!("its output is not a job: {r}"),
+                        PayloadError::Invalid { reason, .. } => {
+                            format!("its output is not a valid job: {reason}")
+                        }
+                    })
+                });
+                match parsed {
+                    Ok(p) if p.id == id => {
+                        filtered = p;
+                        &filtered
+                    }
+                    Ok(p) => {
+                        return End::Final(StateUpdate::now(JobState::Errored).because(format!(
+                            "the payload filter {} changed the job's id to {}",
+                            program.display(),
+                            p.id
+                        )))
+                    }
+                    Err(reason) => {
+                        return End::Final(
+                            StateUpdate::now(JobState::Errored).because(format!(
+                                "the payload filter {} {reason}",
+                                program.display()
+                            )),
+                        )
+                    }
+                }
+            }
+            None => payload,
+        };
+        if !self.settings.initial_sleep.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.initial_sleep) => {}
+                Some(reason) = cancel.recv() => return cancelled_before_start(reason),
+            }
         }
         let script = match (&payload.script, &self.settings.build_api) {
             (Some(s), _) => s.clone().into_bytes(),
