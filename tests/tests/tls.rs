@@ -534,6 +534,8 @@ fn mistyped_and_empty_queue_urls_are_refused_and_no_directory_is_made() {
         "amqps:/guest:s3cret@localhost:5671/",
         "amqps:guest:s3cret@h/",
         "AMQP:/h",
+        "amqps//guest:s3cret@localhost:5671/",
+        " amqp://guest:s3cret@h/",
         "",
     ] {
         for sub in ["enqueue", "worker"] {
@@ -586,7 +588,7 @@ fn settings_from_an_environment_file_are_read_as_operators_write_them() {
         .env("HOST_AMQP_TLS_CERT_PATH", "")
         .env("HOST_AMQP_TLS_CLIENT_CERT", "")
         .env("HOST_AMQP_TLS_CLIENT_KEY", "")
-        .env("HOST_AMQP_INSECURE", "0");
+        .env("HOST_AMQP_INSECURE", "");
     let out = run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("OFF"), "{}", out.stderr);
@@ -612,6 +614,23 @@ fn settings_from_an_environment_file_are_read_as_operators_write_them() {
             out.stderr
         );
     }
+    // A login or a vhost the broker refuses is named as such (not as a TLS matter).
+    let wrong = format!("amqp://guest:wrong@localhost:{}/", TlsBroker::PLAIN_PORT);
+    let out = enqueue(p.path(), &wrong, &q.0, &[], job.path());
+    assert_eq!(out.code, Some(74), "{}", out.stderr);
+    assert!(out.stderr.contains("refused the login"), "{}", out.stderr);
+    assert!(!out.stderr.contains("amqps://"), "{}", out.stderr);
+    let novhost = format!(
+        "amqp://guest:guest@localhost:{}/novhost",
+        TlsBroker::PLAIN_PORT
+    );
+    let out = enqueue(p.path(), &novhost, &q.0, &[], job.path());
+    assert_eq!(out.code, Some(74), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused the vhost \"novhost\""),
+        "{}",
+        out.stderr
+    );
     // A heartbeat below a second cannot be asked for.
     let out = enqueue(
         p.path(),

@@ -409,6 +409,17 @@ fn go_duration(d: Duration) -> String {
     }
 }
 
+/// A yes or no as environment files write them (`1`, `true`, `yes`, `on`...); empty is no.
+fn parse_boolish(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "n" | "off" | "f" => Ok(false),
+        "1" | "true" | "yes" | "y" | "on" | "t" => Ok(true),
+        other => Err(format!(
+            "{other:?} is not a yes or no (true, false, 1, 0, yes, no)"
+        )),
+    }
+}
+
 /// A listening address: HOST:PORT, or :PORT for every address (as the original writes it).
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let full = if s.starts_with(':') {
@@ -466,7 +477,7 @@ struct BrokerArgs {
     amqp_tls_cert_path: Option<String>,
     /// With amqps:// and no CA given: do not verify the broker's certificate at all (said
     /// loudly at every start; anyone on the path can then read and change the traffic)
-    #[arg(long, env = "HOST_AMQP_INSECURE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "RabbitMQ")]
+    #[arg(long, env = "HOST_AMQP_INSECURE", action = clap::ArgAction::SetTrue, value_parser = parse_boolish, help_heading = "RabbitMQ")]
     amqp_insecure: bool,
     /// With amqps://: this worker's certificate (PEM chain), for brokers that ask for one;
     /// with ?auth_mechanism=external in the URL the broker takes the user from it
@@ -584,12 +595,29 @@ fn queue_url(url: Option<&str>) -> Result<QueueUrl, CliError> {
             "no queue: give --queue file:///DIR or amqp(s)://... (or HOST_QUEUE_URL; or the original's AMQP_URI, or QUEUE_TYPE=file with BASE_DIR and QUEUE_NAME)".into(),
         ));
     };
-    if url.trim().is_empty() {
+    if url.trim().is_empty() || url != url.trim() {
+        if !url.trim().is_empty() {
+            return Err(CliError::Usage(format!(
+                "--queue {:?}: spaces around the URL",
+                masked_url(url)
+            )));
+        }
         return Err(CliError::Usage(
             "--queue is empty: give file:///DIR, amqp://... or amqps://...".into(),
         ));
     }
     let lower = url.to_ascii_lowercase();
+    // `amqps//user:pass@h` (a colon missing) is a mistyped URL, not a directory named after
+    // the password.
+    if lower.starts_with("amqp")
+        && (url.contains('@') || lower.starts_with("amqp//") || lower.starts_with("amqps//"))
+        && !lower.starts_with("amqp:")
+        && !lower.starts_with("amqps:")
+    {
+        return Err(CliError::Usage(
+            "--queue: not a URL (amqp:// and amqps:// are written with a colon and two slashes; the value is not shown)".into(),
+        ));
+    }
     // A scheme in any case; `amqps:/h` and the like are mistyped URLs, never a directory
     // named after them (whose name would then hold the password).
     for scheme in ["amqps", "amqp"] {
@@ -644,8 +672,12 @@ fn queue_name(name: &Option<String>) -> Result<String, CliError> {
     Ok(name)
 }
 
-/// AMQP 0.9.1 names (queues, routing keys) are short strings: at most 255 bytes.
+/// AMQP 0.9.1 names (queues, routing keys) are short strings: at most 255 bytes, and here
+/// not empty (the broker would name an empty queue itself, and what goes there is lost).
 fn amqp_name(flag: &str, name: &str) -> Result<(), CliError> {
+    if name.trim().is_empty() {
+        return Err(CliError::Usage(format!("{flag} is empty")));
+    }
     if name.len() > 255 {
         return Err(CliError::Usage(format!(
             "{flag}: {} bytes, longer than the 255 bytes AMQP allows for a name ({}...)",
@@ -1063,9 +1095,12 @@ fn signals(control: Control) -> std::io::Result<()> {
                     if interrupts == 1 {
                         say!("host: SIGINT: draining (no new jobs; running jobs finish; send it again to requeue them)");
                         control.drain();
-                    } else {
+                    } else if interrupts == 2 {
                         say!("host: SIGINT again: cancelling and requeueing the running jobs");
                         control.shutdown();
+                    } else {
+                        // As a second SIGTERM: stops in progress abandoned, out within 3 s.
+                        shutdown(&control, "SIGINT");
                     }
                 }
                 Some(()) = term.recv() => shutdown(&control, "SIGTERM"),

@@ -125,6 +125,11 @@ impl Broker {
                 ));
             }
         }
+        if uri.query.connection_timeout == Some(0) {
+            return Err(BrokerError::Url(format!(
+                "{masked}: connection_timeout=0 would fail every connection (it is in milliseconds)"
+            )));
+        }
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
         }
@@ -240,6 +245,18 @@ impl Broker {
             return explain_tls(tls, host, self.uri.authority.port, self.client_cert);
         }
         let text = e.to_string();
+        // Refusals the broker states in AMQP: the login, the vhost.
+        if text.contains("ACCESS_REFUSED") {
+            return format!(
+                "the broker refused the login (check the user and password in the URL, or the auth_mechanism): {text}"
+            );
+        }
+        if text.contains("NOT_ALLOWED") {
+            return format!(
+                "the broker refused the vhost {:?} (it does not exist, or the user may not use it): {text}",
+                self.uri.vhost
+            );
+        }
         if self.tls.is_some() {
             return text;
         }
@@ -257,10 +274,7 @@ impl Broker {
                 );
             }
         }
-        if matches!(e.kind(), lapin::ErrorKind::ProtocolError(_))
-            || text.contains("parse")
-            || text.contains("frame")
-        {
+        if text.contains("parse") || text.contains("frame") {
             return format!(
                 "the broker's answer is not AMQP: if port {} is a TLS port, use amqps:// ({text})",
                 self.uri.authority.port

@@ -341,8 +341,13 @@ pub(super) async fn supervise(
                     break c;
                 }
                 Err(e) => {
-                    tracing::warn!("reconnecting: {e}");
-                    shared.set_down(Some(e.to_string()));
+                    let text = e.to_string();
+                    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    if reason != said {
+                        tracing::warn!("reconnecting: {text}");
+                        said = reason;
+                    }
+                    shared.set_down(Some(text));
                 }
             }
         };
