@@ -24,6 +24,17 @@ fn with_env(plugins: &Path, env: &[(&str, &str)], args: &[&str]) -> blackbox::Ra
     run(cmd)
 }
 
+/// `host worker --echo-config` on a directory queue with only `env`; it must succeed.
+fn echo_config(plugins: &Path, env: &[(&str, &str)]) -> blackbox::Ran {
+    let out = with_env(
+        plugins,
+        env,
+        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out
+}
+
 /// The value an `--echo-config` output gives `name`.
 fn echoed(out: &str, name: &str) -> Option<String> {
     let prefix = format!("export TRAVIS_WORKER_{name}=");
@@ -110,12 +121,7 @@ fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
         ("TRAVIS_WORKER_FAKE_RUN_SLEEP", "1s"),
         ("BACKEND_FAKE_RUN_SLEEP", "2s"),
     ];
-    let out = with_env(
-        p.path(),
-        &env,
-        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = echo_config(p.path(), &env);
     assert_eq!(
         echoed(&out.stdout, "FAKE_LOG_OUTPUT").as_deref(),
         Some("from the original")
@@ -127,12 +133,7 @@ fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
         ("FAKE_LOG_OUTPUT", "unprefixed"),
         ("FAKE_NOT_A_KEY", "x"),
     ];
-    let out = with_env(
-        p.path(),
-        &env,
-        &["worker", "--echo-config", "--queue", "file:///tmp/unused-q"],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = echo_config(p.path(), &env);
     assert_eq!(
         echoed(&out.stdout, "FAKE_LOG_OUTPUT").as_deref(),
         Some("unprefixed")

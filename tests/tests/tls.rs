@@ -47,6 +47,14 @@ fn enqueue(plugins: &Path, url: &str, queue: &str, extra: &[&str], job: &Path) -
     run(cmd)
 }
 
+/// `host enqueue`, which must succeed.
+#[track_caller]
+fn enqueued(plugins: &Path, url: &str, queue: &str, extra: &[&str], job: &Path) -> blackbox::Ran {
+    let out = enqueue(plugins, url, queue, extra, job);
+    assert_eq!(out.code, Some(0), "{url} {extra:?}: {}", out.stderr);
+    out
+}
+
 fn ca() -> String {
     tls_broker().cert("ca.pem").display().to_string()
 }
@@ -83,14 +91,13 @@ fn a_worker_on_amqps_with_a_ca_file_runs_the_readme_example_jobs() {
     jobs.sort();
     assert!(!jobs.is_empty());
     for job in &jobs {
-        let out = enqueue(
+        let out = enqueued(
             p.path(),
             &b.url(),
             &q.0,
             &["--amqp-tls-cert-path", &ca()],
             job,
         );
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert!(
             out.stderr.contains("amqps://guest:***@localhost"),
             "{}",
@@ -144,8 +151,7 @@ fn mutual_tls_with_sasl_external_logs_in_as_the_certificates_user() {
         &key,
     ];
     let job = blackbox::script(r#"{"job": {"id": 41}, "script": "echo external\n"}"#);
-    let out = enqueue(p.path(), &url, &q.0, &mutual, job.path());
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    enqueued(p.path(), &url, &q.0, &mutual, job.path());
     let states = Queue(format!("{}.states", q.0));
     let logs = Queue(format!("{}.logs", q.0));
     let mut cmd = host(p.path());
@@ -339,8 +345,7 @@ fn insecure_is_loud_and_only_without_a_ca() {
     let b = tls_broker();
     let q = Queue(queue("insecure"));
     let job = blackbox::script(r#"{"job": {"id": 2}, "script": "true\n"}"#);
-    let out = enqueue(p.path(), &b.url(), &q.0, &["--amqp-insecure"], job.path());
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = enqueued(p.path(), &b.url(), &q.0, &["--amqp-insecure"], job.path());
     assert!(
         out.stderr.contains("verification of the broker is OFF"),
         "{}",
@@ -356,14 +361,13 @@ fn insecure_is_loud_and_only_without_a_ca() {
     );
     // TLS settings beside a plain URL are said to be unused.
     let plain = format!("amqp://guest:guest@localhost:{}/", TlsBroker::PLAIN_PORT);
-    let out = enqueue(
+    let out = enqueued(
         p.path(),
         &plain,
         &q.0,
         &["--amqp-tls-cert-path", &ca()],
         job.path(),
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("they are not used"), "{}", out.stderr);
     // The worker refuses at start-up (74), before taking jobs, when the broker cannot be
     // verified.
@@ -423,14 +427,13 @@ fn a_broker_outage_is_not_ready_and_a_second_sigterm_stops_without_copies() {
         let job = blackbox::script(&format!(
             r#"{{"job": {{"id": {id}}}, "script": "sleep\n"}}"#
         ));
-        let out = enqueue(
+        enqueued(
             p.path(),
             &b.url(),
             &q.0,
             &["--amqp-tls-cert-path", &ca()],
             job.path(),
         );
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
     }
     let mut cmd = host(p.path());
     cmd.args([
@@ -561,14 +564,13 @@ fn mistyped_and_empty_queue_urls_are_refused_and_no_directory_is_made() {
     let b = tls_broker();
     let q = Queue(queue("upper"));
     let upper = format!("AMQPS://guest:guest@localhost:{}/", b.port);
-    let out = enqueue(
+    enqueued(
         p.path(),
         &upper,
         &q.0,
         &["--amqp-tls-cert-path", &ca()],
         job.path(),
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
 
 #[test]
@@ -593,14 +595,13 @@ fn settings_from_an_environment_file_are_read_as_operators_write_them() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("OFF"), "{}", out.stderr);
     // PEM text given on the command line, starting with dashes as PEM does.
-    let out = enqueue(
+    enqueued(
         p.path(),
         &b.url(),
         &q.0,
         &["--amqp-tls-cert", &pem],
         job.path(),
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
     for yes in ["1", "TRUE", "yes"] {
         let mut cmd = host(p.path());
         cmd.args(["enqueue", "--queue", &b.url(), "--queue-name", &q.0])

@@ -320,15 +320,7 @@ pub(super) async fn supervise(
             let c = match s.broker.connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    let text = e.to_string();
-                    // Numbers (a certificate's "expired 467 seconds ago", a port) do not
-                    // make a reason new.
-                    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    if reason != said {
-                        tracing::warn!("reconnecting: {text}");
-                        said = reason;
-                    }
-                    shared.set_down(Some(text));
+                    reconnect_failed(&shared, &mut said, e.to_string());
                     continue;
                 }
             };
@@ -340,16 +332,20 @@ pub(super) async fn supervise(
                     tracing::warn!("reconnected to {}", s.broker.masked());
                     break c;
                 }
-                Err(e) => {
-                    let text = e.to_string();
-                    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    if reason != said {
-                        tracing::warn!("reconnecting: {text}");
-                        said = reason;
-                    }
-                    shared.set_down(Some(text));
-                }
+                Err(e) => reconnect_failed(&shared, &mut said, e.to_string()),
             }
         };
     }
+}
+
+/// A reconnect failed because of `text`: said when the reason is new (numbers, such as a
+/// certificate's "expired 467 seconds ago" or a port, do not make it new), and kept for
+/// `/ready`.
+fn reconnect_failed(shared: &Shared, said: &mut String, text: String) {
+    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+    if reason != *said {
+        tracing::warn!("reconnecting: {text}");
+        *said = reason;
+    }
+    shared.set_down(Some(text));
 }
