@@ -774,8 +774,9 @@ mod tests {
         }
     }
 
-    /// The kit watches every process of the test binary: its own tests take turns.
-    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The kit watches every process of the test binary: the tests that start processes
+    /// take turns.
+    use crate::PROCESS_TESTS as ALONE;
 
     #[test]
     fn a_sloppy_backend_fails_the_checks_it_breaks() {

@@ -103,3 +103,8 @@ pub use sdk::{Backend, Instance, Output, Provider};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExample;
+
+/// Tests that start processes take turns: the conformance kit's own tests watch (and end)
+/// every process of the test binary, and would take another test's for a leak.
+#[cfg(test)]
+pub(crate) static PROCESS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -57,6 +57,9 @@ fn pids_in(log: &Log) -> Vec<i32> {
 
 #[test]
 fn exit_codes_arrive_exactly_and_a_signal_is_128_plus_n_with_a_line() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (mut out, log) = output();
     let r = block_on(sh("exit 3").spawn().unwrap().run(&mut out)).unwrap();
     assert_eq!((r.exit_code, r.completed), (3, true));
@@ -72,6 +75,9 @@ fn exit_codes_arrive_exactly_and_a_signal_is_128_plus_n_with_a_line() {
 
 #[test]
 fn stdout_and_stderr_share_one_stream_in_order_and_only_fds_0_to_2_are_inherited() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (mut out, log) = output();
     let script =
         "echo 1; echo 2 >&2; echo 3; echo 4 >&2; ls /proc/self/fd | sort -n | tr '\\n' ' '";
@@ -83,6 +89,9 @@ fn stdout_and_stderr_share_one_stream_in_order_and_only_fds_0_to_2_are_inherited
 
 #[test]
 fn backend_config_is_not_in_the_environment_and_the_tag_is() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     std::env::set_var("BACKEND_PROCESS_TEST_SECRET", "hunter2");
     let (mut out, log) = output();
     let cmd = sh("env").env("MINE", "yes").tag("job-42");
@@ -97,6 +106,9 @@ fn backend_config_is_not_in_the_environment_and_the_tag_is() {
 
 #[test]
 fn a_dropped_run_ends_the_whole_tree_and_reaps_it_without_stop() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (mut out, log) = output();
     // A background process that ignores SIGTERM, and a leader that waits for it.
     let job = sh("trap '' TERM; sleep 60 & echo $$ $!; wait")
@@ -123,6 +135,9 @@ fn a_dropped_run_ends_the_whole_tree_and_reaps_it_without_stop() {
 
 #[test]
 fn stop_after_a_finished_run_ends_what_the_run_left_and_nothing_stays_a_zombie() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (mut out, log) = output();
     let jobs = Jobs::new(Duration::from_millis(200));
     // The leader exits at once; its background child lingers, writing nothing.
@@ -143,6 +158,9 @@ fn stop_after_a_finished_run_ends_what_the_run_left_and_nothing_stays_a_zombie()
 
 #[test]
 fn a_jobs_dropped_without_stop_still_ends_its_processes() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (mut out, log) = output();
     let jobs = Jobs::new(Duration::from_secs(10));
     block_on(jobs.run(sh("sleep 60 >/dev/null 2>&1 & echo $!"), &mut out)).unwrap();
@@ -155,12 +173,18 @@ fn a_jobs_dropped_without_stop_still_ends_its_processes() {
 
 #[test]
 fn a_program_that_cannot_start_is_an_error_naming_it() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let e = Command::new("/nonexistent/shell").spawn().unwrap_err();
     assert!(e.message().contains("/nonexistent/shell"), "{e}");
 }
 
 #[test]
 fn a_work_dir_is_private_holds_the_script_and_is_gone_after_remove() {
+    let _turn = crate::PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     use std::os::unix::fs::PermissionsExt as _;
     let base = std::env::temp_dir();
     let dir = WorkDir::create(&base, "unit").unwrap();
