@@ -571,3 +571,74 @@ fn the_payload_filter_rewrites_jobs_and_its_failures_error_them() {
     );
     assert!(reason(24).contains("not a job"), "{}", reason(24));
 }
+
+#[test]
+fn the_defaults_of_a_payload_that_names_none_and_sigusr1_saying_what_runs() {
+    let p = plugins();
+    let base = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let q = base.path().join("q").display().to_string();
+    // Job 31 names no dist or language; job 32 names its own.
+    for (id, config) in [(31, "{}"), (32, r#"{"dist": "focal", "language": "go"}"#)] {
+        let job = blackbox::script(&format!(
+            r#"{{"job": {{"id": {id}}}, "config": {config}, "script": "echo $BUILD_DIST $BUILD_LANGUAGE; sleep 1\n"}}"#
+        ));
+        let out = with_env(
+            p.path(),
+            &[],
+            &["enqueue", "--queue", &q, &job.path().display().to_string()],
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let mut cmd = host(p.path());
+    cmd.env("TRAVIS_WORKER_DEFAULT_DIST", "jammy")
+        .env("DEFAULT_LANGUAGE", "ruby")
+        .args([
+            "worker",
+            "-b",
+            "local",
+            "--queue",
+            &q,
+            "--exit-when-idle",
+            "--pool-size",
+            "2",
+        ])
+        .arg("-c")
+        .arg(format!("SCRIPTS_DIR={}", scripts.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut w = Guard(cmd.spawn().unwrap());
+    // While both run, SIGUSR1 says so.
+    let log = base.path().join("q/log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(log.join("31.log").exists() && log.join("32.log").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jobs did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    signal("-USR1", w.0.id());
+    let status = w.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let said = err
+        .lines()
+        .find(|l| l.contains("SIGUSR1"))
+        .unwrap_or_default();
+    assert!(said.contains("pool size 2"), "{err}");
+    assert!(
+        said.contains("job 31 on ") && said.contains("job 32 on "),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(log.join("31.log")).unwrap(),
+        "jammy ruby\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(log.join("32.log")).unwrap(),
+        "focal go\n"
+    );
+}

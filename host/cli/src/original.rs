@@ -52,6 +52,11 @@ pub const MAPPED: &[Mapped] = &[
         "HOST_PAYLOAD_FILTER_EXECUTABLE",
     ),
     m("INITIAL_SLEEP", "HOST_INITIAL_SLEEP"),
+    m("DEFAULT_LANGUAGE", "HOST_DEFAULT_LANGUAGE"),
+    m("DEFAULT_DIST", "HOST_DEFAULT_DIST"),
+    m("DEFAULT_ARCH", "HOST_DEFAULT_ARCH"),
+    m("DEFAULT_GROUP", "HOST_DEFAULT_GROUP"),
+    m("DEFAULT_OS", "HOST_DEFAULT_OS"),
 ];
 
 /// Settings read to make others: the queue's type, URL and directory; the build API's URL
@@ -113,11 +118,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "the build API's certificate is always verified",
     ),
     ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
-    ("DEFAULT_LANGUAGE", "the payload's own"),
-    ("DEFAULT_DIST", "the payload's own"),
-    ("DEFAULT_ARCH", "the payload's own"),
-    ("DEFAULT_GROUP", "the payload's own"),
-    ("DEFAULT_OS", "the payload's own"),
     ("UPDATE_IMAGES", ""),
     ("HOSTNAME", "the worker's id names the machine"),
 ];

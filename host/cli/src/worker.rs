@@ -31,7 +31,9 @@ writable by no one but the worker's user (new/ by its group with --queue-shared-
 Signals: SIGINT drains (takes nothing new, lets running jobs finish, exits 0; a second one
 cancels and requeues them); SIGTERM, SIGHUP and SIGQUIT cancel running jobs, requeue them and
 exit after cleanup (another one abandons stops still in progress, names what may be left,
-and exits 3 s later at the latest, with 75 if it had to); SIGUSR2 pauses or resumes intake; SIGTTIN and SIGTTOU grow and shrink the pool by one.
+and exits 3 s later at the latest, with 75 if it had to); SIGUSR1 prints the pool and each
+running job; SIGUSR2 pauses or resumes intake; SIGTTIN and SIGTTOU grow and shrink the pool
+by one.
 
 HTTP: --http ADDR serves /healthz, /ready, /worker (GET, PATCH, DELETE), /pool/* and
 /metrics; --http-auth USER:PASS guards all but /healthz, /ready and /metrics. See the README's
@@ -164,6 +166,22 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", env = "HOST_INITIAL_SLEEP", default_value = "0s", value_parser = parse_duration, help_heading = "Limits")]
     initial_sleep: Duration,
 
+    /// The language of a payload that names none (the original's DEFAULT_LANGUAGE)
+    #[arg(long, value_name = "NAME", env = "HOST_DEFAULT_LANGUAGE", default_value = plugin_api::attributes::DEFAULT_LANGUAGE, help_heading = "Defaults")]
+    default_language: String,
+    /// The distribution of a payload that names none (DEFAULT_DIST)
+    #[arg(long, value_name = "NAME", env = "HOST_DEFAULT_DIST", default_value = plugin_api::attributes::DEFAULT_DIST, help_heading = "Defaults")]
+    default_dist: String,
+    /// The architecture of a payload that names none (DEFAULT_ARCH)
+    #[arg(long, value_name = "NAME", env = "HOST_DEFAULT_ARCH", default_value = plugin_api::attributes::DEFAULT_ARCH, help_heading = "Defaults")]
+    default_arch: String,
+    /// The image group of a payload that names none (DEFAULT_GROUP)
+    #[arg(long, value_name = "NAME", env = "HOST_DEFAULT_GROUP", default_value = plugin_api::attributes::DEFAULT_GROUP, help_heading = "Defaults")]
+    default_group: String,
+    /// The operating system of a payload that names none (DEFAULT_OS)
+    #[arg(long, value_name = "NAME", env = "HOST_DEFAULT_OS", default_value = plugin_api::attributes::DEFAULT_OS, help_heading = "Defaults")]
+    default_os: String,
+
     /// A program (and its arguments, split at spaces) run before the worker takes its first
     /// job; if it fails, the worker does not start (75), its output in the message (the
     /// original's START_HOOK)
@@ -254,6 +272,11 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
     }
     put("INFRA", args.infra.as_deref().unwrap_or(&backend.alias));
     put("INITIAL_SLEEP", &go_duration(args.initial_sleep));
+    put("DEFAULT_LANGUAGE", &args.default_language);
+    put("DEFAULT_DIST", &args.default_dist);
+    put("DEFAULT_ARCH", &args.default_arch);
+    put("DEFAULT_GROUP", &args.default_group);
+    put("DEFAULT_OS", &args.default_os);
     if let Some(p) = &args.payload_filter_executable {
         put("PAYLOAD_FILTER_EXECUTABLE", &p.display().to_string());
     }
@@ -924,6 +947,13 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                 .filter(|p| !p.as_os_str().is_empty()),
             payload_filter_timeout: args.payload_filter_timeout,
             initial_sleep: args.initial_sleep,
+            defaults: host_worker::AttributeDefaults {
+                language: args.default_language.clone(),
+                dist: args.default_dist.clone(),
+                arch: args.default_arch.clone(),
+                group: args.default_group.clone(),
+                os: args.default_os.clone(),
+            },
         };
         // Fencing: what dead workers on this host left running goes before any of their
         // jobs can run again here.
@@ -1071,11 +1101,11 @@ fn signals(control: Control) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
     let ignored: Vec<_> = [
-        libc::SIGUSR1,
         libc::SIGALRM,
         libc::SIGVTALRM,
         libc::SIGPROF,
@@ -1106,6 +1136,7 @@ fn signals(control: Control) -> std::io::Result<()> {
                 Some(()) = term.recv() => shutdown(&control, "SIGTERM"),
                 Some(()) = hup.recv() => shutdown(&control, "SIGHUP"),
                 Some(()) = quit.recv() => shutdown(&control, "SIGQUIT"),
+                Some(()) = usr1.recv() => say!("host: SIGUSR1: {}", status_line(&control.status())),
                 Some(()) = usr2.recv() => {
                     let paused = control.toggle_pause();
                     say!("host: SIGUSR2: intake {}", if paused { "paused" } else { "resumed" });
@@ -1121,6 +1152,39 @@ fn signals(control: Control) -> std::io::Result<()> {
 
 /// How long a second shutdown signal lets the worker end on its own before it exits anyway.
 const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(3);
+
+/// What SIGUSR1 says: the pool and each job running, as the original logs its processors.
+fn status_line(s: &host_worker::WorkerStatus) -> String {
+    let intake = if s.draining {
+        "draining"
+    } else if s.paused {
+        "paused"
+    } else {
+        "taking jobs"
+    };
+    let jobs: Vec<String> = s
+        .running
+        .iter()
+        .map(|r| {
+            let instance = r.instance_id.as_deref().unwrap_or("starting");
+            format!(
+                "job {} on {instance} for {}",
+                r.job_id,
+                fmt_duration(Duration::from_secs_f64(r.elapsed_secs.max(0.0)))
+            )
+        })
+        .collect();
+    format!(
+        "worker {} ({}), pool size {}, {intake}, up {}; {} running{}{}",
+        s.worker_id,
+        s.backend,
+        s.pool_size,
+        fmt_duration(Duration::from_secs_f64(s.uptime_secs.max(0.0))),
+        jobs.len(),
+        if jobs.is_empty() { "" } else { ": " },
+        jobs.join(", ")
+    )
+}
 
 fn shutdown(control: &Control, name: &str) {
     if control.shutting_down() {

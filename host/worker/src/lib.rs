@@ -81,6 +81,37 @@ pub struct WorkerSettings {
     pub payload_filter_timeout: Duration,
     /// A pause between a job's receipt and its start (the original's `INITIAL_SLEEP`).
     pub initial_sleep: Duration,
+    /// What a payload that does not say gets (the original's `DEFAULT_LANGUAGE`, `_DIST`,
+    /// `_ARCH`, `_GROUP`, `_OS`).
+    pub defaults: AttributeDefaults,
+}
+
+/// The start attributes a payload that does not give them gets.
+#[derive(Clone, Debug)]
+pub struct AttributeDefaults {
+    /// The language (`default`).
+    pub language: String,
+    /// The distribution (`xenial`).
+    pub dist: String,
+    /// The architecture (`amd64`).
+    pub arch: String,
+    /// The image group (`stable`).
+    pub group: String,
+    /// The operating system (`linux`).
+    pub os: String,
+}
+
+impl Default for AttributeDefaults {
+    fn default() -> Self {
+        use plugin_api::attributes as a;
+        Self {
+            language: a::DEFAULT_LANGUAGE.into(),
+            dist: a::DEFAULT_DIST.into(),
+            arch: a::DEFAULT_ARCH.into(),
+            group: a::DEFAULT_GROUP.into(),
+            os: a::DEFAULT_OS.into(),
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -95,6 +126,7 @@ impl Default for WorkerSettings {
             payload_filter: None,
             payload_filter_timeout: filter::FILTER_TIMEOUT,
             initial_sleep: Duration::ZERO,
+            defaults: AttributeDefaults::default(),
         }
     }
 }
@@ -643,7 +675,16 @@ impl Ctx {
         let hard = cap(payload.hard_limit, limits.hard_timeout);
         attributes.hard_timeout = hard;
         attributes.progress_type = self.settings.progress_type.clone();
-        attributes.set_worker_defaults();
+        let given = &self.settings.defaults;
+        attributes.set_defaults(
+            &given.language,
+            &given.dist,
+            &given.arch,
+            &given.group,
+            &given.os,
+            plugin_api::attributes::DEFAULT_VM_TYPE,
+            &plugin_api::VmConfig::default(),
+        );
         let job = Job {
             script,
             attributes,
