@@ -248,6 +248,64 @@ impl Queue {
         cmd
     }
 
+    /// Puts a job with `id` and `script` on the queue with `host enqueue`.
+    pub fn enqueue(&self, id: u64, script: &str) {
+        self.enqueue_doc(&job(id, script));
+    }
+
+    /// Puts `doc` on the queue with `host enqueue` (from its stdin); it must succeed.
+    pub fn enqueue_doc(&self, doc: &Value) {
+        use std::io::Write as _;
+        let mut cmd = host(self.plugins.path());
+        cmd.args(["enqueue", "--queue", &self.url(), "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes a raw file into new/ (bad input that `host enqueue` would refuse).
+    pub fn put_raw(&self, name: &str, bytes: &[u8]) {
+        put_in(&self.path("new"), name, bytes);
+    }
+
+    /// Job `id`'s log (empty if there is none).
+    pub fn log(&self, id: u64) -> Vec<u8> {
+        std::fs::read(self.path("log").join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// How many job files (`*.json`) subdirectory `sub` holds.
+    pub fn count(&self, sub: &str) -> usize {
+        self.names(sub)
+            .iter()
+            .filter(|n| n.ends_with(".json"))
+            .count()
+    }
+
+    /// Waits until `f` holds, for at most `secs`; panics naming `what` if it does not.
+    pub fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !f(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
     /// A worker with HTTP on a free port: the process, its stderr, its base URL.
     pub fn worker_with_http(&self, backend: &str, extra: &[&str]) -> (Guard, Lines, String) {
         let mut args = vec!["--http", "127.0.0.1:0"];

@@ -3,123 +3,12 @@
 //! service, and bad input that must never cost a job.
 
 use std::io::{BufRead as _, Read as _, Write as _};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use blackbox::{artifacts, host, plugin_dir, run, signal, Guard};
+use blackbox::worker::{http, Queue};
+use blackbox::{host, run, signal, Guard};
 use serde_json::{json, Value};
-
-/// A directory queue and a plugin directory with fake and local.
-struct Queue {
-    dir: tempfile::TempDir,
-    plugins: tempfile::TempDir,
-    scripts: tempfile::TempDir,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            plugins: plugin_dir(&[
-                ("libfake.so", &artifacts().fake),
-                ("liblocal.so", &artifacts().local),
-            ]),
-            scripts: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.dir.path().display())
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    /// Puts a job with `id` and `script` on the queue with `host enqueue`.
-    fn enqueue(&self, id: u64, script: &str) {
-        self.enqueue_doc(
-            &json!({"job": {"id": id, "number": format!("{id}.1")}, "script": script}),
-        );
-    }
-
-    fn enqueue_doc(&self, doc: &Value) {
-        let mut cmd = host(self.plugins.path());
-        cmd.args(["enqueue", "--queue", &self.url(), "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(doc.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Writes a raw file into new/ (bad input that `host enqueue` would refuse).
-    fn put_raw(&self, name: &str, bytes: &[u8]) {
-        std::fs::create_dir_all(self.path("new")).unwrap();
-        std::fs::write(self.path("new").join(name), bytes).unwrap();
-    }
-
-    fn worker(&self, backend: &str, extra: &[&str]) -> Command {
-        let mut cmd = host(self.plugins.path());
-        cmd.args(["worker", "-b", backend, "--queue", &self.url()]);
-        if backend == "local" {
-            cmd.arg("-c")
-                .arg(format!("SCRIPTS_DIR={}", self.scripts.path().display()));
-        }
-        cmd.args(extra);
-        cmd
-    }
-
-    fn states(&self, id: u64) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.path("state").join(format!("{id}.jsonl")))
-            .unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn state_names(&self, id: u64) -> Vec<String> {
-        self.states(id)
-            .iter()
-            .map(|s| s["state"].as_str().unwrap_or("?").to_owned())
-            .collect()
-    }
-
-    fn log(&self, id: u64) -> Vec<u8> {
-        std::fs::read(self.path("log").join(format!("{id}.log"))).unwrap_or_default()
-    }
-
-    fn count(&self, sub: &str) -> usize {
-        std::fs::read_dir(self.path(sub))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Waits until `f` holds, for at most `secs`.
-    fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
 
 fn expected_state(code: i32) -> &'static str {
     match code {
@@ -288,16 +177,6 @@ fn worker_with_http(
         }
     };
     (g, url, err)
-}
-
-fn http(method: &str, url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url])
-        .output()
-        .expect("curl (the worker tests use it for the HTTP endpoints)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 #[test]

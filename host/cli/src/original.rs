@@ -194,7 +194,7 @@ pub fn apply(
     if let Some(url) = queue_url(env)? {
         set_unless("HOST_QUEUE_URL", &url);
     }
-    if let Some((var, uri)) = original(env, "BUILD_API_URI") {
+    if let Some((_, uri)) = original(env, "BUILD_API_URI") {
         // A user in the URL is the token, as the original sends it.
         match split_user(&uri) {
             Some((token, url)) => {
@@ -203,7 +203,6 @@ pub fn apply(
             }
             None => set_unless("HOST_BUILD_API", &uri),
         }
-        let _ = var;
     }
     let mut unused = Vec::new();
     for (name, instead) in NOT_IMPLEMENTED {

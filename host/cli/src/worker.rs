@@ -318,49 +318,38 @@ fn run_hook(what: &str, command: &str) -> Result<(), String> {
     let Some(program) = parts.next() else {
         return Ok(());
     };
-    use std::os::fd::{FromRawFd as _, OwnedFd};
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
-            "{what} {command:?}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: pipe2 succeeded: two fresh descriptors nobody else owns.
-    let (read, write) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    let write2 = write
-        .try_clone()
-        .map_err(|e| format!("{what} {command:?}: {e}"))?;
     let mut child = std::process::Command::new(program)
         .args(parts)
         .stdin(std::process::Stdio::null())
-        .stdout(write)
-        .stderr(write2)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("{what} {command:?} cannot start: {e}"))?;
-    // The pipe's writing ends are the child's alone now: the reader ends with it.
+    // Each stream read to its end on a thread of its own, its last 2 KiB kept.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 8192];
-        let mut read = read;
-        while let Ok(n) = read.read(&mut buf) {
-            if n == 0 {
-                break;
+    let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as _),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ];
+    for (n, stream) in streams.into_iter().enumerate() {
+        let Some(mut stream) = stream else { continue };
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(k) = stream.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..k]);
+                if out.len() > 4096 {
+                    out.drain(..out.len() - 2048);
+                }
             }
-            out.extend_from_slice(&buf[..n]);
-            if out.len() > 4096 {
-                out.drain(..out.len() - 2048);
-            }
-        }
-        let _ = done_tx.send(out);
-    });
+            let _ = done_tx.send((n, out));
+        });
+    }
+    drop(done_tx);
     let deadline = std::time::Instant::now() + HOOK_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -376,10 +365,15 @@ fn run_hook(what: &str, command: &str) -> Result<(), String> {
             Err(e) => break Err(e.to_string()),
         }
     };
-    // A process the hook left behind that keeps the pipe open must not hold the worker.
-    let output = done_rx
-        .recv_timeout(Duration::from_secs(2))
-        .unwrap_or_default();
+    // A process the hook left behind that keeps a pipe open must not hold the worker.
+    let mut parts: [Vec<u8>; 2] = Default::default();
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while let Ok((n, out)) =
+        done_rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+    {
+        parts[n] = out;
+    }
+    let output = parts.concat();
     let mut text = String::from_utf8_lossy(&output).trim().to_owned();
     if text.len() > 2048 {
         let cut = text.len() - 2048;
