@@ -258,6 +258,18 @@ impl Broker {
             );
         }
         if self.tls.is_some() {
+            // TLS 1.3 ends the handshake before the broker has checked a client
+            // certificate: its refusal may arrive as a reset instead of an alert.
+            if self.client_cert {
+                if let lapin::ErrorKind::IOError(io) = e.kind() {
+                    use std::io::ErrorKind as K;
+                    if matches!(io.kind(), K::ConnectionReset | K::UnexpectedEof) {
+                        return format!(
+                            "TLS: the broker hung up right after the handshake: it most likely refused this worker's client certificate; check --amqp-tls-client-cert and that the broker trusts its CA ({text})"
+                        );
+                    }
+                }
+            }
             return text;
         }
         // Plain AMQP spoken to a TLS port: the broker's TLS side reads our protocol header
