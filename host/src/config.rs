@@ -283,7 +283,26 @@ pub fn original_names(
 ) -> Vec<ConfigWarning> {
     let alias = backend.alias.to_ascii_uppercase().replace('-', "_");
     let mut warnings = Vec::new();
-    for key in backend.provider_help.keys() {
+    // The keys of a documented family (`IMAGE_*`) that the variables hold, by either name.
+    let mut family_keys: Vec<String> = Vec::new();
+    for prefix in backend.key_families() {
+        for (name, _) in vars {
+            let Some(name) = name.to_str() else { continue };
+            let key = name
+                .strip_prefix("TRAVIS_WORKER_")
+                .unwrap_or(name)
+                .strip_prefix(alias.as_str())
+                .and_then(|k| k.strip_prefix('_'));
+            if let Some(key) = key.filter(|k| k.len() > prefix.len() && k.starts_with(prefix)) {
+                if !family_keys.iter().any(|k| k == key) {
+                    family_keys.push(key.to_owned());
+                }
+            }
+        }
+    }
+    let documented = backend.provider_help.keys().filter(|k| !k.ends_with('*'));
+    for key in documented.cloned().chain(family_keys) {
+        let key = &key;
         if env.lookup(key).is_some() {
             continue;
         }

@@ -52,6 +52,14 @@ pub const MAPPED: &[Mapped] = &[
         "HOST_PAYLOAD_FILTER_EXECUTABLE",
     ),
     m("INITIAL_SLEEP", "HOST_INITIAL_SLEEP"),
+    m(
+        "BUILD_API_INSECURE_SKIP_VERIFY",
+        "HOST_BUILD_API_INSECURE",
+    ),
+    m("LOGS_AMQP_URI", "HOST_LOGS_AMQP_URI"),
+    m("LOGS_AMQP_TLS_CERT", "HOST_LOGS_AMQP_TLS_CERT"),
+    m("LOGS_AMQP_TLS_CERT_PATH", "HOST_LOGS_AMQP_TLS_CERT_PATH"),
+    m("HOSTNAME", "HOST_HOSTNAME"),
     m("DEFAULT_LANGUAGE", "HOST_DEFAULT_LANGUAGE"),
     m("DEFAULT_DIST", "HOST_DEFAULT_DIST"),
     m("DEFAULT_ARCH", "HOST_DEFAULT_ARCH"),
@@ -65,12 +73,6 @@ const COMPOSED: &[&str] = &["QUEUE_TYPE", "AMQP_URI", "BASE_DIR", "BUILD_API_URI
 
 /// Settings of the original this worker does not implement, with what to use instead.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("LOGS_AMQP_URI", "log parts go to the jobs' broker"),
-    ("LOGS_AMQP_TLS_CERT", "log parts go to the jobs' broker"),
-    (
-        "LOGS_AMQP_TLS_CERT_PATH",
-        "log parts go to the jobs' broker",
-    ),
     (
         "FILE_POLLING_INTERVAL",
         "the directory queue looks every 2 to 100 ms",
@@ -113,17 +115,12 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("BUILD_TRACE_S3_BUCKET", ""),
     ("BUILD_TRACE_S3_KEY_PREFIX", ""),
     ("BUILD_TRACE_S3_REGION", ""),
-    (
-        "BUILD_API_INSECURE_SKIP_VERIFY",
-        "the build API's certificate is always verified",
-    ),
     ("SKIP_SHUTDOWN_ON_LOG_TIMEOUT", ""),
     ("UPDATE_IMAGES", ""),
-    ("HOSTNAME", "the worker's id names the machine"),
 ];
 
-/// Unprefixed names that are commonly set for other reasons (a container's `HOSTNAME`): not
-/// warned about unless given with `TRAVIS_WORKER_`.
+/// Unprefixed names that are commonly set for other reasons (a container's `HOSTNAME`): read
+/// or warned about only when given with `TRAVIS_WORKER_`.
 const AMBIENT: &[&str] = &["HOSTNAME", "DEBUG"];
 
 /// What [`apply`] did: lines to say at start.
@@ -187,7 +184,12 @@ pub fn apply(
         }
     };
     for s in MAPPED {
-        if let Some((_, v)) = original(env, s.name) {
+        let value = if AMBIENT.contains(&s.name) {
+            env(&format!("TRAVIS_WORKER_{}", s.name)).filter(|v| !v.is_empty())
+        } else {
+            original(env, s.name).map(|(_, v)| v)
+        };
+        if let Some(v) = value {
             set_unless(s.host, &v);
         }
     }
@@ -348,5 +350,8 @@ mod tests {
         );
         assert!(w[0].contains("SENTRY_DSN"), "{w:?}");
         assert!(!w[0].contains("HOSTNAME"), "{w:?}");
+        assert!(!set.contains_key("HOST_HOSTNAME"), "{set:?}");
+        let (set, _) = run(&[("TRAVIS_WORKER_HOSTNAME", "builder-7")]);
+        assert_eq!(set["HOST_HOSTNAME"], "builder-7");
     }
 }

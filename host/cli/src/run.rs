@@ -143,6 +143,7 @@ pub fn run(args: Args, policy: &PluginPolicy, quiet: bool, fds: &StdFds) -> Resu
         script,
         attributes,
         trace: args.trace_file.is_some(),
+        worker_info: None,
         options: JobOptions {
             startup_timeout: args.startup_timeout,
             upload_timeout: args.upload_timeout,

@@ -96,6 +96,17 @@ pub struct WorkerArgs {
     )]
     build_api_token: Option<String>,
 
+    /// Begin each job's log with the original's "Worker information" fold naming this
+    /// machine NAME, the version, the instance and its startup time (the original's
+    /// HOSTNAME; by default no such header)
+    #[arg(long, value_name = "NAME", env = "HOST_HOSTNAME")]
+    hostname: Option<String>,
+
+    /// Do not verify the certificate of an https:// --build-api (said at start; the original's
+    /// BUILD_API_INSECURE_SKIP_VERIFY)
+    #[arg(long, env = "HOST_BUILD_API_INSECURE", action = clap::ArgAction::SetTrue, value_parser = parse_boolish)]
+    build_api_insecure: bool,
+
     /// The longest a job may run, whatever its payload asks
     #[arg(long, value_name = "DURATION", env = "HOST_MAX_HARD_TIMEOUT", default_value = "50m", value_parser = parse_duration, help_heading = "Limits")]
     max_hard_timeout: Duration,
@@ -245,6 +256,16 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
             if let Some(pem) = b.amqp_tls_cert.as_deref().filter(|p| !p.trim().is_empty()) {
                 put("AMQP_TLS_CERT", &pem.replace('\n', "\\n"));
             }
+            let a = &args.amqp;
+            if let Some(u) = a.logs_amqp_uri.as_deref().filter(|u| !u.is_empty()) {
+                put("LOGS_AMQP_URI", &masked_url(u));
+            }
+            if let Some(p) = a.logs_amqp_tls_cert_path.as_deref().filter(|p| !p.is_empty()) {
+                put("LOGS_AMQP_TLS_CERT_PATH", p);
+            }
+            if let Some(pem) = a.logs_amqp_tls_cert.as_deref().filter(|p| !p.trim().is_empty()) {
+                put("LOGS_AMQP_TLS_CERT", &pem.replace('\n', "\\n"));
+            }
         }
     }
     let pool = args
@@ -269,8 +290,14 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
     }
     if let Some(api) = &args.build_api {
         put("BUILD_API_URI", &masked_url(api));
+        if args.build_api_insecure {
+            put("BUILD_API_INSECURE_SKIP_VERIFY", "true");
+        }
     }
     put("INFRA", args.infra.as_deref().unwrap_or(&backend.alias));
+    if let Some(h) = args.hostname.as_deref().filter(|h| !h.is_empty()) {
+        put("HOSTNAME", h);
+    }
     put("INITIAL_SLEEP", &go_duration(args.initial_sleep));
     put("DEFAULT_LANGUAGE", &args.default_language);
     put("DEFAULT_DIST", &args.default_dist);
@@ -532,6 +559,32 @@ impl BrokerArgs {
 
     /// The broker at `url`, checked; its warnings said.
     fn broker(&self, url: &str) -> Result<Broker, CliError> {
+        self.broker_with(url, "--queue", &self.amqp_tls_cert, &self.amqp_tls_cert_path)
+    }
+
+    /// The logs broker, when --logs-amqp-uri names one.
+    fn logs_broker(&self, amqp: &AmqpArgs) -> Result<Option<Broker>, CliError> {
+        match amqp.logs_amqp_uri.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => self
+                .broker_with(
+                    url,
+                    "--logs-amqp-uri",
+                    &amqp.logs_amqp_tls_cert,
+                    &amqp.logs_amqp_tls_cert_path,
+                )
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The broker at `url` (given by `flag`) verified with the CA `ca_pem` or `ca_path`.
+    fn broker_with(
+        &self,
+        url: &str,
+        flag: &str,
+        ca_pem: &Option<String>,
+        ca_path: &Option<String>,
+    ) -> Result<Broker, CliError> {
         // An empty setting (`HOST_AMQP_TLS_CERT_PATH=` in an environment file) is no setting.
         let path = |p: &Option<String>| p.clone().filter(|p| !p.is_empty()).map(PathBuf::from);
         if self.amqp_heartbeat.subsec_nanos() != 0 {
@@ -542,8 +595,7 @@ impl BrokerArgs {
         }
         let tls = TlsSettings {
             // PEM text from an environment file may come with its line breaks written `\n`.
-            ca_pem: self
-                .amqp_tls_cert
+            ca_pem: ca_pem
                 .clone()
                 .filter(|p| !p.trim().is_empty())
                 .map(|p| {
@@ -553,13 +605,13 @@ impl BrokerArgs {
                         p.replace("\\n", "\n")
                     }
                 }),
-            ca_path: path(&self.amqp_tls_cert_path),
+            ca_path: path(ca_path),
             insecure: self.amqp_insecure,
             client_cert: path(&self.amqp_tls_client_cert),
             client_key: path(&self.amqp_tls_client_key),
         };
         let broker = Broker::new(url, &tls, self.amqp_heartbeat).map_err(|e| match e {
-            BrokerError::Url(m) => CliError::Usage(format!("--queue: {m}")),
+            BrokerError::Url(m) => CliError::Usage(format!("{flag}: {m}")),
             BrokerError::Tls(m) => CliError::Config(m),
         })?;
         for warning in broker.warnings() {
@@ -588,6 +640,36 @@ pub struct AmqpArgs {
         help_heading = "RabbitMQ"
     )]
     amqp_consumer_priority: Option<i32>,
+    /// Log parts go to this broker instead of the jobs' (amqp:// or amqps://; the TLS
+    /// settings above apply, but for the CA: --logs-amqp-tls-cert); the original's
+    /// LOGS_AMQP_URI
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOST_LOGS_AMQP_URI",
+        hide_env_values = true,
+        help_heading = "RabbitMQ"
+    )]
+    logs_amqp_uri: Option<String>,
+    /// With an amqps:// --logs-amqp-uri: the CA certificate(s) of the logs broker, as PEM
+    /// text (the original's LOGS_AMQP_TLS_CERT)
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "HOST_LOGS_AMQP_TLS_CERT",
+        allow_hyphen_values = true,
+        help_heading = "RabbitMQ"
+    )]
+    logs_amqp_tls_cert: Option<String>,
+    /// With an amqps:// --logs-amqp-uri: a PEM file of the logs broker's CA certificate(s)
+    /// (the original's LOGS_AMQP_TLS_CERT_PATH)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HOST_LOGS_AMQP_TLS_CERT_PATH",
+        help_heading = "RabbitMQ"
+    )]
+    logs_amqp_tls_cert_path: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -906,6 +988,14 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
         None => None,
     };
     let (backend, provider) = args.backend.provider(&registry)?;
+    if args.build_api_insecure
+        && args
+            .build_api
+            .as_deref()
+            .is_some_and(|u| u.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
+    {
+        say!("host: warning: --build-api-insecure: the build script service's certificate is not verified; anyone on the path can read the payloads and change the scripts");
+    }
     if let Some(hook) = args.start_hook.as_deref().filter(|h| !h.trim().is_empty()) {
         run_hook("start hook", hook).map_err(CliError::TempFail)?;
     }
@@ -930,9 +1020,10 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                 stop_timeout: args.stop_timeout,
             },
             max_requeues: args.max_requeues,
-            build_api: args
-                .build_api
-                .map(|url| BuildApi::new(url, args.build_api_token.clone())),
+            build_api: args.build_api.map(|url| BuildApi {
+                insecure: args.build_api_insecure,
+                ..BuildApi::new(url, args.build_api_token.clone())
+            }),
             exit_when_idle: args.exit_when_idle,
             progress_type: args.progress_type.clone().unwrap_or_default(),
             payload_filter: args
@@ -948,6 +1039,19 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                 group: args.default_group.clone(),
                 os: args.default_os.clone(),
             },
+            worker_info: args
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .map(|hostname| host::job::WorkerInfo {
+                    hostname,
+                    version: format!("host {}", env!("CARGO_PKG_VERSION")),
+                    via: match url {
+                        QueueUrl::Amqp(_) => "amqp",
+                        QueueUrl::Dir(_) => "file",
+                    }
+                    .into(),
+                }),
         };
         // Fencing: what dead workers on this host left running goes before any of their
         // jobs can run again here.
@@ -971,6 +1075,9 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                 if args.target.broker.any_tls() {
                     say!("host: warning: TLS settings are given but the queue is a directory: they are not used");
                 }
+                if args.amqp.logs_amqp_uri.as_deref().is_some_and(|u| !u.is_empty()) {
+                    say!("host: warning: --logs-amqp-uri is given but the queue is a directory: logs go to its log/");
+                }
                 let access = host_worker::dir::DirAccess {
                     shared_new: args.queue_shared_new,
                 };
@@ -990,6 +1097,7 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
             QueueUrl::Amqp(url) => {
                 let amqp = AmqpSettings {
                     broker: args.target.broker.broker(&url)?,
+                    logs_broker: args.target.broker.logs_broker(&args.amqp)?,
                     queue_name: queue_name(&args.target.queue_name)?,
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),

@@ -73,6 +73,72 @@ pub struct Job {
     pub options: JobOptions,
     /// Download the instance's trace after the run (into [`JobReport::trace`]).
     pub trace: bool,
+    /// Write the original's "Worker information" fold at the head of the log once the
+    /// instance has started.
+    pub worker_info: Option<WorkerInfo>,
+}
+
+/// What the original worker writes at the head of each job's log once its instance has
+/// started (travis-ci/worker's `step_write_worker_info`): a fold named `worker_info` with the
+/// machine's name, the worker's version, the instance and its startup time.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerInfo {
+    /// The name the worker gives its machine (the original's `HOSTNAME`).
+    pub hostname: String,
+    /// What runs the job, e.g. `host 0.1.0`.
+    pub version: String,
+    /// Where the job came from (`amqp`, `file`), as the original's job names its queue.
+    pub via: String,
+}
+
+impl WorkerInfo {
+    /// The fold for an instance `id` of `image` that started in `startup`.
+    pub fn fold(&self, id: &str, image: &str, startup: Duration) -> String {
+        let image = if image.is_empty() { "-" } else { image };
+        format!(
+            "travis_fold:start:worker_info\r\x1b[0K\x1b[33;1mWorker information\x1b[0m\n\
+             hostname: {}\nversion: {}\ninstance: {id} {image} (via {})\nstartup: {}\n\
+             travis_fold:end:worker_info\r\x1b[0K",
+            crate::text::escape_controls(&self.hostname),
+            self.version,
+            crate::text::escape_controls(&self.via),
+            go_duration(startup),
+        )
+    }
+}
+
+/// A duration as Go's `time.Duration` prints it (`1.5s`, `2m3.25s`, `750ms`, `0s`).
+pub fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let decimal = |whole: u128, frac: u128, digits: usize| {
+        let frac = format!("{frac:0digits$}");
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{frac}")
+        }
+    };
+    if nanos < 1_000 {
+        return format!("{nanos}ns");
+    }
+    if nanos < 1_000_000 {
+        return format!("{}\u{b5}s", decimal(nanos / 1_000, nanos % 1_000, 3));
+    }
+    if nanos < 1_000_000_000 {
+        return format!("{}ms", decimal(nanos / 1_000_000, nanos % 1_000_000, 6));
+    }
+    let secs = nanos / 1_000_000_000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let s = format!("{}s", decimal(s, nanos % 1_000_000_000, 9));
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
 }
 
 /// Cancel requests: the first one cancels the job (or, during the stop, is noted and the
@@ -218,6 +284,15 @@ where
         image_name: instance.image_name().to_owned(),
         warmed: instance.warmed(),
     });
+    if let Some(info) = &job.worker_info {
+        let fold = info.fold(
+            instance.id(),
+            instance.image_name(),
+            instance.startup_duration(),
+        );
+        // A log that cannot take it fails again in the run, which says so.
+        let _ = log.write_all(fold.as_bytes()).await;
+    }
 
     let step = bounded(
         instance.upload_script(job.script),
@@ -469,5 +544,42 @@ async fn pump<W: AsyncWrite + Unpin>(
     match out.flush().await {
         Ok(()) => PumpEnd::Drained,
         Err(_) => PumpEnd::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(12), "12ns"),
+            (Duration::from_nanos(1_500), "1.5\u{b5}s"),
+            (Duration::from_micros(750_250), "750.25ms"),
+            (Duration::from_millis(1_500), "1.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_millis(123_250), "2m3.25s"),
+            (Duration::from_secs(3600 + 5), "1h0m5s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(go_duration(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn the_worker_information_fold_names_machine_instance_and_startup() {
+        let info = WorkerInfo {
+            hostname: "builder-7\x1b]0;x".into(),
+            version: "host 0.1.0".into(),
+            via: "amqp".into(),
+        };
+        let fold = info.fold("i-1", "", Duration::from_millis(2_500));
+        assert!(fold.starts_with("travis_fold:start:worker_info\r\x1b[0K"));
+        assert!(fold.ends_with("\ntravis_fold:end:worker_info\r\x1b[0K"));
+        assert!(fold.contains("\nversion: host 0.1.0\ninstance: i-1 - (via amqp)\nstartup: 2.5s\n"));
+        // A name cannot write terminal controls into every job's log.
+        assert!(!fold.contains("\x1b]0;"), "{fold:?}");
     }
 }

@@ -121,7 +121,20 @@ impl Backend {
     }
 
     /// Whether the backend documents `key` in its help.
+    /// A key documented as `PREFIX_*` stands for a family: every longer key that starts
+    /// with `PREFIX_` (the docker backend's `IMAGE_*`).
     pub fn knows_key(&self, key: &str) -> bool {
-        self.provider_help.contains_key(&key.to_ascii_uppercase())
+        let key = key.to_ascii_uppercase();
+        self.provider_help.contains_key(&key)
+            || self
+                .key_families()
+                .any(|prefix| key.len() > prefix.len() && key.starts_with(prefix))
+    }
+
+    /// The prefixes of the documented key families (`IMAGE_` for `IMAGE_*`).
+    pub fn key_families(&self) -> impl Iterator<Item = &str> {
+        self.provider_help
+            .keys()
+            .filter_map(|k| k.strip_suffix('*').filter(|p| p.ends_with('_')))
     }
 }

@@ -16,6 +16,9 @@ pub struct BuildApi {
     pub attempts: u32,
     /// The first wait between attempts (doubling, at most 10 s).
     pub backoff: Duration,
+    /// Do not verify an https:// service's certificate (the original's
+    /// `BUILD_API_INSECURE_SKIP_VERIFY`).
+    pub insecure: bool,
 }
 
 /// Why no script came back.
@@ -40,6 +43,7 @@ impl BuildApi {
             token,
             attempts: 5,
             backoff: Duration::from_millis(250),
+            insecure: false,
         }
     }
 
@@ -74,6 +78,11 @@ impl BuildApi {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .timeout_connect(Some(Duration::from_secs(10)))
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .disable_verification(self.insecure)
+                    .build(),
+            )
             .build()
             .into();
         let mut request = agent

@@ -84,6 +84,8 @@ pub struct WorkerSettings {
     /// What a payload that does not say gets (the original's `DEFAULT_LANGUAGE`, `_DIST`,
     /// `_ARCH`, `_GROUP`, `_OS`).
     pub defaults: AttributeDefaults,
+    /// Write the original's "Worker information" fold at the head of each job's log.
+    pub worker_info: Option<host::job::WorkerInfo>,
 }
 
 /// The start attributes a payload that does not give them gets.
@@ -127,6 +129,7 @@ impl Default for WorkerSettings {
             payload_filter_timeout: filter::FILTER_TIMEOUT,
             initial_sleep: Duration::ZERO,
             defaults: AttributeDefaults::default(),
+            worker_info: None,
         }
     }
 }
@@ -689,6 +692,7 @@ impl Ctx {
             script,
             attributes,
             trace: false,
+            worker_info: self.settings.worker_info.clone(),
             options: JobOptions {
                 hard_timeout: hard,
                 log_silence_timeout: cap(payload.log_silence, limits.log_silence_timeout),

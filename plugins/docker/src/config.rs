@@ -71,6 +71,14 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("IMAGE", "image to use, overriding selection by language"),
     (
+        "IMAGE_SELECTOR_TYPE",
+        "how an image is chosen: \"tag\" (the engine's images named after the language) or \"env\" (the IMAGE_* keys) (default \"tag\")",
+    ),
+    (
+        "IMAGE_*",
+        "with IMAGE_SELECTOR_TYPE=env, the image for a job's language, dist, group or os, as the original's env selector: IMAGE_DEFAULT, IMAGE_<LANG>, IMAGE_DIST_<DIST>_<LANG>, IMAGE_GROUP_<GROUP>_<LANG>, IMAGE_OS_<OS>_<LANG>, IMAGE_DIST_<DIST>, ...; a value that names another of these keys stands for its value",
+    ),
+    (
         "SCRIPT_PATH",
         "where the build script goes in the container (default \"/home/travis/build.sh\")",
     ),
@@ -98,8 +106,113 @@ pub struct Settings {
     pub binds: Vec<String>,
     pub security_opt: Vec<String>,
     pub image: Option<String>,
+    pub selector: Selector,
     pub script_path: String,
     pub stop_grace: Duration,
+}
+
+/// How an image is chosen when `IMAGE` does not name one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Selector {
+    /// The first of `travis:<lang>`, `<lang>`, `travis:default`, `default` that the engine
+    /// has (the original's "tag" selector).
+    Tag,
+    /// From the `IMAGE_*` keys, as the original's env selector: the keys lowercased without
+    /// `IMAGE_`, mapped to images.
+    Env(BTreeMap<String, String>),
+}
+
+impl Selector {
+    fn from_config(cfg: &ProviderConfig) -> Result<Self, BackendError> {
+        let images: BTreeMap<String, String> = cfg
+            .iter()
+            .filter(|(k, _)| *k != "IMAGE_SELECTOR_TYPE" && *k != "IMAGE_SELECTOR_URL")
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix("IMAGE_").filter(|r| !r.is_empty())?;
+                Some((rest.to_ascii_lowercase(), v.trim().to_owned()))
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        match cfg.lookup("IMAGE_SELECTOR_TYPE").map(str::trim) {
+            None | Some("") | Some("tag") => {
+                if !images.is_empty() {
+                    tracing::warn!(
+                        "IMAGE_* keys are set but IMAGE_SELECTOR_TYPE is tag: they are not used (set IMAGE_SELECTOR_TYPE=env)"
+                    );
+                }
+                Ok(Self::Tag)
+            }
+            Some("env") => Ok(Self::Env(images)),
+            Some("api") => Err(BackendError::invalid_config(
+                "IMAGE_SELECTOR_TYPE",
+                "api",
+                "the image selector API is not supported by this backend; use tag or env",
+            )),
+            Some(other) => Err(BackendError::invalid_config(
+                "IMAGE_SELECTOR_TYPE",
+                other,
+                "expected tag or env",
+            )),
+        }
+    }
+}
+
+/// What a job asks of its image: the attributes the env selector looks at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageParams<'a> {
+    pub language: &'a str,
+    pub dist: &'a str,
+    pub group: &'a str,
+    pub os: &'a str,
+}
+
+/// The env selector's choice among `images` (the `IMAGE_*` keys, lowercased without
+/// `IMAGE_`), in the original's order of candidate keys, most specific first; "default"
+/// when none matches. A choice that is itself a key stands for that key's value (once).
+pub fn env_image(images: &BTreeMap<String, String>, p: ImageParams<'_>) -> String {
+    let (lang, dist, group, os) = (p.language, p.dist, p.group, p.os);
+    let mut keys: Vec<String> = Vec::new();
+    if !dist.is_empty() && !group.is_empty() && !lang.is_empty() {
+        keys.push(format!("dist_{dist}_group_{group}_{lang}"));
+        keys.push(format!("{dist}_{group}_{lang}"));
+    }
+    if !dist.is_empty() && !lang.is_empty() {
+        keys.push(format!("dist_{dist}_{lang}"));
+        keys.push(format!("{dist}_{lang}"));
+    }
+    if !group.is_empty() && !lang.is_empty() {
+        keys.push(format!("group_{group}_{lang}"));
+        keys.push(format!("{group}_{lang}"));
+    }
+    if !os.is_empty() && !lang.is_empty() {
+        keys.push(format!("os_{os}_{lang}"));
+        keys.push(format!("{os}_{lang}"));
+    }
+    if !dist.is_empty() {
+        keys.push(format!("default_dist_{dist}"));
+        keys.push(format!("dist_{dist}"));
+        keys.push(dist.to_owned());
+    }
+    if !group.is_empty() {
+        keys.push(format!("default_group_{group}"));
+        keys.push(format!("group_{group}"));
+        keys.push(group.to_owned());
+    }
+    if !lang.is_empty() {
+        keys.push(format!("language_{lang}"));
+        keys.push(lang.to_owned());
+    }
+    if !os.is_empty() {
+        keys.push(format!("default_os_{os}"));
+        keys.push(format!("os_{os}"));
+        keys.push(os.to_owned());
+    }
+    let chosen = keys
+        .iter()
+        .find_map(|k| images.get(&k.to_ascii_lowercase()))
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned());
+    images.get(&chosen).cloned().unwrap_or(chosen)
 }
 
 /// Checks an endpoint's form, so that a typo is a config error at once rather than a
@@ -290,6 +403,7 @@ impl Settings {
                 .map(str::trim)
                 .filter(|i| !i.is_empty())
                 .map(str::to_owned),
+            selector: Selector::from_config(cfg)?,
             script_path,
             stop_grace,
         })
@@ -307,6 +421,64 @@ mod tests {
             c.set(k, *v);
         }
         c
+    }
+
+    #[test]
+    fn the_env_selector_takes_the_most_specific_key_and_follows_one_name() {
+        let c = cfg(&[
+            ("IMAGE_SELECTOR_TYPE", "env"),
+            ("IMAGE_DEFAULT", "base:1"),
+            ("IMAGE_DIST_JAMMY", "jammy:1"),
+            ("IMAGE_DIST_JAMMY_GO", "jammy-go:1"),
+            ("IMAGE_GROUP_DEV_GO", "dev-go:1"),
+            ("IMAGE_GROUP_DEV", "dev:1"),
+            ("IMAGE_LANGUAGE_RUST", "rust:1"),
+            ("IMAGE_OS_FREEBSD", "bsd:1"),
+            // A value that names another key stands for that key's value.
+            ("IMAGE_ELIXIR", "erlang"),
+            ("IMAGE_ERLANG", "erlang:26"),
+        ]);
+        let Selector::Env(images) = Settings::from_config(&c).unwrap().selector else {
+            panic!("not the env selector");
+        };
+        let pick = |language, dist, group, os| {
+            env_image(
+                &images,
+                ImageParams {
+                    language,
+                    dist,
+                    group,
+                    os,
+                },
+            )
+        };
+        assert_eq!(pick("go", "jammy", "", ""), "jammy-go:1");
+        assert_eq!(pick("go", "jammy", "dev", ""), "jammy-go:1");
+        assert_eq!(pick("go", "", "dev", ""), "dev-go:1");
+        assert_eq!(pick("java", "jammy", "", ""), "jammy:1");
+        assert_eq!(pick("java", "", "dev", ""), "dev:1");
+        assert_eq!(pick("rust", "focal", "", "linux"), "rust:1");
+        assert_eq!(pick("c", "", "", "freebsd"), "bsd:1");
+        assert_eq!(pick("elixir", "", "", ""), "erlang:26");
+        // Nothing fits: "default", which IMAGE_DEFAULT names.
+        assert_eq!(pick("cobol", "focal", "stable", "linux"), "base:1");
+        let no_default = BTreeMap::from([("go".to_owned(), "go:1".to_owned())]);
+        assert_eq!(env_image(&no_default, ImageParams::default()), "default");
+    }
+
+    #[test]
+    fn the_selector_type_is_checked() {
+        assert_eq!(
+            Settings::from_config(&cfg(&[("IMAGE_GO", "go:1")]))
+                .unwrap()
+                .selector,
+            Selector::Tag
+        );
+        for bad in ["api", "ENV", "json"] {
+            let e = Settings::from_config(&cfg(&[("IMAGE_SELECTOR_TYPE", bad)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::INVALID_CONFIG, "{bad}");
+            assert!(e.message().contains("IMAGE_SELECTOR_TYPE"), "{}", e.message());
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use plugin_api::BackendError;
 
-use crate::config::Settings;
+use crate::config::{env_image, ImageParams, Selector, Settings};
 
 pub const LABEL_BACKEND: &str = "dev.ci-host.backend";
 pub const LABEL_INSTANCE: &str = "dev.ci-host.instance";
@@ -81,13 +81,15 @@ fn normalize(name: &str) -> String {
     }
 }
 
-/// The image for a job: `IMAGE` if set (it must exist), else the first of `travis:<lang>`,
-/// `<lang>`, `travis:default`, `default` that the engine has.
+/// The image for a job: `IMAGE` if set, else with the env selector the `IMAGE_*` key that
+/// fits the job best, else the first of `travis:<lang>`, `<lang>`, `travis:default`,
+/// `default` that the engine has. The image chosen must exist on the engine.
 pub async fn select_image(
     docker: &Docker,
     s: &Settings,
-    language: &str,
+    params: ImageParams<'_>,
 ) -> Result<String, BackendError> {
+    let language = params.language;
     let images = docker
         .list_images(Some(ListImagesOptions::default()))
         .await
@@ -96,9 +98,10 @@ pub async fn select_image(
         .iter()
         .flat_map(|i| i.repo_tags.iter().map(|t| normalize(t)))
         .collect();
-    let tried: Vec<String> = match &s.image {
-        Some(image) => vec![image.clone()],
-        None => {
+    let tried: Vec<String> = match (&s.image, &s.selector) {
+        (Some(image), _) => vec![image.clone()],
+        (None, Selector::Env(images)) => vec![env_image(images, params)],
+        (None, Selector::Tag) => {
             let lang = if language.is_empty() {
                 "default"
             } else {

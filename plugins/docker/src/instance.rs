@@ -90,7 +90,16 @@ impl DockerInstance {
             progress.failure(e.message().to_owned());
             e
         };
-        let image = engine::select_image(&docker, &settings, &attributes.language)
+        let image = engine::select_image(
+            &docker,
+            &settings,
+            crate::config::ImageParams {
+                language: &attributes.language,
+                dist: &attributes.dist,
+                group: &attributes.group,
+                os: &attributes.os,
+            },
+        )
             .await
             .map_err(failed)?;
         progress.success(format!("image {image}"));

@@ -65,6 +65,29 @@ pub(super) async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), l
             FieldTable::default(),
         )
         .await?;
+    if s.logs_broker.is_some() {
+        return Ok(());
+    }
+    declare_logs(channel, s).await
+}
+
+/// Declares the log parts' queue, bound to the reporting exchange by its name.
+async fn declare_logs(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            LOG_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .queue_declare(s.log_queue.as_str().into(), durable, FieldTable::default())
         .await?;
@@ -77,6 +100,107 @@ pub(super) async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), l
             FieldTable::default(),
         )
         .await
+}
+
+/// The channel of a broker of the log parts' own (`--logs-amqp-uri`, the original's
+/// `LOGS_AMQP_URI`): the exchange and queue declared, publisher confirms on. Both lanes of
+/// the link are that one channel.
+pub(super) async fn logs_session(
+    conn: &Connection,
+    s: &AmqpSettings,
+    generation: u64,
+) -> std::io::Result<Link> {
+    let logs = conn.create_channel().await.map_err(|e| io("channel", e))?;
+    declare_logs(&logs, s)
+        .await
+        .map_err(|e| io("declare the log queue", e))?;
+    logs.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| io("confirm mode", e))?;
+    Ok(Link {
+        states: logs.clone(),
+        logs,
+        generation,
+    })
+}
+
+/// Keeps the connection to the log parts' own broker: reconnects with backoff when it is
+/// lost, for as long as the worker runs.
+pub(super) async fn supervise_logs(
+    mut conn: Connection,
+    s: AmqpSettings,
+    broker: Broker,
+    link: watch::Sender<Option<Link>>,
+    alive: watch::Receiver<()>,
+    shared: Arc<Shared>,
+) {
+    let mut generation = 0;
+    loop {
+        while conn.status().connected() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if alive.has_changed().is_err() {
+                let _ = conn.close(200, "worker stopped".into()).await;
+                return;
+            }
+        }
+        link.send_replace(None);
+        let down = |why: Option<String>| shared.set_logs_down(why);
+        down(Some("reconnecting".into()));
+        tracing::warn!(
+            "lost the connection to the logs broker {}; reconnecting",
+            broker.masked()
+        );
+        generation += 1;
+        let session = |c: Connection| {
+            let s = &s;
+            async move {
+                let l = logs_session(&c, s, generation).await?;
+                Ok((c, l))
+            }
+        };
+        let (c, l) = reconnect(&broker, &down, session).await;
+        link.send_replace(Some(l));
+        down(None);
+        tracing::warn!("reconnected to the logs broker {}", broker.masked());
+        conn = c;
+    }
+}
+
+/// Connects to `broker` again and again, with backoff, until `session` opens on a new
+/// connection; each new reason it fails for is said once and given to `down`.
+async fn reconnect<F, Fut>(
+    broker: &Broker,
+    down: &impl Fn(Option<String>),
+    mut session: F,
+) -> (Connection, Link)
+where
+    F: FnMut(Connection) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(Connection, Link)>>,
+{
+    let mut wait = Duration::from_millis(100);
+    // A broker that is down says the same every time; a certificate that expired meanwhile
+    // says something new. Numbers (a certificate's "expired 467 seconds ago", a port) do not
+    // make a reason new.
+    let mut said = String::new();
+    let mut failed = |text: String| {
+        let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if reason != said {
+            tracing::warn!("reconnecting: {text}");
+            said = reason;
+        }
+        down(Some(text));
+    };
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        match broker.connect().await {
+            Ok(c) => match session(c).await {
+                Ok(done) => return done,
+                Err(e) => failed(e.to_string()),
+            },
+            Err(e) => failed(e.to_string()),
+        }
+    }
 }
 
 /// One connection's worth of channels, shared by the jobs while it lives.
@@ -308,44 +432,22 @@ pub(super) async fn supervise(
             }
         }
         link.send_replace(None);
-        shared.set_down(Some("reconnecting".into()));
+        let down = |why: Option<String>| shared.set_down(why);
+        down(Some("reconnecting".into()));
         tracing::warn!("lost the connection to {}; reconnecting", s.broker.masked());
-        let mut wait = Duration::from_millis(100);
-        // Each new reason a reconnect fails is said once (a broker that is down says the
-        // same every time; a certificate that expired meanwhile says something new).
-        let mut said = String::new();
-        conn = loop {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-            let c = match s.broker.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    reconnect_failed(&shared, &mut said, e.to_string());
-                    continue;
-                }
-            };
+        let session = |c: Connection| {
+            // Each attempt is a new connection: its number tells its messages apart.
             generation += 1;
-            match session(&c, &s, &cancels, &shared, generation).await {
-                Ok(l) => {
-                    link.send_replace(Some(l));
-                    shared.set_down(None);
-                    tracing::warn!("reconnected to {}", s.broker.masked());
-                    break c;
-                }
-                Err(e) => reconnect_failed(&shared, &mut said, e.to_string()),
+            let (s, cancels, shared, generation) = (&s, &cancels, &shared, generation);
+            async move {
+                let l = session(&c, s, cancels, shared, generation).await?;
+                Ok((c, l))
             }
         };
+        let (c, l) = reconnect(&s.broker, &down, session).await;
+        link.send_replace(Some(l));
+        down(None);
+        tracing::warn!("reconnected to {}", s.broker.masked());
+        conn = c;
     }
-}
-
-/// A reconnect failed because of `text`: said when the reason is new (numbers, such as a
-/// certificate's "expired 467 seconds ago" or a port, do not make it new), and kept for
-/// `/ready`.
-fn reconnect_failed(shared: &Shared, said: &mut String, text: String) {
-    let reason: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
-    if reason != *said {
-        tracing::warn!("reconnecting: {text}");
-        *said = reason;
-    }
-    shared.set_down(Some(text));
 }

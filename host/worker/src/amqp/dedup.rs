@@ -124,6 +124,7 @@ mod tests {
         let settings = |url: &str| AmqpSettings {
             broker: Broker::new(url, &TlsSettings::default(), DEFAULT_HEARTBEAT)
                 .unwrap_or_else(|e| panic!("{e}")),
+            logs_broker: None,
             queue_name: "builds.linux".into(),
             prefetch: 1,
             state_queue: String::new(),

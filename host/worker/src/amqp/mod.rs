@@ -63,7 +63,7 @@ mod log;
 mod outbox;
 mod publish;
 pub use broker::{masked_url, Broker, BrokerError, TlsSettings, DEFAULT_HEARTBEAT};
-use connection::{declare_jobs_queue, session, supervise, Lane, Link};
+use connection::{declare_jobs_queue, logs_session, session, supervise, supervise_logs, Lane, Link};
 use dedup::{hex, lock_prefix, Arrival, MessageKey, Seen};
 use log::log_parts;
 pub use log::AmqpLog;
@@ -91,6 +91,8 @@ pub const LOG_FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub struct AmqpSettings {
     /// The broker (`amqp://user:pass@host:port/vhost`, or `amqps://` with TLS).
     pub broker: Broker,
+    /// A broker of the log parts' own (the original's `LOGS_AMQP_URI`); `None`: `broker`.
+    pub logs_broker: Option<Broker>,
     /// The jobs queue.
     pub queue_name: String,
     /// Deliveries held at once (the pool size).
@@ -126,6 +128,10 @@ struct Shared {
     settings: AmqpSettings,
     /// The current link; `None` while reconnecting.
     link: watch::Receiver<Option<Link>>,
+    /// Where log parts go: `link`, or the link to the logs broker when there is one.
+    log_link: watch::Receiver<Option<Link>>,
+    /// Why the logs broker cannot be used now, when there is one and it is down.
+    logs_down: Mutex<Option<String>>,
     /// The jobs consumer [`JobQueue::next`] reads (polled there: no task in between), and
     /// the one a new connection made, until `next` takes it over.
     consumer: tokio::sync::Mutex<Option<Consumer>>,
@@ -160,6 +166,10 @@ pub struct AmqpQueue {
 impl Shared {
     fn set_down(&self, why: Option<String>) {
         *self.down.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn set_logs_down(&self, why: Option<String>) {
+        *self.logs_down.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     /// Hands a new jobs consumer, of connection `connection`, to [`JobQueue::next`]; returns
@@ -244,10 +254,29 @@ impl AmqpQueue {
         let (link_tx, link_rx) = watch::channel(None);
         let (alive_tx, alive_rx) = watch::channel(());
         let conn = settings.broker.connect().await?;
+        // The logs broker, when there is one, must answer at the start too.
+        let logs = match &settings.logs_broker {
+            Some(b) => {
+                let c = b.connect().await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("the logs broker {}: {e}", b.masked()))
+                })?;
+                let l = logs_session(&c, &settings, 0).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("the logs broker {}: {e}", b.masked()))
+                })?;
+                Some((b.clone(), c, watch::channel(Some(l))))
+            }
+            None => None,
+        };
+        let log_link = match &logs {
+            Some((_, _, (_, rx))) => rx.clone(),
+            None => link_rx.clone(),
+        };
         let queue = Self {
             shared: Arc::new(Shared {
                 settings: settings.clone(),
                 link: link_rx,
+                log_link,
+                logs_down: Mutex::new(None),
                 consumer: tokio::sync::Mutex::new(None),
                 fresh_consumer: Mutex::new(None),
                 consumer_generation: watch::Sender::new(0),
@@ -262,6 +291,10 @@ impl AmqpQueue {
         };
         let first = session(&conn, &settings, &cancel_tx, &queue.shared, 0).await?;
         link_tx.send_replace(Some(first));
+        if let Some((broker, c, (tx, _))) = logs {
+            let (s, shared, alive) = (settings.clone(), Arc::clone(&queue.shared), alive_rx.clone());
+            tokio::spawn(supervise_logs(c, s, broker, tx, alive, shared));
+        }
         let shared = Arc::clone(&queue.shared);
         tokio::spawn(supervise(
             conn, settings, link_tx, alive_rx, cancel_tx, shared,
@@ -336,17 +369,14 @@ impl JobQueue for AmqpQueue {
     }
 
     fn problem(&self) -> Option<String> {
-        self.shared
-            .down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|why| {
-                format!(
-                    "the connection to {} is down: {why}",
-                    self.shared.settings.broker.masked()
-                )
-            })
+        let shared = &self.shared;
+        let down = |why: &Mutex<Option<String>>, broker: Option<&Broker>| {
+            let why = why.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+            let broker = broker?;
+            Some(format!("the connection to {} is down: {why}", broker.masked()))
+        };
+        down(&shared.down, Some(&shared.settings.broker))
+            .or_else(|| down(&shared.logs_down, shared.settings.logs_broker.as_ref()))
     }
 
     fn is_idle(&self) -> bool {
@@ -516,6 +546,11 @@ impl AmqpDelivery {
     async fn log_done(&mut self) {
         if let Some(task) = self.log.take() {
             match task.await {
+                // On a broker of their own, the parts are confirmed there before the job's
+                // final state goes out on the jobs' broker.
+                Ok(mut parts) if self.queue.shared.settings.logs_broker.is_some() => {
+                    parts.flush().await
+                }
                 Ok(parts) => self.outbox.absorb(parts),
                 Err(e) => tracing::error!("job {:?}: the log task failed: {e}", self.job_id),
             }
@@ -608,7 +643,7 @@ impl Delivery for AmqpDelivery {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
         let uuid = self.uuid.clone().unwrap_or(Value::Null);
         let key = self.queue.shared.settings.log_queue.clone();
-        let outbox = Outbox::new(self.queue.shared.link.clone(), Lane::Logs);
+        let outbox = Outbox::new(self.queue.shared.log_link.clone(), Lane::Logs);
         let meta = Arc::clone(&self.started_meta);
         self.log = Some(tokio::spawn(log_parts(outbox, key, job_id, uuid, meta, rx)));
         Ok(AmqpLog {
