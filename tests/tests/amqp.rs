@@ -228,8 +228,19 @@ impl Broker {
     /// Reads the state and log queues until `done` holds for what was read, for at most
     /// `secs`.
     fn collect(&self, secs: u64, done: impl Fn(&Reports) -> bool) -> Reports {
+        self.collect_logs_on(&self.conn, secs, done)
+    }
+
+    /// [`Self::collect`] with the log queue read on `logs` (a broker of the logs' own).
+    fn collect_logs_on(
+        &self,
+        logs: &Connection,
+        secs: u64,
+        done: impl Fn(&Reports) -> bool,
+    ) -> Reports {
         self.rt.block_on(async {
             let ch = self.conn.create_channel().await.unwrap();
+            let log_ch = logs.create_channel().await.unwrap();
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -239,7 +250,7 @@ impl Broker {
                 ..Default::default()
             };
             let mut consumers = Vec::new();
-            for q in [&self.states, &self.logs] {
+            for (ch, q) in [(&ch, &self.states), (&log_ch, &self.logs)] {
                 ch.queue_declare(q.as_str().into(), durable, FieldTable::default())
                     .await
                     .unwrap();
@@ -867,4 +878,98 @@ fn a_worker_whose_consumer_the_broker_cancels_consumes_again() {
     assert_eq!(r.finished(2), ["passed"], "the worker consumes again");
     assert_eq!(r.log_text(2), "echo two\n");
     drop(w);
+}
+
+/// A vhost of the TLS node's own, deleted when dropped.
+struct Vhost(String);
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", blackbox::TlsBroker::NODE, "delete_vhost", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
+    // Jobs and states on the tests' broker; log parts over amqps:// on a second vhost of the
+    // private TLS node, named as an operator of the original names them.
+    let b = Broker::new();
+    let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
+    let tls = tls_broker();
+    let vhost = Vhost(format!("hostlogs-{}", std::process::id()));
+    tls.rabbitmqctl(&["add_vhost", &vhost.0]);
+    tls.rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
+    let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
+    let ca = tls.cert("ca.pem");
+    let ids: Vec<u64> = (1..=4).collect();
+    let docs: Vec<Value> = ids
+        .iter()
+        .map(|&id| job(id, &format!("for i in $(seq 1 20); do echo job {id} line $i; sleep 0.1; done")))
+        .collect();
+    b.publish_jobs(&docs);
+    let mut cmd = b.worker("local", &["--exit-when-idle", "--pool-size", "4"]);
+    cmd.env("TRAVIS_WORKER_LOGS_AMQP_URI", &logs_url)
+        .env("TRAVIS_WORKER_LOGS_AMQP_TLS_CERT_PATH", &ca)
+        .env("TRAVIS_WORKER_HOSTNAME", "builder-7")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut worker = Guard(cmd.spawn().unwrap());
+    // Mid-run, the logs broker drops the worker's connection: the parts go again after the
+    // reconnect, none lost.
+    std::thread::sleep(Duration::from_millis(1200));
+    tls.rabbitmqctl(&["close_all_connections", "-p", &vhost.0, "a test cuts the logs connection"]);
+    // The test's own connection is made after the cut (the cut closes every connection of
+    // the vhost).
+    let connect_logs = || {
+        let settings = host_worker::amqp::TlsSettings {
+            ca_path: Some(ca.clone()),
+            ..Default::default()
+        };
+        let broker = host_worker::amqp::Broker::new(
+            &logs_url,
+            &settings,
+            host_worker::amqp::DEFAULT_HEARTBEAT,
+        )
+        .unwrap();
+        b.rt.block_on(broker.connect()).unwrap()
+    };
+    let logs = connect_logs();
+
+    let got = b.collect_logs_on(&logs, 60, |r| r.all_finished(ids.iter().copied()));
+    let status = worker.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = worker.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lost the connection to the logs broker"),
+        "the cut was not seen: {stderr}"
+    );
+    for id in ids {
+        assert_eq!(got.finished(id), ["passed"], "job {id}: {stderr}");
+        let text = got.log_text(id);
+        let lines: String = (1..=20).map(|i| format!("job {id} line {i}\n")).collect();
+        let (head, rest) = text
+            .split_once("travis_fold:end:worker_info\r\x1b[0K")
+            .unwrap_or_else(|| panic!("job {id}: no worker information fold: {text:?}"));
+        assert!(head.contains("hostname: builder-7\n"), "{head:?}");
+        assert!(head.contains("(via amqp)"), "{head:?}");
+        assert_eq!(rest, lines, "job {id}");
+    }
+    // Nothing went to the jobs' broker's log queue (the worker does not even declare it).
+    let on_jobs_broker = b.rt.block_on(async {
+        let ch = b.conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        ch.queue_declare(b.logs.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_or(0, |q| q.message_count())
+    });
+    assert_eq!(on_jobs_broker, 0);
+    drop(logs);
 }

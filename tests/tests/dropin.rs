@@ -642,3 +642,133 @@ fn the_defaults_of_a_payload_that_names_none_and_sigusr1_saying_what_runs() {
         "focal go\n"
     );
 }
+
+#[test]
+fn a_backends_key_family_is_read_by_the_originals_names() {
+    // The docker backend's env image selector, as /etc/default/travis-worker writes it.
+    let p = plugin_dir(&[("libdocker.so", &artifacts().docker)]);
+    let env = [
+        ("TRAVIS_WORKER_PROVIDER_NAME", "docker"),
+        ("TRAVIS_WORKER_DOCKER_ENDPOINT", "unix:///run/no-such-docker.sock"),
+        ("TRAVIS_WORKER_DOCKER_IMAGE_SELECTOR_TYPE", "env"),
+        ("TRAVIS_WORKER_DOCKER_IMAGE_DEFAULT", "travis:default"),
+        ("DOCKER_IMAGE_DIST_JAMMY_GO", "travis:go"),
+        // Below BACKEND_<ALIAS>_<KEY>.
+        ("TRAVIS_WORKER_DOCKER_IMAGE_RUBY", "not-this"),
+        ("BACKEND_DOCKER_IMAGE_RUBY", "ruby:latest"),
+    ];
+    let out = echo_config(p.path(), &env);
+    for (name, want) in [
+        ("DOCKER_IMAGE_SELECTOR_TYPE", "env"),
+        ("DOCKER_IMAGE_DEFAULT", "travis:default"),
+        ("DOCKER_IMAGE_DIST_JAMMY_GO", "travis:go"),
+        ("DOCKER_IMAGE_RUBY", "ruby:latest"),
+    ] {
+        assert_eq!(echoed(&out.stdout, name).as_deref(), Some(want), "{}", out.stdout);
+    }
+    // Keys of the family are known keys: no "unknown key" warning.
+    assert!(!out.stderr.contains("does not know"), "{}", out.stderr);
+}
+
+/// A self-signed certificate for localhost and its key (PEM), made by openssl.
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (the test makes a certificate with it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// An https:// build script service with a self-signed certificate: answers every POST
+/// with `script`. Returns its port.
+fn https_build_api(dir: &Path, script: &'static str) -> u16 {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let (cert, key) = self_signed(dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let Ok(conn) = rustls::ServerConnection::new(std::sync::Arc::clone(&config)) else {
+                continue;
+            };
+            let mut tls = std::io::BufReader::new(rustls::StreamOwned::new(conn, stream));
+            // A client that refuses the certificate ends here, in the handshake.
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if tls.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    let mut body = vec![0; length];
+                    let _ = tls.read_exact(&mut body);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{script}",
+                        script.len()
+                    );
+                    let _ = tls.get_mut().write_all(answer.as_bytes());
+                    let _ = tls.get_mut().flush();
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn an_unverified_build_api_is_used_only_when_asked_and_said() {
+    let certs = tempfile::tempdir().unwrap();
+    let port = https_build_api(certs.path(), "echo from the build api\n");
+    let api = format!("https://localhost:{port}/script");
+    let q = blackbox::worker::Queue::new();
+    // Refused without the setting: the certificate is not trusted.
+    q.enqueue_doc(&serde_json::json!({"job": {"id": 1}}));
+    let out = run(q.worker("fake", &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("job 1 errored"), "{}", out.stderr);
+    assert!(out.stderr.to_ascii_lowercase().contains("certificate"), "{}", out.stderr);
+    // The original's name turns verification off, and the worker says so.
+    q.enqueue_doc(&serde_json::json!({"job": {"id": 2}}));
+    let mut cmd = q.worker(
+        "local",
+        &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api],
+    );
+    cmd.env("TRAVIS_WORKER_BUILD_API_INSECURE_SKIP_VERIFY", "true");
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("job 2 passed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("certificate is not verified"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(q.log(2), b"from the build api\n");
+}
