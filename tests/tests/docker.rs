@@ -94,6 +94,36 @@ fn the_image_is_chosen_by_language_or_by_image() {
             vec!["--language", "go", "-c", "IMAGE=ruby:latest"],
             "ruby:latest",
         ),
+        // The original's env selector: the most specific IMAGE_* key, a value naming
+        // another key followed once, "default" when none fits.
+        (
+            vec!["--language", "go", "--dist", "jammy", "-c", "IMAGE_SELECTOR_TYPE=env"]
+                .into_iter()
+                .chain(["-c", "IMAGE_DIST_JAMMY_GO=ruby:latest", "-c", "IMAGE_GO=travis:go"])
+                .collect(),
+            "ruby:latest",
+        ),
+        (
+            vec!["--language", "go", "--dist", "focal", "-c", "IMAGE_SELECTOR_TYPE=env"]
+                .into_iter()
+                .chain(["-c", "IMAGE_DIST_JAMMY_GO=ruby:latest", "-c", "IMAGE_GO=travis:go"])
+                .collect(),
+            "travis:go",
+        ),
+        (
+            vec!["--language", "rust", "-c", "IMAGE_SELECTOR_TYPE=env"]
+                .into_iter()
+                .chain(["-c", "IMAGE_RUST=gophers", "-c", "IMAGE_GOPHERS=travis:go"])
+                .collect(),
+            "travis:go",
+        ),
+        (
+            vec!["--language", "c", "-c", "IMAGE_SELECTOR_TYPE=env"]
+                .into_iter()
+                .chain(["-c", "IMAGE_DEFAULT=travis:default", "-c", "IMAGE_GO=travis:go"])
+                .collect(),
+            "travis:default",
+        ),
     ] {
         let out = run_docker(&args, "cat /etc/image-name");
         assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
