@@ -906,7 +906,12 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     let ids: Vec<u64> = (1..=4).collect();
     let docs: Vec<Value> = ids
         .iter()
-        .map(|&id| job(id, &format!("for i in $(seq 1 20); do echo job {id} line $i; sleep 0.1; done")))
+        .map(|&id| {
+            job(
+                id,
+                &format!("for i in $(seq 1 20); do echo job {id} line $i; sleep 0.1; done"),
+            )
+        })
         .collect();
     b.publish_jobs(&docs);
     let mut cmd = b.worker("local", &["--exit-when-idle", "--pool-size", "4"]);
@@ -919,7 +924,12 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     // Mid-run, the logs broker drops the worker's connection: the parts go again after the
     // reconnect, none lost.
     std::thread::sleep(Duration::from_millis(1200));
-    tls.rabbitmqctl(&["close_all_connections", "-p", &vhost.0, "a test cuts the logs connection"]);
+    tls.rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &vhost.0,
+        "a test cuts the logs connection",
+    ]);
     // The test's own connection is made after the cut (the cut closes every connection of
     // the vhost).
     let connect_logs = || {

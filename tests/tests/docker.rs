@@ -97,17 +97,41 @@ fn the_image_is_chosen_by_language_or_by_image() {
         // The original's env selector: the most specific IMAGE_* key, a value naming
         // another key followed once, "default" when none fits.
         (
-            vec!["--language", "go", "--dist", "jammy", "-c", "IMAGE_SELECTOR_TYPE=env"]
-                .into_iter()
-                .chain(["-c", "IMAGE_DIST_JAMMY_GO=ruby:latest", "-c", "IMAGE_GO=travis:go"])
-                .collect(),
+            vec![
+                "--language",
+                "go",
+                "--dist",
+                "jammy",
+                "-c",
+                "IMAGE_SELECTOR_TYPE=env",
+            ]
+            .into_iter()
+            .chain([
+                "-c",
+                "IMAGE_DIST_JAMMY_GO=ruby:latest",
+                "-c",
+                "IMAGE_GO=travis:go",
+            ])
+            .collect(),
             "ruby:latest",
         ),
         (
-            vec!["--language", "go", "--dist", "focal", "-c", "IMAGE_SELECTOR_TYPE=env"]
-                .into_iter()
-                .chain(["-c", "IMAGE_DIST_JAMMY_GO=ruby:latest", "-c", "IMAGE_GO=travis:go"])
-                .collect(),
+            vec![
+                "--language",
+                "go",
+                "--dist",
+                "focal",
+                "-c",
+                "IMAGE_SELECTOR_TYPE=env",
+            ]
+            .into_iter()
+            .chain([
+                "-c",
+                "IMAGE_DIST_JAMMY_GO=ruby:latest",
+                "-c",
+                "IMAGE_GO=travis:go",
+            ])
+            .collect(),
             "travis:go",
         ),
         (
@@ -120,7 +144,12 @@ fn the_image_is_chosen_by_language_or_by_image() {
         (
             vec!["--language", "c", "-c", "IMAGE_SELECTOR_TYPE=env"]
                 .into_iter()
-                .chain(["-c", "IMAGE_DEFAULT=travis:default", "-c", "IMAGE_GO=travis:go"])
+                .chain([
+                    "-c",
+                    "IMAGE_DEFAULT=travis:default",
+                    "-c",
+                    "IMAGE_GO=travis:go",
+                ])
                 .collect(),
             "travis:default",
         ),

@@ -649,7 +649,10 @@ fn a_backends_key_family_is_read_by_the_originals_names() {
     let p = plugin_dir(&[("libdocker.so", &artifacts().docker)]);
     let env = [
         ("TRAVIS_WORKER_PROVIDER_NAME", "docker"),
-        ("TRAVIS_WORKER_DOCKER_ENDPOINT", "unix:///run/no-such-docker.sock"),
+        (
+            "TRAVIS_WORKER_DOCKER_ENDPOINT",
+            "unix:///run/no-such-docker.sock",
+        ),
         ("TRAVIS_WORKER_DOCKER_IMAGE_SELECTOR_TYPE", "env"),
         ("TRAVIS_WORKER_DOCKER_IMAGE_DEFAULT", "travis:default"),
         ("DOCKER_IMAGE_DIST_JAMMY_GO", "travis:go"),
@@ -664,7 +667,12 @@ fn a_backends_key_family_is_read_by_the_originals_names() {
         ("DOCKER_IMAGE_DIST_JAMMY_GO", "travis:go"),
         ("DOCKER_IMAGE_RUBY", "ruby:latest"),
     ] {
-        assert_eq!(echoed(&out.stdout, name).as_deref(), Some(want), "{}", out.stdout);
+        assert_eq!(
+            echoed(&out.stdout, name).as_deref(),
+            Some(want),
+            "{}",
+            out.stdout
+        );
     }
     // Keys of the family are known keys: no "unknown key" warning.
     assert!(!out.stderr.contains("does not know"), "{}", out.stderr);
@@ -674,7 +682,14 @@ fn a_backends_key_family_is_read_by_the_originals_names() {
 fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
         .arg(&key)
@@ -682,7 +697,11 @@ fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         .arg(&cert)
         .output()
         .expect("openssl (the test makes a certificate with it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -751,15 +770,34 @@ fn an_unverified_build_api_is_used_only_when_asked_and_said() {
     let q = blackbox::worker::Queue::new();
     // Refused without the setting: the certificate is not trusted.
     q.enqueue_doc(&serde_json::json!({"job": {"id": 1}}));
-    let out = run(q.worker("fake", &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api]));
+    let out = run(q.worker(
+        "fake",
+        &[
+            "--exit-when-idle",
+            "--max-requeues",
+            "0",
+            "--build-api",
+            &api,
+        ],
+    ));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("job 1 errored"), "{}", out.stderr);
-    assert!(out.stderr.to_ascii_lowercase().contains("certificate"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_ascii_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
     // The original's name turns verification off, and the worker says so.
     q.enqueue_doc(&serde_json::json!({"job": {"id": 2}}));
     let mut cmd = q.worker(
         "local",
-        &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api],
+        &[
+            "--exit-when-idle",
+            "--max-requeues",
+            "0",
+            "--build-api",
+            &api,
+        ],
     );
     cmd.env("TRAVIS_WORKER_BUILD_API_INSECURE_SKIP_VERIFY", "true");
     let out = run(cmd);

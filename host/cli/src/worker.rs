@@ -260,10 +260,18 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
             if let Some(u) = a.logs_amqp_uri.as_deref().filter(|u| !u.is_empty()) {
                 put("LOGS_AMQP_URI", &masked_url(u));
             }
-            if let Some(p) = a.logs_amqp_tls_cert_path.as_deref().filter(|p| !p.is_empty()) {
+            if let Some(p) = a
+                .logs_amqp_tls_cert_path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+            {
                 put("LOGS_AMQP_TLS_CERT_PATH", p);
             }
-            if let Some(pem) = a.logs_amqp_tls_cert.as_deref().filter(|p| !p.trim().is_empty()) {
+            if let Some(pem) = a
+                .logs_amqp_tls_cert
+                .as_deref()
+                .filter(|p| !p.trim().is_empty())
+            {
                 put("LOGS_AMQP_TLS_CERT", &pem.replace('\n', "\\n"));
             }
         }
@@ -559,7 +567,12 @@ impl BrokerArgs {
 
     /// The broker at `url`, checked; its warnings said.
     fn broker(&self, url: &str) -> Result<Broker, CliError> {
-        self.broker_with(url, "--queue", &self.amqp_tls_cert, &self.amqp_tls_cert_path)
+        self.broker_with(
+            url,
+            "--queue",
+            &self.amqp_tls_cert,
+            &self.amqp_tls_cert_path,
+        )
     }
 
     /// The logs broker, when --logs-amqp-uri names one.
@@ -595,16 +608,13 @@ impl BrokerArgs {
         }
         let tls = TlsSettings {
             // PEM text from an environment file may come with its line breaks written `\n`.
-            ca_pem: ca_pem
-                .clone()
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| {
-                    if p.contains('\n') {
-                        p
-                    } else {
-                        p.replace("\\n", "\n")
-                    }
-                }),
+            ca_pem: ca_pem.clone().filter(|p| !p.trim().is_empty()).map(|p| {
+                if p.contains('\n') {
+                    p
+                } else {
+                    p.replace("\\n", "\n")
+                }
+            }),
             ca_path: path(ca_path),
             insecure: self.amqp_insecure,
             client_cert: path(&self.amqp_tls_client_cert),
@@ -989,10 +999,10 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
     };
     let (backend, provider) = args.backend.provider(&registry)?;
     if args.build_api_insecure
-        && args
-            .build_api
-            .as_deref()
-            .is_some_and(|u| u.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
+        && args.build_api.as_deref().is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        })
     {
         say!("host: warning: --build-api-insecure: the build script service's certificate is not verified; anyone on the path can read the payloads and change the scripts");
     }

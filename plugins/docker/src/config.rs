@@ -477,7 +477,11 @@ mod tests {
         for bad in ["api", "ENV", "json"] {
             let e = Settings::from_config(&cfg(&[("IMAGE_SELECTOR_TYPE", bad)])).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::INVALID_CONFIG, "{bad}");
-            assert!(e.message().contains("IMAGE_SELECTOR_TYPE"), "{}", e.message());
+            assert!(
+                e.message().contains("IMAGE_SELECTOR_TYPE"),
+                "{}",
+                e.message()
+            );
         }
     }
 

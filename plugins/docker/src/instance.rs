@@ -100,8 +100,8 @@ impl DockerInstance {
                 os: &attributes.os,
             },
         )
-            .await
-            .map_err(failed)?;
+        .await
+        .map_err(failed)?;
         progress.success(format!("image {image}"));
         let name = format!(
             "host-{}",

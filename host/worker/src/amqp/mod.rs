@@ -63,7 +63,9 @@ mod log;
 mod outbox;
 mod publish;
 pub use broker::{masked_url, Broker, BrokerError, TlsSettings, DEFAULT_HEARTBEAT};
-use connection::{declare_jobs_queue, logs_session, session, supervise, supervise_logs, Lane, Link};
+use connection::{
+    declare_jobs_queue, logs_session, session, supervise, supervise_logs, Lane, Link,
+};
 use dedup::{hex, lock_prefix, Arrival, MessageKey, Seen};
 use log::log_parts;
 pub use log::AmqpLog;
@@ -292,7 +294,11 @@ impl AmqpQueue {
         let first = session(&conn, &settings, &cancel_tx, &queue.shared, 0).await?;
         link_tx.send_replace(Some(first));
         if let Some((broker, c, (tx, _))) = logs {
-            let (s, shared, alive) = (settings.clone(), Arc::clone(&queue.shared), alive_rx.clone());
+            let (s, shared, alive) = (
+                settings.clone(),
+                Arc::clone(&queue.shared),
+                alive_rx.clone(),
+            );
             tokio::spawn(supervise_logs(c, s, broker, tx, alive, shared));
         }
         let shared = Arc::clone(&queue.shared);
@@ -373,7 +379,10 @@ impl JobQueue for AmqpQueue {
         let down = |why: &Mutex<Option<String>>, broker: Option<&Broker>| {
             let why = why.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
             let broker = broker?;
-            Some(format!("the connection to {} is down: {why}", broker.masked()))
+            Some(format!(
+                "the connection to {} is down: {why}",
+                broker.masked()
+            ))
         };
         down(&shared.down, Some(&shared.settings.broker))
             .or_else(|| down(&shared.logs_down, shared.settings.logs_broker.as_ref()))
