@@ -116,6 +116,11 @@ fn main() -> ExitCode {
     // kept from every child (jobs get 0, 1 and 2 only).
     let std_fds = fds::sanitize();
     let args: Vec<OsString> = std::env::args_os().collect();
+    // systemd's notify socket and watchdog (a worker under a Type=notify unit): taken out of
+    // the environment before any thread exists, so that no job inherits them.
+    if let Some(problem) = host_worker::notify::take_from_env() {
+        say!("host: warning: {problem}");
+    }
     // The original worker's settings by their names, for `worker` and `enqueue`: made into
     // this worker's before the command line is read (no thread exists yet).
     if original::applies_to(&args) {

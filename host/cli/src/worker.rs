@@ -126,7 +126,13 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "BYTES", env = "HOST_MAX_LOG_BYTES", value_parser = parse_byte_size, help_heading = "Limits")]
     max_log_bytes: Option<u64>,
     /// How often a job may be requeued before it is errored
-    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Limits")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HOST_MAX_REQUEUES",
+        default_value_t = 3,
+        help_heading = "Limits"
+    )]
     max_requeues: u32,
 
     /// Stop (exit 0) once no job runs and none is waiting
@@ -1198,6 +1204,9 @@ impl Serve {
             "host: worker {worker_id} on {place} with backend {}, {pool} job(s) at once",
             self.alias
         );
+        // Under a Type=notify unit: READY=1 now, then its status, STOPPING=1 and the
+        // watchdog.
+        tokio::spawn(host_worker::notify::supervise(worker.control()));
         // On a worker thread, beside the jobs it spawns (the thread that blocks on the
         // runtime would take a wake-up of its own per job).
         tokio::spawn(worker.run())

@@ -117,7 +117,10 @@ impl Control {
 
     /// Takes no new jobs; running ones finish (SIGINT).
     pub fn drain(&self) {
-        self.0.draining.store(true, Ordering::SeqCst);
+        if !self.0.draining.swap(true, Ordering::SeqCst) {
+            // Said at once: a worker with nothing running stops within the millisecond.
+            crate::notify::send("STOPPING=1");
+        }
         self.0.changed.notify_waiters();
     }
 

@@ -34,6 +34,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod machine;
 pub mod metrics;
+pub mod notify;
 pub mod payload;
 pub mod queue;
 
