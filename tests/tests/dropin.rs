@@ -578,10 +578,11 @@ fn the_defaults_of_a_payload_that_names_none_and_sigusr1_saying_what_runs() {
     let base = tempfile::tempdir().unwrap();
     let scripts = tempfile::tempdir().unwrap();
     let q = base.path().join("q").display().to_string();
-    // Job 31 names no dist or language; job 32 names its own.
-    for (id, config) in [(31, "{}"), (32, r#"{"dist": "focal", "language": "go"}"#)] {
+    // Job 31 names no dist or language; job 32 names its own, and an image.
+    let own = r#"{"dist": "focal", "language": "go", "image_name": "travis:go-1"}"#;
+    for (id, config) in [(31, "{}"), (32, own)] {
         let job = blackbox::script(&format!(
-            r#"{{"job": {{"id": {id}}}, "config": {config}, "script": "echo $BUILD_DIST $BUILD_LANGUAGE; sleep 1\n"}}"#
+            r#"{{"job": {{"id": {id}}}, "config": {config}, "script": "echo $BUILD_DIST $BUILD_LANGUAGE $BUILD_IMAGE; sleep 1\n"}}"#
         ));
         let out = with_env(
             p.path(),
@@ -639,7 +640,7 @@ fn the_defaults_of_a_payload_that_names_none_and_sigusr1_saying_what_runs() {
     );
     assert_eq!(
         std::fs::read_to_string(log.join("32.log")).unwrap(),
-        "focal go\n"
+        "focal go travis:go-1\n"
     );
 }
 

@@ -71,6 +71,7 @@ struct RawConfig {
     arch: Option<String>,
     group: Option<String>,
     osx_image: Option<String>,
+    image_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +175,7 @@ impl Payload {
             arch: text(raw.config.arch),
             group: text(raw.config.group),
             os: text(raw.config.os),
+            image_name: text(raw.config.image_name),
             vm_type: text(raw.vm_type),
             vm_config: VmConfig {
                 gpu_count: vm.gpu_count.unwrap_or(0),
@@ -237,7 +239,7 @@ mod tests {
 
     const EXAMPLE: &str = r#"{
       "type": "test", "vm_type": "default", "queue": "builds.ec2",
-      "config": {"language": "ruby", "script": "echo Hello World", "os": "linux", "group": "stable", "dist": "trusty"},
+      "config": {"language": "ruby", "script": "echo Hello World", "os": "linux", "group": "stable", "dist": "trusty", "image_name": "travis:ruby-7"},
       "env_vars": [],
       "job": {"id": 721270, "number": "445.1", "queued_at": "2018-05-14T14:26:50Z", "ref": null},
       "source": {"id": 721269, "number": "445", "event_type": "push"},
@@ -253,6 +255,7 @@ mod tests {
         assert_eq!(p.number.as_deref(), Some("445.1"));
         assert_eq!(p.attributes.language, "ruby");
         assert_eq!(p.attributes.dist, "trusty");
+        assert_eq!(p.attributes.image_name, "travis:ruby-7");
         assert_eq!(p.hard_limit, Some(Duration::from_secs(3000)));
         assert_eq!(p.log_silence, None, "null means the default");
         assert_eq!(p.script.as_deref(), Some("echo hi"));

@@ -160,6 +160,8 @@ impl Selector {
 /// What a job asks of its image: the attributes the env selector looks at.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageParams<'a> {
+    /// The job's own image name (its payload's `image_name`): taken before any selector.
+    pub image_name: &'a str,
     pub language: &'a str,
     pub dist: &'a str,
     pub group: &'a str,
@@ -445,6 +447,7 @@ mod tests {
             env_image(
                 &images,
                 ImageParams {
+                    image_name: "",
                     language,
                     dist,
                     group,

@@ -81,9 +81,11 @@ fn normalize(name: &str) -> String {
     }
 }
 
-/// The image for a job: `IMAGE` if set, else with the env selector the `IMAGE_*` key that
-/// fits the job best, else the first of `travis:<lang>`, `<lang>`, `travis:default`,
-/// `default` that the engine has. The image chosen must exist on the engine.
+/// The image for a job: `IMAGE` if set (the operator's), else the job's own image name (its
+/// payload's `image_name`, as the original takes it first), else with the env selector the
+/// `IMAGE_*` key that fits the job best, else the first of `travis:<lang>`, `<lang>`,
+/// `travis:default`, `default` that the engine has. The image chosen must exist on the
+/// engine.
 pub async fn select_image(
     docker: &Docker,
     s: &Settings,
@@ -100,6 +102,9 @@ pub async fn select_image(
         .collect();
     let tried: Vec<String> = match (&s.image, &s.selector) {
         (Some(image), _) => vec![image.clone()],
+        (None, _) if !params.image_name.trim().is_empty() => {
+            vec![params.image_name.trim().to_owned()]
+        }
         (None, Selector::Env(images)) => vec![env_image(images, params)],
         (None, Selector::Tag) => {
             let lang = if language.is_empty() {

@@ -94,6 +94,7 @@ impl DockerInstance {
             &docker,
             &settings,
             crate::config::ImageParams {
+                image_name: &attributes.image_name,
                 language: &attributes.language,
                 dist: &attributes.dist,
                 group: &attributes.group,
