@@ -272,54 +272,50 @@ pub fn from_env_vars(
     (cfg, warnings)
 }
 
-/// Adds to `env` each key `backend` documents that it lacks, from `vars`'
-/// `TRAVIS_WORKER_<ALIAS>_<KEY>` or else `<ALIAS>_<KEY>` (URL-query-unescaped, empty is
-/// unset). Only documented keys: `<ALIAS>_` variables set for other programs (`DOCKER_HOST`
-/// for the docker CLI) are not this worker's unless the backend has that key.
+/// Adds to `env` each key `backend` documents that it lacks, from `vars`' `<ALIAS>_<KEY>` or
+/// else `TRAVIS_WORKER_<ALIAS>_<KEY>` (the original's `ProviderConfigFromEnviron` lets the
+/// unprefixed name win; the key's case does not matter; URL-query-unescaped; empty is
+/// unset). Only documented keys (and keys of a documented family, `IMAGE_*`): `<ALIAS>_`
+/// variables set for other programs are not this worker's unless the backend has that key.
+/// A `TRAVIS_WORKER_<ALIAS>_<KEY>` the backend does not know is named in a warning (that
+/// prefix is this worker's alone: it is a typo).
 pub fn original_names(
     backend: &Backend,
     vars: &[(OsString, OsString)],
     env: &mut ProviderConfig,
 ) -> Vec<ConfigWarning> {
     let alias = backend.alias.to_ascii_uppercase().replace('-', "_");
+    let prefixes = [format!("{alias}_"), format!("TRAVIS_WORKER_{alias}_")];
     let mut warnings = Vec::new();
-    // The keys of a documented family (`IMAGE_*`) that the variables hold, by either name.
-    let mut family_keys: Vec<String> = Vec::new();
-    for prefix in backend.key_families() {
-        for (name, _) in vars {
-            let Some(name) = name.to_str() else { continue };
-            let key = name
-                .strip_prefix("TRAVIS_WORKER_")
-                .unwrap_or(name)
-                .strip_prefix(alias.as_str())
-                .and_then(|k| k.strip_prefix('_'));
-            if let Some(key) = key.filter(|k| k.len() > prefix.len() && k.starts_with(prefix)) {
-                if !family_keys.iter().any(|k| k == key) {
-                    family_keys.push(key.to_owned());
+    let mut unknown = Vec::new();
+    // Per prefix, in order: the keys given (upper case) and their variable.
+    let mut given: [Vec<(String, &OsString, &OsString)>; 2] = [Vec::new(), Vec::new()];
+    for (name, value) in vars {
+        let Some(name_str) = name.to_str() else { continue };
+        for (n, prefix) in prefixes.iter().enumerate() {
+            if let Some(key) = name_str.strip_prefix(prefix.as_str()).filter(|k| !k.is_empty()) {
+                let key = key.to_ascii_uppercase();
+                if n == 1 && !backend.knows_key(&key) {
+                    unknown.push(key.clone());
                 }
+                given[n].push((key, name, value));
             }
         }
     }
-    let documented = backend.provider_help.keys().filter(|k| !k.ends_with('*'));
-    for key in documented.cloned().chain(family_keys) {
-        let key = &key;
-        if env.lookup(key).is_some() {
-            continue;
-        }
-        for name in [
-            format!("TRAVIS_WORKER_{alias}_{key}"),
-            format!("{alias}_{key}"),
-        ] {
-            let Some((_, value)) = vars.iter().find(|(n, _)| n.to_str() == Some(name.as_str()))
-            else {
+    let wanted = |key: &str| backend.knows_key(key) && !key.ends_with('*');
+    for list in &given {
+        for (key, name, value) in list {
+            if !wanted(key) || env.lookup(key).is_some() {
+                continue;
+            }
+            let name = name.to_string_lossy().into_owned();
+            let Some(value) = value.to_str() else {
+                warnings.push(ConfigWarning::EnvNotUtf8 { variable: name });
                 continue;
             };
-            let Some(value) = value.to_str().filter(|v| !v.is_empty()) else {
-                if value.to_str().is_none() {
-                    warnings.push(ConfigWarning::EnvNotUtf8 { variable: name });
-                }
+            if value.is_empty() {
                 continue;
-            };
+            }
             let unescaped = query_unescape(value).unwrap_or_else(|| {
                 warnings.push(ConfigWarning::EnvBadEscape {
                     variable: name.clone(),
@@ -328,8 +324,19 @@ pub fn original_names(
                 value.to_owned()
             });
             env.set(key.as_str(), unescaped);
-            break;
         }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        unknown.dedup();
+        warnings.push(ConfigWarning::UnknownKeys {
+            alias: backend.alias.clone(),
+            keys: unknown
+                .into_iter()
+                .map(|k| format!("TRAVIS_WORKER_{alias}_{k}"))
+                .collect(),
+            known: backend.provider_help.keys().cloned().collect(),
+        });
     }
     warnings
 }
@@ -365,8 +372,8 @@ pub struct ConfigSources {
     /// A TOML file with a table per alias, lowest precedence.
     pub file: Option<PathBuf>,
     /// Also read each key the backend documents from the original worker's names,
-    /// `TRAVIS_WORKER_<ALIAS>_<KEY>` and then `<ALIAS>_<KEY>` (as its
-    /// `ProviderConfigFromEnviron`), below `BACKEND_<ALIAS>_<KEY>`.
+    /// `<ALIAS>_<KEY>` and then `TRAVIS_WORKER_<ALIAS>_<KEY>` (as its
+    /// `ProviderConfigFromEnviron`), below `BACKEND_<ALIAS>_<KEY>`: see [`original_names`].
     pub original_names: bool,
 }
 

@@ -140,6 +140,48 @@ fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
     );
     assert_eq!(echoed(&out.stdout, "FAKE_NOT_A_KEY"), None);
     assert!(!out.stderr.contains("NOT_A_KEY"), "{}", out.stderr);
+    // As the original's ProviderConfigFromEnviron: the unprefixed name wins over the
+    // prefixed one, the key's case does not matter, an empty value is no value (it hides
+    // nothing), and a prefixed key the backend does not know is named (a typo).
+    let env = [
+        ("PROVIDER_NAME", "fake"),
+        ("TRAVIS_WORKER_FAKE_LOG_OUTPUT", "prefixed"),
+        ("FAKE_log_output", "unprefixed"),
+        ("TRAVIS_WORKER_FAKE_RUN_SLEEP", ""),
+        ("FAKE_RUN_SLEEP", "3s"),
+        ("TRAVIS_WORKER_FAKE_RUN_SLEPE", "1s"),
+    ];
+    let out = echo_config(p.path(), &env);
+    assert_eq!(
+        echoed(&out.stdout, "FAKE_LOG_OUTPUT").as_deref(),
+        Some("unprefixed")
+    );
+    assert_eq!(echoed(&out.stdout, "FAKE_RUN_SLEEP").as_deref(), Some("3s"));
+    assert!(
+        out.stderr.contains("does not know config key TRAVIS_WORKER_FAKE_RUN_SLEPE"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_setting_that_is_not_utf8_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let p = plugins();
+    let mut cmd = host(p.path());
+    cmd.args(["worker", "--echo-config", "--queue", "file:///tmp/unused-q"])
+        .env(
+            "TRAVIS_WORKER_LOGS_AMQP_URI",
+            std::ffi::OsStr::from_bytes(b"amqp://guest:s3cret@h/\xff"),
+        );
+    let out = run(cmd);
+    assert_eq!(out.code, Some(78), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not UTF-8") && out.stderr.contains("TRAVIS_WORKER_LOGS_AMQP_URI"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
 }
 
 #[test]

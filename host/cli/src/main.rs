@@ -124,9 +124,17 @@ fn main() -> ExitCode {
     // The original worker's settings by their names, for `worker` and `enqueue`: made into
     // this worker's before the command line is read (no thread exists yet).
     if original::applies_to(&args) {
+        let bad = original::not_utf8(std::env::vars_os());
+        if !bad.is_empty() {
+            let e = CliError::Config(format!(
+                "not UTF-8, so not a setting: {} (the value is not shown)",
+                bad.join(", ")
+            ));
+            say!("host: {e}");
+            return ExitCode::from(e.exit_code());
+        }
         let env = |k: &str| std::env::var(k).ok();
-        let vars: Vec<OsString> = std::env::vars_os().map(|(k, _)| k).collect();
-        match original::apply(&env, vars, &mut |k: &str, v: &str| std::env::set_var(k, v)) {
+        match original::apply(&env, &mut |k: &str, v: &str| std::env::set_var(k, v)) {
             Ok(applied) => {
                 for w in applied.warnings {
                     say!("host: warning: {w}");

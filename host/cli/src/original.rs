@@ -5,8 +5,8 @@
 //! this worker implements becomes the `HOST_*` variable of the flag that does the same, when
 //! that variable is not set, before the command line is read. So the precedence is: the
 //! flag, then `HOST_*`, then `TRAVIS_WORKER_*`, then the unprefixed name, then the default.
-//! A backend's config `TRAVIS_WORKER_<ALIAS>_<KEY>` becomes `BACKEND_<ALIAS>_<KEY>` the same
-//! way. A setting of the original that this worker does not implement is named in one
+//! A backend's config by the original's names is read with the backend
+//! (`host::config::original_names`). A setting of the original that this worker does not implement is named in one
 //! warning at start, with what to use instead where there is something.
 //!
 //! This runs first thing in `main`, before any thread exists (the environment is changed).
@@ -120,6 +120,23 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
 /// or warned about only when given with `TRAVIS_WORKER_`.
 const AMBIENT: &[&str] = &["HOSTNAME", "DEBUG"];
 
+/// The variables this worker reads as the original's settings (any `TRAVIS_WORKER_*`, and
+/// the unprefixed names of the settings it implements) whose value is not UTF-8: such a
+/// value cannot be a setting, and reading it as unset would change what the worker does
+/// (log parts to the jobs' broker...) without a word.
+pub fn not_utf8(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<String> {
+    let read = |name: &str| {
+        name.starts_with("TRAVIS_WORKER_")
+            || (!AMBIENT.contains(&name)
+                && (MAPPED.iter().any(|m| m.name == name) || COMPOSED.contains(&name)))
+    };
+    vars.into_iter()
+        .filter(|(_, v)| v.to_str().is_none())
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| read(k))
+        .collect()
+}
+
 /// What [`apply`] did: lines to say at start.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -171,7 +188,6 @@ pub fn queue_url(env: &impl Fn(&str) -> Option<String>) -> Result<Option<String>
 /// `set`, for those `env` does not have already). Errors: a queue type that cannot be.
 pub fn apply(
     env: &impl Fn(&str) -> Option<String>,
-    vars: impl IntoIterator<Item = OsString>,
     set: &mut impl FnMut(&str, &str),
 ) -> Result<Applied, String> {
     let mut applied = Applied::default();
@@ -227,25 +243,8 @@ pub fn apply(
             unused.join(", ")
         ));
     }
-    // A backend's config: TRAVIS_WORKER_<ALIAS>_<KEY> is BACKEND_<ALIAS>_<KEY>.
-    let known: Vec<&str> = MAPPED
-        .iter()
-        .map(|s| s.name)
-        .chain(COMPOSED.iter().copied())
-        .chain(NOT_IMPLEMENTED.iter().map(|(n, _)| *n))
-        .collect();
-    for var in vars {
-        let Some(var) = var.to_str() else { continue };
-        let Some(rest) = var.strip_prefix("TRAVIS_WORKER_") else {
-            continue;
-        };
-        if rest.is_empty() || known.contains(&rest) || !rest.contains('_') {
-            continue;
-        }
-        if let Some(value) = env(var) {
-            set_unless(&format!("BACKEND_{rest}"), &value);
-        }
-    }
+    // A backend's config by the original's names is read where the backend is known
+    // (host::config::original_names): its documented keys only, in the original's order.
     Ok(applied)
 }
 
@@ -276,9 +275,8 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut set = HashMap::new();
-        let vars: Vec<OsString> = env.keys().map(OsString::from).collect();
         let get = |k: &str| env.get(k).cloned();
-        let r = apply(&get, vars, &mut |k: &str, v: &str| {
+        let r = apply(&get, &mut |k: &str, v: &str| {
             set.insert(k.to_owned(), v.to_owned());
         });
         (set, r)
@@ -323,6 +321,23 @@ mod tests {
     }
 
     #[test]
+    fn values_that_are_not_utf8_are_named() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let bad = || OsString::from_vec(vec![b'a', 0xff]);
+        let vars = [
+            (OsString::from("TRAVIS_WORKER_LOGS_AMQP_URI"), bad()),
+            (OsString::from("POOL_SIZE"), bad()),
+            (OsString::from("HOSTNAME"), bad()),
+            (OsString::from("LANG"), bad()),
+            (OsString::from("TRAVIS_WORKER_POOL_SIZE"), OsString::from("3")),
+        ];
+        assert_eq!(
+            not_utf8(vars),
+            ["TRAVIS_WORKER_LOGS_AMQP_URI".to_owned(), "POOL_SIZE".to_owned()]
+        );
+    }
+
+    #[test]
     fn the_build_api_users_is_its_token() {
         let (set, _) = run(&[("BUILD_API_URI", "https://s3cret@build.example/script")]);
         assert_eq!(set["HOST_BUILD_API"], "https://build.example/script");
@@ -337,7 +352,8 @@ mod tests {
             ("SENTRY_DSN", "y"),
             ("HOSTNAME", "container-1"),
         ]);
-        assert_eq!(set["BACKEND_DOCKER_ENDPOINT"], "unix:///run/docker.sock");
+        // A backend's keys are read with the backend (host::config::original_names).
+        assert!(!set.contains_key("BACKEND_DOCKER_ENDPOINT"), "{set:?}");
         assert!(!set.contains_key("BACKEND_LIBRATO_TOKEN"));
         let w = r.map(|a| a.warnings).unwrap_or_default();
         assert_eq!(w.len(), 1, "{w:?}");
