@@ -983,3 +983,55 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     assert_eq!(on_jobs_broker, 0);
     drop(logs);
 }
+
+/// Removes a policy of the tests' broker when dropped.
+struct Policy(String);
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["clear_policy", &self.0]);
+    }
+}
+
+#[test]
+fn refused_log_parts_go_out_again_after_pauses_said_once() {
+    // The log queue holds 2 messages and refuses more (reject-publish): the broker nacks
+    // the job's next parts until the test reads the queue.
+    let b = Broker::new();
+    let policy = Policy(format!("{}-full", b.logs));
+    let out = rabbitmqctl(&[
+        "set_policy",
+        &policy.0,
+        &format!("^{}$", b.logs.replace('.', "\\.")),
+        r#"{"max-length": 2, "overflow": "reject-publish"}"#,
+        "--apply-to",
+        "queues",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.publish_jobs(&[job(
+        5,
+        "for i in $(seq 1 6); do echo line $i; sleep 0.6; done",
+    )]);
+    let mut cmd = b.worker("local", &["--exit-when-idle"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut worker = Guard(cmd.spawn().unwrap());
+    // Parts are refused for a while (the job writes for 3.6 s, a part every 500 ms).
+    std::thread::sleep(Duration::from_secs(6));
+    let got = b.collect(60, |r| r.all_finished([5].into_iter()));
+    let status = worker.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = worker.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(status.success(), "{stderr}");
+    assert_eq!(got.finished(5), ["passed"]);
+    let lines: String = (1..=6).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(got.log_text(5), lines);
+    // Said once, not once per refusal: a loop as fast as the broker answers printed
+    // thousands of lines a second.
+    assert_eq!(
+        stderr.matches("the broker refused a message").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -53,33 +53,50 @@ pub(super) struct Outbox {
     link: watch::Receiver<Option<Link>>,
     lane: Lane,
     pending: VecDeque<Message>,
+    /// The pause before messages the broker refused go out again (it grows while the broker
+    /// goes on refusing them), and whether this job said so already.
+    refused_wait: Duration,
+    said_refused: bool,
 }
 
-/// Whether the broker took the message in.
-async fn confirmed(sent: Sent) -> bool {
+/// What became of a message sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The broker took it in.
+    Confirmed,
+    /// The broker refused it (nack): a queue at its length limit with `reject-publish`, a
+    /// broker limit. Sent again at once, it is refused again at once.
+    Refused,
+    /// The write or the confirm was lost with the channel or the connection.
+    Lost,
+}
+
+/// What the broker made of the message.
+async fn confirmed(sent: Sent) -> Settled {
     let confirm = match sent {
         Sent::Written(confirm) => confirm,
         Sent::Writing(write) => match write.await {
             Ok(confirm) => confirm,
             Err(e) => {
                 tracing::debug!("a publish was not written ({e}); the message goes out again");
-                return false;
+                return Settled::Lost;
             }
         },
     };
     match confirm.await {
-        Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => true,
-        Ok(Confirmation::Nack(_)) => {
-            tracing::warn!("the broker refused a message (nack); it goes out again");
-            false
-        }
+        Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Settled::Confirmed,
+        Ok(Confirmation::Nack(_)) => Settled::Refused,
         // The channel or the connection went away: lapin rejects what it still waited for.
         Err(e) => {
             tracing::debug!("a confirm was lost ({e}); the message goes out again");
-            false
+            Settled::Lost
         }
     }
 }
+
+/// The first pause before refused messages go out again, and the longest.
+const REFUSED_WAIT: Duration = Duration::from_millis(100);
+const REFUSED_WAIT_MAX: Duration = Duration::from_secs(5);
 
 impl Outbox {
     pub(super) fn new(link: watch::Receiver<Option<Link>>, lane: Lane) -> Self {
@@ -87,6 +104,8 @@ impl Outbox {
             link,
             lane,
             pending: VecDeque::new(),
+            refused_wait: REFUSED_WAIT,
+            said_refused: false,
         }
     }
 
@@ -136,9 +155,14 @@ impl Outbox {
     async fn settle_front(&mut self) {
         if let Some(m) = self.pending.front_mut() {
             if let Some((_, confirm)) = m.sent.take() {
-                if confirmed(confirm).await {
-                    self.pending.pop_front();
-                    return;
+                match confirmed(confirm).await {
+                    Settled::Confirmed => {
+                        self.refused_wait = REFUSED_WAIT;
+                        self.pending.pop_front();
+                        return;
+                    }
+                    Settled::Refused => self.refused().await,
+                    Settled::Lost => {}
                 }
             }
         }
@@ -147,19 +171,43 @@ impl Outbox {
         self.go_out().await;
     }
 
+    /// The broker refused a message: said once per job, and a pause (growing while the
+    /// refusals go on) before it goes out again, instead of a loop as fast as the broker
+    /// answers.
+    async fn refused(&mut self) {
+        if !self.said_refused {
+            self.said_refused = true;
+            tracing::warn!(
+                "the broker refused a message (nack: a queue at its length limit with reject-publish, or a broker limit); it goes out again, after pauses of up to {} s",
+                REFUSED_WAIT_MAX.as_secs()
+            );
+        }
+        tokio::time::sleep(self.refused_wait).await;
+        self.refused_wait = (self.refused_wait * 2).min(REFUSED_WAIT_MAX);
+    }
+
     /// Waits for the confirm of every message out: the confirmed ones are done, the others
     /// are marked to go out again.
     async fn settle_sent(&mut self) {
         let mut left = VecDeque::with_capacity(self.pending.len());
-        for mut m in self.pending.drain(..) {
+        let mut refused = false;
+        for mut m in std::mem::take(&mut self.pending) {
             if let Some((_, confirm)) = m.sent.take() {
-                if confirmed(confirm).await {
-                    continue;
+                match confirmed(confirm).await {
+                    Settled::Confirmed => {
+                        self.refused_wait = REFUSED_WAIT;
+                        continue;
+                    }
+                    Settled::Refused => refused = true,
+                    Settled::Lost => {}
                 }
             }
             left.push_back(m);
         }
         self.pending = left;
+        if refused {
+            self.refused().await;
+        }
     }
 
     /// Sends, in order, every message that has not gone out on the current connection,
