@@ -1035,3 +1035,67 @@ fn refused_log_parts_go_out_again_after_pauses_said_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn no_job_is_taken_while_the_logs_broker_is_down() {
+    let b = Broker::new();
+    let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
+    let tls = tls_broker();
+    let vhost = Vhost(format!("hostlogsdown-{}", std::process::id()));
+    let make_vhost = || {
+        tls.rabbitmqctl(&["add_vhost", &vhost.0]);
+        tls.rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
+    };
+    make_vhost();
+    let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = http.local_addr().unwrap().to_string();
+    drop(http);
+    let mut cmd = b.worker("local", &["--http", &addr]);
+    cmd.args(["--logs-amqp-uri", &logs_url])
+        .arg("--logs-amqp-tls-cert-path")
+        .arg(tls.cert("ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut worker = Guard(cmd.spawn().unwrap());
+    let ready = || {
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{addr}/ready"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready() != "200" {
+        assert!(Instant::now() < deadline, "the worker did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The logs broker goes away (its vhost with it): not ready, and a job waits.
+    tls.rabbitmqctl(&["delete_vhost", &vhost.0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready() != "503" {
+        assert!(Instant::now() < deadline, "still ready without the logs broker");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.publish_jobs(&[job(9, "echo after the outage")]);
+    let early = b.collect(3, |r| !r.states.is_empty());
+    assert!(early.states.is_empty(), "a job was taken: {:?}", early.states);
+    // Back: the job runs, its log on the logs broker.
+    make_vhost();
+    let logs = {
+        let settings = host_worker::amqp::TlsSettings {
+            ca_path: Some(tls.cert("ca.pem")),
+            ..Default::default()
+        };
+        let broker =
+            host_worker::amqp::Broker::new(&logs_url, &settings, host_worker::amqp::DEFAULT_HEARTBEAT)
+                .unwrap();
+        b.rt.block_on(broker.connect()).unwrap()
+    };
+    let got = b.collect_logs_on(&logs, 60, |r| r.all_finished([9].into_iter()));
+    assert_eq!(got.finished(9), ["passed"], "{:?}", got.states);
+    assert_eq!(got.log_text(9), "after the outage\n");
+    blackbox::signal("-TERM", worker.0.id());
+    let _ = worker.0.wait();
+}

@@ -134,6 +134,9 @@ struct Shared {
     log_link: watch::Receiver<Option<Link>>,
     /// Why the logs broker cannot be used now, when there is one and it is down.
     logs_down: Mutex<Option<String>>,
+    /// A delivery taken while the logs broker was down, with its connection's number: the
+    /// next [`JobQueue::next`] hands it out once that broker is back.
+    held: Mutex<Option<(lapin::message::Delivery, u64)>>,
     /// The jobs consumer [`JobQueue::next`] reads (polled there: no task in between), and
     /// the one a new connection made, until `next` takes it over.
     consumer: tokio::sync::Mutex<Option<Consumer>>,
@@ -279,6 +282,7 @@ impl AmqpQueue {
                 link: link_rx,
                 log_link,
                 logs_down: Mutex::new(None),
+                held: Mutex::new(None),
                 consumer: tokio::sync::Mutex::new(None),
                 fresh_consumer: Mutex::new(None),
                 consumer_generation: watch::Sender::new(0),
@@ -314,7 +318,23 @@ impl JobQueue for AmqpQueue {
 
     async fn next(&self) -> AmqpDelivery {
         loop {
-            let (d, connection) = self.shared.next_delivery().await;
+            let held = self.shared.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let (d, connection) = match held {
+                Some(h) => h,
+                None => self.shared.next_delivery().await,
+            };
+            // While the logs' own broker is down, no job is taken: its log could not go
+            // anywhere. The delivery waits unacked, not started (the broker has it back if
+            // the worker goes), kept where a later call finds it if this one is dropped.
+            if self.shared.settings.logs_broker.is_some() && self.shared.log_link.borrow().is_none()
+            {
+                *self.shared.held.lock().unwrap_or_else(|e| e.into_inner()) = Some((d, connection));
+                let mut logs = self.shared.log_link.clone();
+                if logs.wait_for(Option::is_some).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            }
             let peek = Peek::of(&d.data);
             let id = peek.job.as_ref().and_then(super::payload::job_id_of_job);
             let queued_at = peek.job.as_ref().and_then(|j| j.get("queued_at")).cloned();
