@@ -853,3 +853,26 @@ fn an_unverified_build_api_is_used_only_when_asked_and_said() {
     );
     assert_eq!(q.log(2), b"from the build api\n");
 }
+
+#[test]
+fn a_token_as_the_build_apis_user_is_sent_as_a_token_and_never_printed() {
+    // The original writes BUILD_API_URI=https://TOKEN@host/script; so may --build-api.
+    let (url, seen) = heartbeat_service(100);
+    let api = url.replace("http://", "http://SECRETTOKEN@");
+    let q = blackbox::worker::Queue::new();
+    q.enqueue_doc(&serde_json::json!({"job": {"id": 3}}));
+    let out = run(q.worker(
+        "fake",
+        &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api],
+    ));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = seen.lock().unwrap().clone();
+    // (The test service lowercases what it records.)
+    assert_eq!(seen.first().map(String::as_str), Some("token secrettoken"));
+    assert!(!out.stderr.contains("SECRETTOKEN"), "{}", out.stderr);
+    let mut cmd = q.worker("fake", &["--echo-config", "--build-api", &api]);
+    cmd.env_remove("HOST_BUILD_API_TOKEN");
+    let out = run(cmd);
+    assert!(!out.stdout.contains("SECRETTOKEN"), "{}", out.stdout);
+    assert!(out.stdout.contains("BUILD_API_URI='http://***@127.0.0.1"), "{}", out.stdout);
+}

@@ -249,7 +249,7 @@ pub fn apply(
 }
 
 /// `https://TOKEN@host/path` as (`TOKEN`, `https://host/path`).
-fn split_user(url: &str) -> Option<(String, String)> {
+pub fn split_user(url: &str) -> Option<(String, String)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);

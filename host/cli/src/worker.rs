@@ -303,7 +303,13 @@ fn echo_config(args: &WorkerArgs, url: &QueueUrl, policy: &PluginPolicy) -> Resu
         put("REMOTE_CONTROLLER_AUTH", "***");
     }
     if let Some(api) = &args.build_api {
-        put("BUILD_API_URI", &masked_url(api));
+        // The token as the URL's user, as the original writes it, masked.
+        let token = args.build_api_token.as_deref().filter(|t| !t.is_empty());
+        let uri = match (token, api.split_once("://")) {
+            (Some(_), Some((scheme, rest))) => format!("{scheme}://***@{rest}"),
+            _ => masked_url(api),
+        };
+        put("BUILD_API_URI", &uri);
         if args.build_api_insecure {
             put("BUILD_API_INSECURE_SKIP_VERIFY", "true");
         }
@@ -954,6 +960,14 @@ fn humantime_now() -> String {
 
 pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> {
     args.backend.original_names = true;
+    // A user in the build API's URL is its token, as the original sends it (as a URL's user
+    // it would go out as basic auth, and be printed with the URL).
+    if let Some((token, bare)) = args.build_api.as_deref().and_then(crate::original::split_user) {
+        args.build_api = Some(bare);
+        if args.build_api_token.as_deref().is_none_or(str::is_empty) {
+            args.build_api_token = Some(token);
+        }
+    }
     if args.list_backend_providers {
         let registry = policy.load();
         let mut out = String::new();
