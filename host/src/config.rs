@@ -291,9 +291,14 @@ pub fn original_names(
     // Per prefix, in order: the keys given (upper case) and their variable.
     let mut given: [Vec<(String, &OsString, &OsString)>; 2] = [Vec::new(), Vec::new()];
     for (name, value) in vars {
-        let Some(name_str) = name.to_str() else { continue };
+        let Some(name_str) = name.to_str() else {
+            continue;
+        };
         for (n, prefix) in prefixes.iter().enumerate() {
-            if let Some(key) = name_str.strip_prefix(prefix.as_str()).filter(|k| !k.is_empty()) {
+            if let Some(key) = name_str
+                .strip_prefix(prefix.as_str())
+                .filter(|k| !k.is_empty())
+            {
                 let key = key.to_ascii_uppercase();
                 if n == 1 && !backend.knows_key(&key) {
                     unknown.push(key.clone());

@@ -1007,7 +1007,11 @@ fn refused_log_parts_go_out_again_after_pauses_said_once() {
         "--apply-to",
         "queues",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     b.publish_jobs(&[job(
         5,
         "for i in $(seq 1 6); do echo line $i; sleep 0.6; done",
@@ -1075,12 +1079,19 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     tls.rabbitmqctl(&["delete_vhost", &vhost.0]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ready() != "503" {
-        assert!(Instant::now() < deadline, "still ready without the logs broker");
+        assert!(
+            Instant::now() < deadline,
+            "still ready without the logs broker"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     b.publish_jobs(&[job(9, "echo after the outage")]);
     let early = b.collect(3, |r| !r.states.is_empty());
-    assert!(early.states.is_empty(), "a job was taken: {:?}", early.states);
+    assert!(
+        early.states.is_empty(),
+        "a job was taken: {:?}",
+        early.states
+    );
     // Back: the job runs, its log on the logs broker.
     make_vhost();
     let logs = {
@@ -1088,9 +1099,12 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
             ca_path: Some(tls.cert("ca.pem")),
             ..Default::default()
         };
-        let broker =
-            host_worker::amqp::Broker::new(&logs_url, &settings, host_worker::amqp::DEFAULT_HEARTBEAT)
-                .unwrap();
+        let broker = host_worker::amqp::Broker::new(
+            &logs_url,
+            &settings,
+            host_worker::amqp::DEFAULT_HEARTBEAT,
+        )
+        .unwrap();
         b.rt.block_on(broker.connect()).unwrap()
     };
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished([9].into_iter()));

@@ -96,13 +96,23 @@ fn the_image_is_chosen_by_language_or_by_image() {
         ),
         // The job's own image name (a payload's image_name) comes before any selector;
         // the operator's IMAGE before it.
-        (vec!["--language", "ruby", "--image", "travis:go"], "travis:go"),
+        (
+            vec!["--language", "ruby", "--image", "travis:go"],
+            "travis:go",
+        ),
         (
             vec!["--image", "travis:go", "-c", "IMAGE=ruby:latest"],
             "ruby:latest",
         ),
         (
-            vec!["--language", "ruby", "--image", "travis:go", "-c", "IMAGE_SELECTOR_TYPE=env"],
+            vec![
+                "--language",
+                "ruby",
+                "--image",
+                "travis:go",
+                "-c",
+                "IMAGE_SELECTOR_TYPE=env",
+            ],
             "travis:go",
         ),
         // The original's env selector: the most specific IMAGE_* key, a value naming

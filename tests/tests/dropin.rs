@@ -158,7 +158,8 @@ fn settings_are_taken_flag_then_host_then_prefixed_then_unprefixed() {
     );
     assert_eq!(echoed(&out.stdout, "FAKE_RUN_SLEEP").as_deref(), Some("3s"));
     assert!(
-        out.stderr.contains("does not know config key TRAVIS_WORKER_FAKE_RUN_SLEPE"),
+        out.stderr
+            .contains("does not know config key TRAVIS_WORKER_FAKE_RUN_SLEPE"),
         "{}",
         out.stderr
     );
@@ -863,7 +864,13 @@ fn a_token_as_the_build_apis_user_is_sent_as_a_token_and_never_printed() {
     q.enqueue_doc(&serde_json::json!({"job": {"id": 3}}));
     let out = run(q.worker(
         "fake",
-        &["--exit-when-idle", "--max-requeues", "0", "--build-api", &api],
+        &[
+            "--exit-when-idle",
+            "--max-requeues",
+            "0",
+            "--build-api",
+            &api,
+        ],
     ));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let seen = seen.lock().unwrap().clone();
@@ -874,5 +881,9 @@ fn a_token_as_the_build_apis_user_is_sent_as_a_token_and_never_printed() {
     cmd.env_remove("HOST_BUILD_API_TOKEN");
     let out = run(cmd);
     assert!(!out.stdout.contains("SECRETTOKEN"), "{}", out.stdout);
-    assert!(out.stdout.contains("BUILD_API_URI='http://***@127.0.0.1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("BUILD_API_URI='http://***@127.0.0.1"),
+        "{}",
+        out.stdout
+    );
 }

@@ -672,3 +672,79 @@ fn settings_from_an_environment_file_are_read_as_operators_write_them() {
     assert_eq!(out.code, Some(78), "{}", out.stderr);
     assert!(out.stderr.contains("encrypted"), "{}", out.stderr);
 }
+
+/// `host worker` on the tests' plain broker with log parts to the TLS node, which must fail
+/// with `code` and say each of `said`.
+#[track_caller]
+fn logs_refused(args: &[&str], code: i32, said: &[&str]) {
+    let p = plugins();
+    let q = queue("logs-refused");
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "--queue",
+        blackbox::amqp_url(),
+        "--queue-name",
+        &q,
+    ])
+    .args(["--logs-amqp-uri", &tls_broker().url()])
+    .args(args);
+    let out = run(cmd);
+    // (The jobs queue is declared only once the logs broker answered.)
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &q])
+        .output();
+    assert_eq!(out.code, Some(code), "{args:?}: {}", out.stderr);
+    for s in said {
+        assert!(
+            out.stderr.contains(s),
+            "{args:?}: no {s:?} in {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn the_logs_brokers_tls_failures_name_its_own_flags() {
+    let _turn = shared();
+    logs_refused(
+        &[],
+        74,
+        &[
+            "unknown issuer",
+            "give the broker's CA with --logs-amqp-tls-cert-path",
+        ],
+    );
+    logs_refused(
+        &["--logs-amqp-tls-cert-path", "/nonexistent/ca.pem"],
+        78,
+        &["--logs-amqp-tls-cert-path /nonexistent/ca.pem"],
+    );
+    logs_refused(
+        &["--logs-amqp-tls-cert", "not a certificate"],
+        78,
+        &["--logs-amqp-tls-cert"],
+    );
+    // The logs broker's CA without a logs broker: said, not silently dropped.
+    let p = plugins();
+    let q = queue("logs-ca-alone");
+    let mut cmd = host(p.path());
+    cmd.args([
+        "worker",
+        "--queue",
+        blackbox::amqp_url(),
+        "--queue-name",
+        &q,
+    ])
+    .args(["--exit-when-idle", "--logs-amqp-tls-cert-path", &ca()]);
+    let out = run(cmd);
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &q])
+        .output();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("without --logs-amqp-uri: not used"),
+        "{}",
+        out.stderr
+    );
+}

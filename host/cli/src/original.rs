@@ -329,11 +329,17 @@ mod tests {
             (OsString::from("POOL_SIZE"), bad()),
             (OsString::from("HOSTNAME"), bad()),
             (OsString::from("LANG"), bad()),
-            (OsString::from("TRAVIS_WORKER_POOL_SIZE"), OsString::from("3")),
+            (
+                OsString::from("TRAVIS_WORKER_POOL_SIZE"),
+                OsString::from("3"),
+            ),
         ];
         assert_eq!(
             not_utf8(vars),
-            ["TRAVIS_WORKER_LOGS_AMQP_URI".to_owned(), "POOL_SIZE".to_owned()]
+            [
+                "TRAVIS_WORKER_LOGS_AMQP_URI".to_owned(),
+                "POOL_SIZE".to_owned()
+            ]
         );
     }
 

@@ -579,12 +579,16 @@ impl BrokerArgs {
 
     /// The broker at `url`, checked; its warnings said.
     fn broker(&self, url: &str) -> Result<Broker, CliError> {
-        self.broker_with(
+        let broker = self.broker_with(
             url,
             "--queue",
             &self.amqp_tls_cert,
             &self.amqp_tls_cert_path,
-        )
+        )?;
+        for warning in broker.warnings() {
+            say!("host: warning: {warning}");
+        }
+        Ok(broker)
     }
 
     /// The logs broker, when --logs-amqp-uri names one.
@@ -631,15 +635,41 @@ impl BrokerArgs {
             insecure: self.amqp_insecure,
             client_cert: path(&self.amqp_tls_client_cert),
             client_key: path(&self.amqp_tls_client_key),
+            for_logs: flag == "--logs-amqp-uri",
         };
         let broker = Broker::new(url, &tls, self.amqp_heartbeat).map_err(|e| match e {
             BrokerError::Url(m) => CliError::Usage(format!("{flag}: {m}")),
             BrokerError::Tls(m) => CliError::Config(m),
         })?;
-        for warning in broker.warnings() {
-            say!("host: warning: {warning}");
-        }
         Ok(broker)
+    }
+
+    /// The jobs' broker at `url` and the logs' own, if any, with their warnings said (a TLS
+    /// setting one of them uses is not "not used" because the other is plain).
+    fn brokers(&self, url: &str, amqp: &AmqpArgs) -> Result<(Broker, Option<Broker>), CliError> {
+        let jobs = self.broker_with(
+            url,
+            "--queue",
+            &self.amqp_tls_cert,
+            &self.amqp_tls_cert_path,
+        )?;
+        let logs = self.logs_broker(amqp)?;
+        let unused = |w: &str| w.contains("they are not used");
+        let any_tls = jobs.is_tls() || logs.as_ref().is_some_and(Broker::is_tls);
+        for b in std::iter::once(&jobs).chain(logs.as_ref()) {
+            for w in b.warnings() {
+                if !(any_tls && unused(w)) {
+                    say!("host: warning: {w}");
+                }
+            }
+        }
+        if logs.is_none() {
+            let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+            if set(&amqp.logs_amqp_tls_cert) || set(&amqp.logs_amqp_tls_cert_path) {
+                say!("host: warning: --logs-amqp-tls-cert(-path) is given without --logs-amqp-uri: not used (log parts go to the jobs' broker)");
+            }
+        }
+        Ok((jobs, logs))
     }
 }
 
@@ -962,7 +992,11 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
     args.backend.original_names = true;
     // A user in the build API's URL is its token, as the original sends it (as a URL's user
     // it would go out as basic auth, and be printed with the URL).
-    if let Some((token, bare)) = args.build_api.as_deref().and_then(crate::original::split_user) {
+    if let Some((token, bare)) = args
+        .build_api
+        .as_deref()
+        .and_then(crate::original::split_user)
+    {
         args.build_api = Some(bare);
         if args.build_api_token.as_deref().is_none_or(str::is_empty) {
             args.build_api_token = Some(token);
@@ -1125,9 +1159,10 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                     .map(|()| (id, printer))
             }
             QueueUrl::Amqp(url) => {
+                let (broker, logs_broker) = args.target.broker.brokers(&url, &args.amqp)?;
                 let amqp = AmqpSettings {
-                    broker: args.target.broker.broker(&url)?,
-                    logs_broker: args.target.broker.logs_broker(&args.amqp)?,
+                    broker,
+                    logs_broker,
                     queue_name: queue_name(&args.target.queue_name)?,
                     prefetch: u16::try_from(settings.pool_size).unwrap_or(u16::MAX),
                     state_queue: args.amqp.state_queue.clone(),

@@ -35,9 +35,22 @@ pub struct TlsSettings {
     pub client_cert: Option<PathBuf>,
     /// The private key of `client_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
     pub client_key: Option<PathBuf>,
+    /// These settings are the logs broker's (`--logs-amqp-uri`): messages name its CA
+    /// flags, `--logs-amqp-tls-cert` and `--logs-amqp-tls-cert-path`.
+    pub for_logs: bool,
 }
 
 impl TlsSettings {
+    /// The flag of the CA as PEM text, or with `path` of the CA file, for messages.
+    fn ca_flag(&self, path: bool) -> &'static str {
+        match (self.for_logs, path) {
+            (false, false) => "--amqp-tls-cert",
+            (false, true) => "--amqp-tls-cert-path",
+            (true, false) => "--logs-amqp-tls-cert",
+            (true, true) => "--logs-amqp-tls-cert-path",
+        }
+    }
+
     fn any(&self) -> bool {
         self.ca_pem.is_some()
             || self.ca_path.is_some()
@@ -73,6 +86,8 @@ pub struct Broker {
     tls: Option<tcp_stream::RustlsConnector>,
     /// A client certificate is given.
     client_cert: bool,
+    /// The flag of the CA file, for messages.
+    ca_path_flag: &'static str,
     warnings: Vec<String>,
 }
 
@@ -92,6 +107,7 @@ impl Broker {
     pub fn new(url: &str, tls: &TlsSettings, heartbeat: Duration) -> Result<Self, BrokerError> {
         let masked = masked_url(url);
         let tls_settings_client_cert = tls.client_cert.is_some();
+        let ca_path_flag = tls.ca_flag(true);
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
             return Err(BrokerError::Url(format!(
@@ -163,6 +179,7 @@ impl Broker {
             uri,
             masked,
             client_cert: tls_settings_client_cert,
+            ca_path_flag,
             tls,
             warnings,
         })
@@ -242,7 +259,13 @@ impl Broker {
     fn explain(&self, e: &lapin::Error) -> String {
         let host = &self.uri.authority.host;
         if let Some(tls) = rustls_error(e) {
-            return explain_tls(tls, host, self.uri.authority.port, self.client_cert);
+            return explain_tls(
+                tls,
+                host,
+                self.uri.authority.port,
+                self.client_cert,
+                self.ca_path_flag,
+            );
         }
         let text = e.to_string();
         // Refusals the broker states in AMQP: the login, the vhost.
@@ -316,12 +339,18 @@ fn rustls_error(e: &lapin::Error) -> Option<&rustls::Error> {
 }
 
 /// What a TLS failure means for the operator.
-fn explain_tls(e: &rustls::Error, host: &str, port: u16, client_cert: bool) -> String {
+fn explain_tls(
+    e: &rustls::Error,
+    host: &str,
+    port: u16,
+    client_cert: bool,
+    ca_path_flag: &str,
+) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(c) => match c {
             C::UnknownIssuer => format!(
-                "TLS: the broker's certificate is signed by a CA this worker does not trust (unknown issuer); give the broker's CA with --amqp-tls-cert-path ({e})"
+                "TLS: the broker's certificate is signed by a CA this worker does not trust (unknown issuer); give the broker's CA with {ca_path_flag} ({e})"
             ),
             C::NotValidForName | C::NotValidForNameContext { .. } => format!(
                 "TLS: the broker's certificate is not valid for the name {host:?} in the URL; connect by a name the certificate holds ({e})"
@@ -367,13 +396,13 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
         .map_err(|e| BrokerError::Tls(format!("TLS: {e}")))?;
     let mut cas = Vec::new();
     if let Some(pem) = &tls.ca_pem {
-        cas.extend(certificates(pem.as_bytes(), "--amqp-tls-cert")?);
+        cas.extend(certificates(pem.as_bytes(), tls.ca_flag(false))?);
     }
     if let Some(path) = &tls.ca_path {
-        let bytes = read(path, "--amqp-tls-cert-path")?;
+        let bytes = read(path, tls.ca_flag(true))?;
         cas.extend(certificates(
             &bytes,
-            &format!("--amqp-tls-cert-path {}", path.display()),
+            &format!("{} {}", tls.ca_flag(true), path.display()),
         )?);
     }
     let mut warning = None;
@@ -398,8 +427,7 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
         builder.with_root_certificates(roots)
     } else if tls.insecure {
         warning = Some(
-            "TLS verification of the broker is OFF (--amqp-insecure): anyone on the path to the broker can read and change jobs, logs and the broker's password; give the broker's CA with --amqp-tls-cert-path instead"
-                .to_owned(),
+            format!("TLS verification of the broker is OFF (--amqp-insecure): anyone on the path to the broker can read and change jobs, logs and the broker's password; give the broker's CA with {} instead", tls.ca_flag(true)),
         );
         builder
             .dangerous()
@@ -428,7 +456,8 @@ fn client_config(tls: &TlsSettings) -> Result<(rustls::ClientConfig, Option<Stri
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             return Err(BrokerError::Tls(format!(
-                "this machine has no CA certificates to verify the broker with{why} (install ca-certificates, or give the broker's CA with --amqp-tls-cert-path)"
+                "this machine has no CA certificates to verify the broker with{why} (install ca-certificates, or give the broker's CA with {})",
+                tls.ca_flag(true)
             )));
         }
         builder.with_root_certificates(roots)
@@ -516,10 +545,10 @@ fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, BrokerError> {
 fn ca_sources(tls: &TlsSettings) -> String {
     let mut from = Vec::new();
     if tls.ca_pem.is_some() {
-        from.push("--amqp-tls-cert".to_owned());
+        from.push(tls.ca_flag(false).to_owned());
     }
     if let Some(p) = &tls.ca_path {
-        from.push(format!("--amqp-tls-cert-path {}", p.display()));
+        from.push(format!("{} {}", tls.ca_flag(true), p.display()));
     }
     from.join(" and ")
 }

@@ -318,7 +318,12 @@ impl JobQueue for AmqpQueue {
 
     async fn next(&self) -> AmqpDelivery {
         loop {
-            let held = self.shared.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let held = self
+                .shared
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             let (d, connection) = match held {
                 Some(h) => h,
                 None => self.shared.next_delivery().await,
