@@ -1110,6 +1110,24 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished([9].into_iter()));
     assert_eq!(got.finished(9), ["passed"], "{:?}", got.states);
     assert_eq!(got.log_text(9), "after the outage\n");
+    // A stop while the logs broker is down says what it waits for.
+    drop(logs);
+    tls.rabbitmqctl(&["delete_vhost", &vhost.0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready() != "503" {
+        assert!(Instant::now() < deadline, "still ready without the logs broker");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     blackbox::signal("-TERM", worker.0.id());
-    let _ = worker.0.wait();
+    let status = worker.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = worker.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM: the connection to amqps://guest:***@localhost")
+            && stderr.contains("the stop waits for it"),
+        "{stderr}"
+    );
 }

@@ -1294,9 +1294,14 @@ fn signals(control: Control) -> std::io::Result<()> {
                     interrupts += 1;
                     if interrupts == 1 {
                         say!("host: SIGINT: draining (no new jobs; running jobs finish; send it again to requeue them)");
+                        say_waiting(&control, "SIGINT");
                         control.drain();
                     } else if interrupts == 2 {
-                        say!("host: SIGINT again: cancelling and requeueing the running jobs");
+                        if control.status().running.is_empty() {
+                            say!("host: SIGINT again: no job is running; stopping");
+                        } else {
+                            say!("host: SIGINT again: cancelling and requeueing the running jobs");
+                        }
                         control.shutdown();
                     } else {
                         // As a second SIGTERM: stops in progress abandoned, out within 3 s.
@@ -1363,13 +1368,17 @@ fn shutdown(control: &Control, name: &str) {
         // what was not acknowledged, and the next worker requeues a directory queue's claims.
         static FORCED: std::sync::Once = std::sync::Once::new();
         let signal = name.to_owned();
+        let watched = control.clone();
         FORCED.call_once(move || {
             let started = std::thread::Builder::new()
                 .name("forced-exit".into())
                 .spawn(move || {
                     std::thread::sleep(SECOND_SIGNAL_GRACE);
+                    let why = watched
+                        .queue_problem()
+                        .unwrap_or_else(|| "is the broker down?".into());
                     say!(
-                        "host: {signal} again: still waiting for the queue after {} s (is the broker down?); exiting anyway: the broker gives back unacknowledged jobs, and the next worker requeues a directory queue's claims",
+                        "host: {signal} again: still waiting for the queue after {} s ({why}); exiting anyway: the broker gives back unacknowledged jobs (a finished job whose messages were not all confirmed runs again), and the next worker requeues a directory queue's claims",
                         SECOND_SIGNAL_GRACE.as_secs()
                     );
                     std::process::exit(75);
@@ -1398,8 +1407,17 @@ fn shutdown(control: &Control, name: &str) {
         }
     } else {
         say!("host: {name}: cancelling the running jobs, requeueing them, and stopping");
+        say_waiting(control, name);
     }
     control.shutdown();
+}
+
+/// While the queue cannot be used, a stop waits for it (finished jobs' states and logs must
+/// reach it): said, with the way out.
+fn say_waiting(control: &Control, name: &str) {
+    if let Some(problem) = control.queue_problem() {
+        say!("host: {name}: {problem}; the stop waits for it (what has finished must reach it), or {name} again exits anyway");
+    }
 }
 
 pub fn enqueue(args: &EnqueueArgs) -> Result<u8, CliError> {
