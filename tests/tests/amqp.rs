@@ -1115,7 +1115,10 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     tls.rabbitmqctl(&["delete_vhost", &vhost.0]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ready() != "503" {
-        assert!(Instant::now() < deadline, "still ready without the logs broker");
+        assert!(
+            Instant::now() < deadline,
+            "still ready without the logs broker"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     blackbox::signal("-TERM", worker.0.id());

@@ -1175,7 +1175,10 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
                         })?,
                     ),
                 };
-                let place = format!("{} queue {}", amqp.broker.masked(), amqp.queue_name);
+                let mut place = format!("{} queue {}", amqp.broker.masked(), amqp.queue_name);
+                if let Some(logs) = &amqp.logs_broker {
+                    place.push_str(&format!(" (log parts to {})", logs.masked()));
+                }
                 let (queue, cancels) = AmqpQueue::open(amqp)
                     .await
                     .map_err(|e| CliError::Io(format!("cannot use the queue: {e}")))?;

@@ -92,9 +92,16 @@ impl BuildApi {
         if let Some(t) = &self.token {
             request = request.header("Authorization", format!("token {t}"));
         }
-        let mut response = request
-            .send(body)
-            .map_err(|e| Attempt::Retry(format!("POST {}: {e}", self.url)))?;
+        let mut response = request.send(body).map_err(|e| {
+            let text = e.to_string();
+            // A certificate this machine does not trust is not a service that is down.
+            let hint = if !self.insecure && text.to_ascii_lowercase().contains("certificate") {
+                " (a certificate this machine does not trust: install its CA, or --build-api-insecure)"
+            } else {
+                ""
+            };
+            Attempt::Retry(format!("POST {}: {text}{hint}", self.url))
+        })?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
