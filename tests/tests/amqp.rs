@@ -76,20 +76,7 @@ impl Link {
                     ConnectionProperties::default(),
                 ))
                 .expect("connect to the test broker"),
-            Link::Tls => {
-                let tls = host_worker::amqp::TlsSettings {
-                    ca_path: Some(tls_broker().cert("ca.pem")),
-                    ..Default::default()
-                };
-                let broker = host_worker::amqp::Broker::new(
-                    &self.url(),
-                    &tls,
-                    host_worker::amqp::DEFAULT_HEARTBEAT,
-                )
-                .expect("the TLS broker's settings");
-                rt.block_on(broker.connect())
-                    .expect("connect to the TLS broker")
-            }
+            Link::Tls => connect_tls(rt, &self.url()),
         }
     }
 
@@ -110,6 +97,18 @@ impl Link {
             }
         }
     }
+}
+
+/// A connection of the test's own to `url` on the TLS node, verified with its CA.
+fn connect_tls(rt: &tokio::runtime::Runtime, url: &str) -> Connection {
+    let tls = host_worker::amqp::TlsSettings {
+        ca_path: Some(tls_broker().cert("ca.pem")),
+        ..Default::default()
+    };
+    let broker = host_worker::amqp::Broker::new(url, &tls, host_worker::amqp::DEFAULT_HEARTBEAT)
+        .expect("the TLS broker's settings");
+    rt.block_on(broker.connect())
+        .expect("connect to the TLS broker")
 }
 
 /// Queues of one test on the broker, and a connection to read and write them.
@@ -932,20 +931,7 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     ]);
     // The test's own connection is made after the cut (the cut closes every connection of
     // the vhost).
-    let connect_logs = || {
-        let settings = host_worker::amqp::TlsSettings {
-            ca_path: Some(ca.clone()),
-            ..Default::default()
-        };
-        let broker = host_worker::amqp::Broker::new(
-            &logs_url,
-            &settings,
-            host_worker::amqp::DEFAULT_HEARTBEAT,
-        )
-        .unwrap();
-        b.rt.block_on(broker.connect()).unwrap()
-    };
-    let logs = connect_logs();
+    let logs = connect_tls(&b.rt, &logs_url);
 
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished(ids.iter().copied()));
     let status = worker.0.wait().unwrap();
@@ -1094,19 +1080,7 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     );
     // Back: the job runs, its log on the logs broker.
     make_vhost();
-    let logs = {
-        let settings = host_worker::amqp::TlsSettings {
-            ca_path: Some(tls.cert("ca.pem")),
-            ..Default::default()
-        };
-        let broker = host_worker::amqp::Broker::new(
-            &logs_url,
-            &settings,
-            host_worker::amqp::DEFAULT_HEARTBEAT,
-        )
-        .unwrap();
-        b.rt.block_on(broker.connect()).unwrap()
-    };
+    let logs = connect_tls(&b.rt, &logs_url);
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished([9].into_iter()));
     assert_eq!(got.finished(9), ["passed"], "{:?}", got.states);
     assert_eq!(got.log_text(9), "after the outage\n");

@@ -1333,13 +1333,7 @@ const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(3);
 
 /// What SIGUSR1 says: the pool and each job running, as the original logs its processors.
 fn status_line(s: &host_worker::WorkerStatus) -> String {
-    let intake = if s.draining {
-        "draining"
-    } else if s.paused {
-        "paused"
-    } else {
-        "taking jobs"
-    };
+    let intake = s.intake();
     let jobs: Vec<String> = s
         .running
         .iter()

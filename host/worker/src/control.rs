@@ -26,6 +26,19 @@ pub struct WorkerStatus {
     pub running: Vec<RunningStatus>,
 }
 
+impl WorkerStatus {
+    /// Whether jobs are taken, in words: `taking jobs`, `paused` or `draining`.
+    pub fn intake(&self) -> &'static str {
+        if self.draining {
+            "draining"
+        } else if self.paused {
+            "paused"
+        } else {
+            "taking jobs"
+        }
+    }
+}
+
 /// One running job in [`WorkerStatus`].
 #[derive(Debug, Serialize)]
 pub struct RunningStatus {

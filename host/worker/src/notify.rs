@@ -137,17 +137,11 @@ pub async fn supervise(control: Control) {
 /// What `STATUS=` says: the jobs running and whether jobs are taken.
 fn status_text(control: &Control) -> String {
     let s = control.status();
-    let intake = if s.draining {
-        "draining"
-    } else if s.paused {
-        "paused"
-    } else {
-        "taking jobs"
-    };
     format!(
-        "{} of {} job(s) running, {intake}",
+        "{} of {} job(s) running, {}",
         s.running.len(),
-        s.pool_size
+        s.pool_size,
+        s.intake()
     )
 }
 

@@ -48,17 +48,6 @@ pub(super) async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), l
         ..Default::default()
     };
     channel
-        .exchange_declare(
-            LOG_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
         .queue_declare(
             s.state_queue.as_str().into(),
             durable,
