@@ -346,6 +346,25 @@ pub fn original_names(
     warnings
 }
 
+static ENVIRONMENT: std::sync::OnceLock<Vec<(OsString, OsString)>> = std::sync::OnceLock::new();
+
+/// Keeps this process's environment as it is now as the one backend config is read from
+/// ([`ConfigSources::assemble`]), so that a program can then take its settings and secrets
+/// out of its environment before it runs jobs, which would inherit them. Once only: later
+/// calls keep the first copy.
+pub fn keep_environment() {
+    let _ = ENVIRONMENT.set(std::env::vars_os().collect());
+}
+
+/// The environment backend config is read from: the one [`keep_environment`] kept, else
+/// this process's.
+pub fn environment() -> Vec<(OsString, OsString)> {
+    match ENVIRONMENT.get() {
+        Some(kept) => kept.clone(),
+        None => std::env::vars_os().collect(),
+    }
+}
+
 /// Merges the sources by precedence: `cli` over `env` over `file`.
 pub fn resolve(
     file: Option<&ConfigFile>,
@@ -401,9 +420,9 @@ impl ConfigSources {
     ) -> Result<Assembled, ConfigError> {
         let cli = parse_pairs(&self.pairs)?;
         let file = self.file.as_deref().map(ConfigFile::load).transpose()?;
-        let (mut env, mut warnings) = from_env_vars(&backend.alias, std::env::vars_os());
+        let vars = environment();
+        let (mut env, mut warnings) = from_env_vars(&backend.alias, vars.iter().cloned());
         if self.original_names {
-            let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
             warnings.extend(original_names(backend, &vars, &mut env));
         }
         if let Some(file) = &file {

@@ -888,3 +888,43 @@ fn a_token_as_the_build_apis_user_is_sent_as_a_token_and_never_printed() {
         out.stdout
     );
 }
+
+#[test]
+fn no_job_inherits_the_workers_settings_or_secrets() {
+    // In process and in an isolated plugin server: the job's environment has none of the
+    // worker's settings, whichever name they were given by.
+    for isolate in [None, Some("all")] {
+        let q = blackbox::worker::Queue::new();
+        q.enqueue(41, "env | sort\n");
+        let mut cmd = q.worker("local", &["--exit-when-idle"]);
+        cmd.env("TRAVIS_WORKER_REMOTE_CONTROLLER_AUTH", "admin:s3cret-1")
+            .env("HOST_BUILD_API_TOKEN", "s3cret-2")
+            .env("AMQP_URI", "amqp://guest:s3cret-3@localhost/")
+            .env("BACKEND_LOCAL_ENV", "FROM_CONFIG=yes")
+            .env("LOCAL_KEEP_FILES", "false")
+            .env("KEEP_THIS", "kept");
+        if let Some(i) = isolate {
+            cmd.args(["--isolate", i]);
+        }
+        let out = run(cmd);
+        assert_eq!(out.code, Some(0), "{isolate:?}: {}", out.stderr);
+        assert!(out.stderr.contains("job 41 passed"), "{}", out.stderr);
+        let log = String::from_utf8_lossy(&q.log(41)).into_owned();
+        for secret in [
+            "s3cret",
+            "TRAVIS_WORKER_",
+            "HOST_BUILD_API",
+            "BACKEND_",
+            "AMQP_URI",
+            "LOCAL_KEEP_FILES",
+        ] {
+            assert!(
+                !log.contains(secret),
+                "{isolate:?}: {secret} in the job's environment:\n{log}"
+            );
+        }
+        assert!(log.contains("KEEP_THIS=kept"), "{log}");
+        // The backend's config was still read (from the worker's copy of its environment).
+        assert!(log.contains("FROM_CONFIG=yes"), "{log}");
+    }
+}

@@ -137,6 +137,28 @@ pub fn not_utf8(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<Str
         .collect()
 }
 
+/// Whether the environment variable `name` is one of the worker's own settings (for backend
+/// `alias`), which the jobs it runs must not inherit: a broker's password, a token, the
+/// control API's credentials. These are the original's names (`TRAVIS_WORKER_*` and the
+/// unprefixed ones it implements), `HOST_*` but for the plugin policy's (which the plugin
+/// servers it starts read), `BACKEND_*`, and the backend's `<ALIAS>_*`.
+pub fn is_worker_setting(name: &str, alias: &str) -> bool {
+    const KEPT: &[&str] = &[
+        "HOST_PLUGIN_PATH",
+        "HOST_PLUGIN_LOCK",
+        "HOST_ISOLATE",
+        "HOST_PROBE_CACHE",
+        "HOST_PLUGIN_SERVER_LOG_LEVEL",
+    ];
+    let alias = format!("{}_", alias.to_ascii_uppercase().replace('-', "_"));
+    name.starts_with("TRAVIS_WORKER_")
+        || name.starts_with("BACKEND_")
+        || (name.starts_with("HOST_") && !KEPT.contains(&name))
+        || (alias.len() > 1 && name.starts_with(&alias))
+        || (!AMBIENT.contains(&name)
+            && (MAPPED.iter().any(|m| m.name == name) || COMPOSED.contains(&name)))
+}
+
 /// What [`apply`] did: lines to say at start.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -318,6 +340,31 @@ mod tests {
         assert_eq!(set["HOST_QUEUE_URL"], "file:///var/q/builds");
         let (_, r) = run(&[("TRAVIS_WORKER_QUEUE_TYPE", "http")]);
         assert!(r.err().unwrap_or_default().contains("not supported"));
+    }
+
+    #[test]
+    fn the_workers_settings_are_told_from_other_variables() {
+        for name in [
+            "TRAVIS_WORKER_AMQP_URI",
+            "AMQP_URI",
+            "HOST_HTTP_AUTH",
+            "HOST_BUILD_API_TOKEN",
+            "BACKEND_DOCKER_CERT_PATH",
+            "LOCAL_SCRIPTS_DIR",
+            "REMOTE_CONTROLLER_AUTH",
+        ] {
+            assert!(is_worker_setting(name, "local"), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "HOSTNAME",
+            "HOST_PLUGIN_LOCK",
+            "HOST_ISOLATE",
+            "DOCKER_HOST",
+        ] {
+            assert!(!is_worker_setting(name, "local"), "{name}");
+        }
     }
 
     #[test]

@@ -1016,6 +1016,20 @@ pub fn run(mut args: WorkerArgs, policy: &PluginPolicy) -> Result<u8, CliError> 
     if args.echo_config {
         return echo_config(&args, &url, policy);
     }
+    // The worker's settings (a broker's password, tokens, the control API's credentials) are
+    // read: the backend's config is read from a copy of the environment, and the process's
+    // own loses them, so that no job inherits them. No thread exists yet.
+    host::config::keep_environment();
+    let remove: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.to_str()
+                .is_some_and(|k| crate::original::is_worker_setting(k, &args.backend.backend))
+        })
+        .collect();
+    for name in remove {
+        std::env::remove_var(name);
+    }
     let http_settings = host_worker::http::HttpSettings {
         auth: args.http_auth.clone().filter(|a| !a.is_empty()),
     };

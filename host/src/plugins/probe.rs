@@ -83,9 +83,21 @@ pub fn executable() -> Option<PathBuf> {
     }
     if CAN_SERVE.load(Ordering::SeqCst) {
         static SELF: OnceLock<Option<PathBuf>> = OnceLock::new();
-        return SELF.get_or_init(|| std::env::current_exe().ok()).clone();
+        return SELF.get_or_init(own_executable).clone();
     }
     None
+}
+
+/// This process's own executable, as probes and plugin servers are started: on Linux
+/// `/proc/self/exe`, which stays the file this process runs even when a package upgrade or
+/// removal has replaced or deleted it at its path (a worker then keeps starting plugin
+/// servers of its own version); elsewhere the path it was started from.
+fn own_executable() -> Option<PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_self.exists() {
+        return Some(proc_self.to_path_buf());
+    }
+    std::env::current_exe().ok()
 }
 
 /// What a probe found.
