@@ -82,7 +82,9 @@ fn the_package_holds_the_binary_pinned_plugins_unit_and_settings_and_not_usr_bin
             "./lib/systemd/system/ci-host-worker.service",
             "-rw-r--r-- root/root",
         ),
-        ("./etc/default/ci-host-worker", "-rw-r--r-- root/root"),
+        ("./etc/default/ci-host-worker", "-rw-r----- root/root"),
+        ("./usr/lib/ci-host/start-worker", "-rwxr-xr-x root/root"),
+        ("./usr/lib/ci-host/plugins.lock", "-rw-r--r-- root/root"),
         ("./usr/share/doc/ci-host/README.md", "-rw-r--r-- root/root"),
     ] {
         assert_eq!(
@@ -121,6 +123,7 @@ impl Drop for Installed {
     fn drop(&mut self) {
         // A file the test dropped among the plugins would keep the directory after a purge.
         let _ = std::fs::remove_file(Path::new(LIB).join("plugins/libextra.so"));
+        let _ = std::fs::remove_file(Path::new(LIB).join("libextra.so"));
         let _ = Command::new("dpkg").args(["-P", "ci-host"]).output();
         let _ = std::fs::remove_dir_all("/var/lib/ci-host");
     }
@@ -222,6 +225,18 @@ fn installed_it_runs_the_worker_as_the_unit_says_and_removes_cleanly() {
         out.stderr
     );
     std::fs::remove_file(&extra).unwrap();
+    // Nor beside the binary (its own directory is searched too): a lock there pins nothing.
+    let beside = Path::new(LIB).join("libextra.so");
+    std::fs::copy(Path::new(LIB).join("plugins/libfake.so"), &beside).unwrap();
+    let out = ci_host(&["list-backends"]);
+    std::fs::remove_file(&beside).unwrap();
+    assert!(
+        out.stdout
+            .contains("/usr/lib/ci-host/libextra.so: refused: not listed in the plugin lock"),
+        "a file beside the binary: {}{}",
+        out.stdout,
+        out.stderr
+    );
 
     // The unit as systemd reads it.
     if Command::new("systemd-analyze")
@@ -250,11 +265,17 @@ fn installed_it_runs_the_worker_as_the_unit_says_and_removes_cleanly() {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let env_file = unit_value(&unit, "EnvironmentFile");
-    let env = environment_file(Path::new(env_file.trim_start_matches('-')));
+    let env = environment_file(Path::new(DEFAULTS));
+    // The settings file as travis-ci/worker's are written: `export KEY="VALUE"` lines work.
+    let mut settings = std::fs::OpenOptions::new()
+        .append(true)
+        .open(DEFAULTS)
+        .unwrap();
+    std::io::Write::write_all(&mut settings, b"export TRAVIS_WORKER_POOL_SIZE=\"3\"\n").unwrap();
+    drop(settings);
     let stop_signal = unit_value(&unit, "KillSignal");
     if !Path::new("/run/systemd/system").is_dir() {
-        println!("systemd is not PID 1 here: the unit is started by hand as its ExecStart says, with its EnvironmentFile and a notify socket of the test's own");
+        println!("systemd is not PID 1 here: the unit is started by hand as its ExecStart says, with a notify socket of the test's own");
     }
 
     // The worker, started as the unit starts it: the environment file's settings, a notify
@@ -285,11 +306,12 @@ fn installed_it_runs_the_worker_as_the_unit_says_and_removes_cleanly() {
     let out = ci_host(&["enqueue", "--queue", &url, &spy.display().to_string()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 
+    // As systemd starts it: the ExecStart line, an environment of systemd's own (the start
+    // script reads the settings file), the notify socket and a watchdog.
     let mut cmd = Command::new(&exec[0]);
     cmd.args(&exec[1..])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(&env)
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "1000000")
         .stdout(Stdio::null())
@@ -303,7 +325,7 @@ fn installed_it_runs_the_worker_as_the_unit_says_and_removes_cleanly() {
     );
     assert!(
         seen.iter()
-            .any(|m| m.contains("STATUS=") && m.contains("job(s) running")),
+            .any(|m| m.contains("STATUS=") && m.contains("of 3 job(s) running")),
         "{seen:?}"
     );
     assert!(
