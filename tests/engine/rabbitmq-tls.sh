@@ -26,7 +26,7 @@ tls_port=25681
 . "$(dirname "$0")/rabbitmq-node.sh"
 
 if [ "${2:-}" = "stop" ]; then
-    rabbitmqctl -n "$node" stop >/dev/null 2>&1 || true
+    stop_node "$node"
     exit 0
 fi
 
@@ -73,7 +73,7 @@ running_with_these_certs() {
 
 if ! running_with_these_certs; then
     if answers "$tls_port"; then
-        rabbitmqctl -n "$node" stop >/dev/null 2>&1 || true
+        stop_node "$node"
         for _ in $(seq 1 60); do answers "$tls_port" || break; sleep 0.5; done
     fi
     rm -f "$state/started"
