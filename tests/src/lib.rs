@@ -332,6 +332,15 @@ impl Guard {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.0.wait().expect("wait for child")
     }
+
+    /// Waits for the child to exit, and reads what it wrote to its piped stderr.
+    pub fn wait_with_stderr(&mut self) -> (std::process::ExitStatus, String) {
+        let mut stderr = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        (self.wait(), stderr)
+    }
 }
 
 impl Drop for Guard {

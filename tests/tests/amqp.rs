@@ -879,8 +879,23 @@ fn a_worker_whose_consumer_the_broker_cancels_consumes_again() {
     drop(w);
 }
 
-/// A vhost of the TLS node's own, deleted when dropped.
+/// A vhost of the TLS node's own, where guest may do anything; deleted when dropped.
 struct Vhost(String);
+
+impl Vhost {
+    fn new(name: String) -> Self {
+        let v = Self(name);
+        v.make();
+        v
+    }
+
+    /// Makes it (again).
+    fn make(&self) {
+        let tls = tls_broker();
+        tls.rabbitmqctl(&["add_vhost", &self.0]);
+        tls.rabbitmqctl(&["set_permissions", "-p", &self.0, "guest", ".*", ".*", ".*"]);
+    }
+}
 
 impl Drop for Vhost {
     fn drop(&mut self) {
@@ -897,9 +912,7 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     let b = Broker::new();
     let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
     let tls = tls_broker();
-    let vhost = Vhost(format!("hostlogs-{}", std::process::id()));
-    tls.rabbitmqctl(&["add_vhost", &vhost.0]);
-    tls.rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
+    let vhost = Vhost::new(format!("hostlogs-{}", std::process::id()));
     let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
     let ca = tls.cert("ca.pem");
     let ids: Vec<u64> = (1..=4).collect();
@@ -934,11 +947,7 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     let logs = connect_tls(&b.rt, &logs_url);
 
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished(ids.iter().copied()));
-    let status = worker.0.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = worker.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (status, stderr) = worker.wait_with_stderr();
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("lost the connection to the logs broker"),
@@ -1008,11 +1017,7 @@ fn refused_log_parts_go_out_again_after_pauses_said_once() {
     // Parts are refused for a while (the job writes for 3.6 s, a part every 500 ms).
     std::thread::sleep(Duration::from_secs(6));
     let got = b.collect(60, |r| r.all_finished([5].into_iter()));
-    let status = worker.0.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = worker.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (status, stderr) = worker.wait_with_stderr();
     assert!(status.success(), "{stderr}");
     assert_eq!(got.finished(5), ["passed"]);
     let lines: String = (1..=6).map(|i| format!("line {i}\n")).collect();
@@ -1031,12 +1036,7 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     let b = Broker::new();
     let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
     let tls = tls_broker();
-    let vhost = Vhost(format!("hostlogsdown-{}", std::process::id()));
-    let make_vhost = || {
-        tls.rabbitmqctl(&["add_vhost", &vhost.0]);
-        tls.rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
-    };
-    make_vhost();
+    let vhost = Vhost::new(format!("hostlogsdown-{}", std::process::id()));
     let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = http.local_addr().unwrap().to_string();
@@ -1079,7 +1079,7 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
         early.states
     );
     // Back: the job runs, its log on the logs broker.
-    make_vhost();
+    vhost.make();
     let logs = connect_tls(&b.rt, &logs_url);
     let got = b.collect_logs_on(&logs, 60, |r| r.all_finished([9].into_iter()));
     assert_eq!(got.finished(9), ["passed"], "{:?}", got.states);
@@ -1096,11 +1096,7 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
         std::thread::sleep(Duration::from_millis(100));
     }
     blackbox::signal("-TERM", worker.0.id());
-    let status = worker.0.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = worker.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (status, stderr) = worker.wait_with_stderr();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("SIGTERM: the connection to amqps://guest:***@localhost")

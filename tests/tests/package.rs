@@ -346,14 +346,10 @@ fn installed_it_runs_the_worker_as_the_unit_says_and_removes_cleanly() {
         notified(&socket, "STOPPING=1", 2, &mut seen),
         "no STOPPING=1: {seen:?}"
     );
-    let status = worker.0.wait().unwrap();
+    let (status, stderr) = worker.wait_with_stderr();
     assert_eq!(ended(), 4, "the slow job did not finish");
     let log = std::fs::read_to_string(Path::new(&queue).join("log/77.log")).unwrap();
     assert_eq!(log, "notify=none watchdog=none\n");
-    let mut stderr = String::new();
-    if let Some(mut e) = worker.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("job 1001 passed"), "{stderr}");
     assert!(stderr.contains("job 1003 passed"), "the slow job: {stderr}");
