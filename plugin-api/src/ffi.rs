@@ -336,7 +336,9 @@ pub struct BackendMod {
     pub human_readable_name: extern "C" fn() -> RStr<'static>,
     /// The plugin's own version (its crate version).
     pub plugin_version: extern "C" fn() -> RStr<'static>,
-    /// Config keys the backend understands, with help text, in the plugin's order.
+    /// Config keys the backend understands, with help text (the host lists them sorted by
+    /// key, whatever their order here). A key ending in `_*` (`IMAGE_*`) stands for a
+    /// family: every longer key with that prefix.
     pub help: extern "C" fn() -> RVec<HelpEntry>,
     /// Hands the host's logger to the plugin; called once, right after loading.
     pub set_logger: extern "C" fn(LoggerBox),

@@ -13,7 +13,10 @@
 //! - Dropping a run (the host cancels) ends the whole tree in two phases, SIGTERM, the grace,
 //!   SIGKILL, in the background; [`ProcessTree::terminate`] (call it from `stop`) does the
 //!   same and returns when nothing is left. The first process is always reaped, by this
-//!   module, even when the plugin's runtime is shutting down: no zombie stays.
+//!   module, even when the plugin's runtime is shutting down. Its descendants are reaped by
+//!   whoever they are re-parented to when it exits: behind a wrapper that forks (`bwrap`,
+//!   `unshare --fork --pid`), that is the machine's init, or the host when it runs as PID 1
+//!   of a container, which does not reap them yet.
 //! - [`Jobs`] keeps the one run of an instance and ends it on `stop`; [`WorkDir`] is the
 //!   instance's working directory, removed on `stop`.
 //!
