@@ -41,7 +41,11 @@ use crate::error::BackendError;
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunResult {
-    /// The script's exit code; meaningful only when `completed`.
+    /// The script's exit code; meaningful only when `completed`. A Unix process's own
+    /// exit code is 0 to 255 (the kernel keeps the low 8 bits of `exit`'s argument); by
+    /// convention, and in the SDK's process helpers, 128+N says it was killed by signal N.
+    /// A backend may report other values (a VM's or an API's own codes); the host passes
+    /// them on as they are.
     pub exit_code: i32,
     /// `false` when the run broke for infrastructure reasons: a worker requeues such a job
     /// instead of failing it.

@@ -87,6 +87,10 @@ pub trait Provider: Send + Sync + 'static {
 
     // ---- appended in plugin-api 1.2 ----
     /// Whether [`Self::start_with_progress`] reports the start's steps. The default: `false`.
+    /// The host does not decide anything by it (it always starts through
+    /// `start_with_progress` and shows whatever steps come); it answers the original's
+    /// `SupportsProgress` for embedders that ask. [`Instance::supports_progress`] is the
+    /// same question about a started instance.
     fn supports_progress(&self) -> bool {
         false
     }
@@ -142,7 +146,8 @@ pub trait Instance: Send + Sync + 'static {
         false
     }
 
-    /// Whether the instance reports progress. The default: `false`.
+    /// Whether the instance reports progress. The default: `false`. Informational, as
+    /// [`Provider::supports_progress`]: the host decides nothing by either.
     fn supports_progress(&self) -> bool {
         false
     }

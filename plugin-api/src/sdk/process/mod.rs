@@ -9,7 +9,10 @@
 //!   variables (backend config and secrets).
 //! - [`Job::run`] moves the output into the host's [`Output`] as it is produced and
 //!   returns the exit status as a [`RunResult`]: the exit code as it is, 128+N for a process
-//!   killed by signal N (with a line in the log that names the signal).
+//!   killed by signal N (with a line in the log that names the signal). Both are about the
+//!   first process: behind a wrapper (`bwrap`, `unshare --fork`) the result is the wrapper's
+//!   own exit code, whatever killed the build inside, and no line is written
+//!   (`unshare --fork` exits 1 when its child is killed by SIGKILL).
 //! - Dropping a run (the host cancels) ends the whole tree in two phases, SIGTERM, the grace,
 //!   SIGKILL, in the background; [`ProcessTree::terminate`] (call it from `stop`) does the
 //!   same and returns when nothing is left. The first process is always reaped, by this
@@ -147,6 +150,12 @@ impl Command {
     }
 
     /// Starts the job (see the module docs for how).
+    ///
+    /// The fork happens on the calling thread: in a backend, a worker thread of the plugin's
+    /// runtime, which lives as long as the plugin is loaded. That matters to a parent-death
+    /// signal (`prctl(PR_SET_PDEATHSIG)`, `bwrap --die-with-parent`): Linux ties it to the
+    /// thread that forked, not to the process, so do not spawn from a thread that may end
+    /// before the job (a `spawn_blocking` thread ends after 10 s idle).
     pub fn spawn(self) -> Result<Job, BackendError> {
         let (read_end, write_end) = pipe()?;
         let stderr_end = write_end.try_clone()?;
