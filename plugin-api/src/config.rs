@@ -314,6 +314,45 @@ mod tests {
     }
 
     #[test]
+    fn lists_paths_programs_and_choices_name_the_key_and_value_at_fault() {
+        let dir = std::env::temp_dir();
+        let file = dir.join(format!("plugin-api-config-test-{}", std::process::id()));
+        std::fs::write(&file, "x").unwrap();
+        let cfg = ProviderConfig::from_map([
+            ("HOSTS", " a, b ,,c "),
+            ("DIR", dir.to_str().unwrap()),
+            ("FILE", file.to_str().unwrap()),
+            ("MISSING", "/no/such/thing"),
+            ("SHELL", "sh"),
+            ("NOT_A_PROGRAM", file.to_str().unwrap()),
+            ("MODE", "tag"),
+            ("BAD_MODE", "api"),
+        ]);
+        assert_eq!(cfg.list("HOSTS"), ["a", "b", "c"]);
+        assert!(cfg.list("UNSET").is_empty());
+        assert_eq!(cfg.existing_dir("DIR").unwrap(), Some(dir.clone()));
+        assert_eq!(cfg.existing_file("FILE").unwrap(), Some(file.clone()));
+        assert_eq!(cfg.existing_file("UNSET").unwrap(), None);
+        let e = cfg.existing_dir("FILE").unwrap_err();
+        assert!(
+            e.message().contains("FILE") && e.message().contains("not a directory"),
+            "{e}"
+        );
+        let e = cfg.existing_file("MISSING").unwrap_err();
+        assert!(e.message().contains("/no/such/thing"), "{e}");
+        assert!(cfg
+            .program("SHELL")
+            .unwrap()
+            .is_some_and(|p| p.ends_with("sh")));
+        let e = cfg.program("NOT_A_PROGRAM").unwrap_err();
+        assert!(e.message().contains("not an executable file"), "{e}");
+        assert_eq!(cfg.one_of("MODE", &["tag", "env"]).unwrap(), Some("tag"));
+        let e = cfg.one_of("BAD_MODE", &["tag", "env"]).unwrap_err();
+        assert!(e.message().contains("expected one of tag, env"), "{e}");
+        let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
     fn query_unescape_matches_go() {
         assert_eq!(query_unescape("a%20b+c").as_deref(), Some("a b c"));
         assert_eq!(query_unescape("%zz"), None);
@@ -340,6 +379,56 @@ impl ProviderConfig {
         self.parsed(key, parse_byte_size)
     }
 
+    /// `key` as a list: the items between commas, trimmed, empty ones left out (an unset or
+    /// empty key is an empty list).
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.lookup(key)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `key` as a path to an existing regular file (symlinks followed), if set and
+    /// non-empty.
+    pub fn existing_file(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::path::PathBuf>, crate::BackendError> {
+        self.parsed(key, |s| existing(s, true))
+    }
+
+    /// `key` as a path to an existing directory (symlinks followed), if set and non-empty.
+    pub fn existing_dir(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::path::PathBuf>, crate::BackendError> {
+        self.parsed(key, |s| existing(s, false))
+    }
+
+    /// `key` as a program to run: a path (with a `/`) to an executable file, or a name found
+    /// on `PATH`; the path it was found at. If set and non-empty.
+    pub fn program(&self, key: &str) -> Result<Option<std::path::PathBuf>, crate::BackendError> {
+        self.parsed(key, find_program)
+    }
+
+    /// `key` as one of `choices` (compared as written), if set and non-empty.
+    pub fn one_of<'c>(
+        &self,
+        key: &str,
+        choices: &[&'c str],
+    ) -> Result<Option<&'c str>, crate::BackendError> {
+        self.parsed(key, |s| {
+            choices
+                .iter()
+                .find(|c| **c == s)
+                .copied()
+                .ok_or_else(|| format!("expected one of {}", choices.join(", ")))
+        })
+    }
+
     /// `key` parsed with `FromStr`, if set and non-empty.
     pub fn parse<T>(&self, key: &str) -> Result<Option<T>, crate::BackendError>
     where
@@ -361,6 +450,48 @@ impl ProviderConfig {
             }),
         }
     }
+}
+
+/// `s` as an existing regular file (`file`) or directory.
+fn existing(s: &str, file: bool) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(m) if file && m.is_file() => Ok(path),
+        Ok(m) if !file && m.is_dir() => Ok(path),
+        Ok(_) if file => Err("not a regular file".into()),
+        Ok(_) => Err("not a directory".into()),
+        Err(e) => Err(format!("cannot use it: {e}")),
+    }
+}
+
+/// `s` as a program: a path with a `/` that is an executable file, or a name on `PATH`.
+fn find_program(s: &str) -> Result<std::path::PathBuf, String> {
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            #[cfg(unix)]
+            let runs = {
+                use std::os::unix::fs::PermissionsExt as _;
+                m.permissions().mode() & 0o111 != 0
+            };
+            #[cfg(not(unix))]
+            let runs = true;
+            m.is_file() && runs
+        })
+    };
+    if s.contains('/') {
+        let p = std::path::PathBuf::from(s);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err("not an executable file".into())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(s))
+        .find(|p| executable(p))
+        .ok_or_else(|| "not found on PATH".to_owned())
 }
 
 /// Parses a duration the way Go's `time.ParseDuration` does: a sequence of decimal numbers
