@@ -889,6 +889,15 @@ impl Vhost {
         v
     }
 
+    /// `amqps://` to it as guest, on the TLS node.
+    fn url(&self) -> String {
+        format!(
+            "amqps://guest:guest@localhost:{}/{}",
+            tls_broker().port,
+            self.0
+        )
+    }
+
     /// Makes it (again).
     fn make(&self) {
         let tls = tls_broker();
@@ -913,7 +922,7 @@ fn log_parts_go_to_a_broker_of_their_own_across_a_cut_connection() {
     let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
     let tls = tls_broker();
     let vhost = Vhost::new(format!("hostlogs-{}", std::process::id()));
-    let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
+    let logs_url = vhost.url();
     let ca = tls.cert("ca.pem");
     let ids: Vec<u64> = (1..=4).collect();
     let docs: Vec<Value> = ids
@@ -1037,7 +1046,7 @@ fn no_job_is_taken_while_the_logs_broker_is_down() {
     let _tls_turn = TLS_SHARED.read().unwrap_or_else(|e| e.into_inner());
     let tls = tls_broker();
     let vhost = Vhost::new(format!("hostlogsdown-{}", std::process::id()));
-    let logs_url = format!("amqps://guest:guest@localhost:{}/{}", tls.port, vhost.0);
+    let logs_url = vhost.url();
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = http.local_addr().unwrap().to_string();
     drop(http);

@@ -806,6 +806,20 @@ fn https_build_api(dir: &Path, script: &'static str) -> u16 {
     port
 }
 
+/// `host worker` on `q` until it is idle, its scripts from `api`, no job requeued.
+fn with_build_api(q: &blackbox::worker::Queue, backend: &str, api: &str) -> Command {
+    q.worker(
+        backend,
+        &[
+            "--exit-when-idle",
+            "--max-requeues",
+            "0",
+            "--build-api",
+            api,
+        ],
+    )
+}
+
 #[test]
 fn an_unverified_build_api_is_used_only_when_asked_and_said() {
     let certs = tempfile::tempdir().unwrap();
@@ -814,16 +828,7 @@ fn an_unverified_build_api_is_used_only_when_asked_and_said() {
     let q = blackbox::worker::Queue::new();
     // Refused without the setting: the certificate is not trusted.
     q.enqueue_doc(&serde_json::json!({"job": {"id": 1}}));
-    let out = run(q.worker(
-        "fake",
-        &[
-            "--exit-when-idle",
-            "--max-requeues",
-            "0",
-            "--build-api",
-            &api,
-        ],
-    ));
+    let out = run(with_build_api(&q, "fake", &api));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("job 1 errored"), "{}", out.stderr);
     assert!(
@@ -834,16 +839,7 @@ fn an_unverified_build_api_is_used_only_when_asked_and_said() {
     );
     // The original's name turns verification off, and the worker says so.
     q.enqueue_doc(&serde_json::json!({"job": {"id": 2}}));
-    let mut cmd = q.worker(
-        "local",
-        &[
-            "--exit-when-idle",
-            "--max-requeues",
-            "0",
-            "--build-api",
-            &api,
-        ],
-    );
+    let mut cmd = with_build_api(&q, "local", &api);
     cmd.env("TRAVIS_WORKER_BUILD_API_INSECURE_SKIP_VERIFY", "true");
     let out = run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -863,16 +859,7 @@ fn a_token_as_the_build_apis_user_is_sent_as_a_token_and_never_printed() {
     let api = url.replace("http://", "http://SECRETTOKEN@");
     let q = blackbox::worker::Queue::new();
     q.enqueue_doc(&serde_json::json!({"job": {"id": 3}}));
-    let out = run(q.worker(
-        "fake",
-        &[
-            "--exit-when-idle",
-            "--max-requeues",
-            "0",
-            "--build-api",
-            &api,
-        ],
-    ));
+    let out = run(with_build_api(&q, "fake", &api));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let seen = seen.lock().unwrap().clone();
     // (The test service lowercases what it records.)

@@ -673,27 +673,30 @@ fn settings_from_an_environment_file_are_read_as_operators_write_them() {
     assert!(out.stderr.contains("encrypted"), "{}", out.stderr);
 }
 
+/// `host worker` with `args` on queue `q` of the tests' plain broker; the queue is deleted
+/// after (it is declared only once the logs broker answered, so it may not exist).
+fn on_plain_broker(q: &str, args: &[&str]) -> blackbox::Ran {
+    let p = plugins();
+    let mut cmd = host(p.path());
+    cmd.args(["worker", "--queue", blackbox::amqp_url(), "--queue-name", q])
+        .args(args);
+    let out = run(cmd);
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", q])
+        .output();
+    out
+}
+
 /// `host worker` on the tests' plain broker with log parts to the TLS node, which must fail
 /// with `code` and say each of `said`.
 #[track_caller]
 fn logs_refused(args: &[&str], code: i32, said: &[&str]) {
-    let p = plugins();
-    let q = queue("logs-refused");
-    let mut cmd = host(p.path());
-    cmd.args([
-        "worker",
-        "--queue",
-        blackbox::amqp_url(),
-        "--queue-name",
-        &q,
-    ])
-    .args(["--logs-amqp-uri", &tls_broker().url()])
-    .args(args);
-    let out = run(cmd);
-    // (The jobs queue is declared only once the logs broker answered.)
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &q])
-        .output();
+    let url = tls_broker().url();
+    let args: Vec<&str> = ["--logs-amqp-uri", url.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let out = on_plain_broker(&queue("logs-refused"), &args);
     assert_eq!(out.code, Some(code), "{args:?}: {}", out.stderr);
     for s in said {
         assert!(
@@ -726,21 +729,11 @@ fn the_logs_brokers_tls_failures_name_its_own_flags() {
         &["--logs-amqp-tls-cert"],
     );
     // The logs broker's CA without a logs broker: said, not silently dropped.
-    let p = plugins();
-    let q = queue("logs-ca-alone");
-    let mut cmd = host(p.path());
-    cmd.args([
-        "worker",
-        "--queue",
-        blackbox::amqp_url(),
-        "--queue-name",
-        &q,
-    ])
-    .args(["--exit-when-idle", "--logs-amqp-tls-cert-path", &ca()]);
-    let out = run(cmd);
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &q])
-        .output();
+    let ca = ca();
+    let out = on_plain_broker(
+        &queue("logs-ca-alone"),
+        &["--exit-when-idle", "--logs-amqp-tls-cert-path", &ca],
+    );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
         out.stderr.contains("without --logs-amqp-uri: not used"),
